@@ -1,0 +1,30 @@
+"""Exceptions: each names the file (or series) and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MrisynthError(Exception):
+    """Base class for every error this package raises on bad input."""
+
+
+class VolumeFileError(MrisynthError):
+    """A file could not be read as a volume (missing, unreadable, truncated, wrong format)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DicomFileError(VolumeFileError):
+    """A single DICOM file is unusable: not DICOM, truncated, no pixels, not an image..."""
+
+
+class SeriesError(MrisynthError):
+    """A DICOM series (or a folder of series) cannot be turned into one volume."""
+
+
+class GeometryError(SeriesError):
+    """Slices do not form a regular grid: a gap, non-uniform spacing, shear or mixed orientation."""
