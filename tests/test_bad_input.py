@@ -1,0 +1,396 @@
+"""Bad input: every broken file gives a specific error that names the file and the problem,
+and a folder with some bad files still loads what is good.
+
+Every bad file here is a real file on disk, made from pydicom's MR_small.dcm (64x64 int16,
+8192 bytes of pixel data) or written with nibabel.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import time
+import tracemalloc
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_corpus import PYDICOM_FILES, assert_same_image
+from napari_mrisynth.cli import main
+from napari_mrisynth.errors import (
+    DicomFileError,
+    GeometryError,
+    MrisynthError,
+    VolumeFileError,
+)
+
+# The reader is being committed in parallel; skip (not error) until its modules exist.
+dicom = pytest.importorskip("napari_mrisynth.io.dicom")
+files = pytest.importorskip("napari_mrisynth.io.files")
+load_dicom, scan_folder = dicom.load_dicom, dicom.scan_folder
+is_dicom_file, load_volume = files.is_dicom_file, files.load_volume
+
+MR_SMALL = PYDICOM_FILES / "MR_small.dcm"
+PIXEL_BYTES = 64 * 64 * 2
+
+
+def names_file(message: str, path: Path) -> bool:
+    return str(path) in message or path.name in message
+
+
+def mentions_number(text: str, value: float) -> bool:
+    return any(abs(float(m) - value) < 1e-6 for m in re.findall(r"\d+(?:\.\d+)?", text))
+
+
+def specific_error(info: pytest.ExceptionInfo) -> MrisynthError:
+    """The error is a subclass of MrisynthError, never the bare base class."""
+    err = info.value
+    assert isinstance(err, MrisynthError)
+    assert type(err) is not MrisynthError, f"unspecific error: {err!r}"
+    return err
+
+
+# -- bad DICOM files, one per problem ------------------------------------------------------------
+def _mr_small(tmp_path: Path, name: str = "MR_small.dcm") -> Path:
+    path = tmp_path / name
+    shutil.copy(MR_SMALL, path)
+    return path
+
+
+def make_junk(tmp_path):
+    path = tmp_path / "notes.dcm"
+    path.write_text("This is a text file with a .dcm extension.\n" * 20)
+    return path
+
+
+def make_empty(tmp_path):
+    path = tmp_path / "empty.dcm"
+    path.write_bytes(b"")
+    return path
+
+
+def make_cut_in_header(tmp_path):
+    data = MR_SMALL.read_bytes()
+    path = tmp_path / "cut_header.dcm"
+    path.write_bytes(data[:300])  # preamble, DICM and part of the meta/dataset header
+    return path
+
+
+def make_cut_in_pixels(tmp_path):
+    data = MR_SMALL.read_bytes()
+    path = tmp_path / "cut_pixels.dcm"
+    path.write_bytes(data[: len(data) - 3000])  # PixelData declares 8192, 5192 remain
+    return path
+
+
+def make_wrong_pixel_length(tmp_path):
+    """A well-formed file whose PixelData holds 100 bytes fewer than Rows x Columns x 2."""
+    ds = pydicom.dcmread(MR_SMALL)
+    ds.PixelData = ds.PixelData[: PIXEL_BYTES - 100]
+    path = tmp_path / "short_pixels.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_no_pixels(tmp_path):
+    ds = pydicom.dcmread(MR_SMALL)
+    del ds.PixelData
+    path = tmp_path / "no_pixels.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_huge_dims(tmp_path):
+    """Declares 65535 x 65535 x 100000 frames (8.6e14 bytes) but holds 8192 bytes."""
+    ds = pydicom.dcmread(MR_SMALL)
+    ds.Rows = 65535
+    ds.Columns = 65535
+    ds.NumberOfFrames = 100000
+    path = tmp_path / "huge.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+BAD_FILES = {
+    "junk": (make_junk, ("dicom",)),
+    "empty": (make_empty, ("empty", "0 bytes")),
+    "cut_header": (make_cut_in_header, ("truncat",)),
+    "cut_pixels": (make_cut_in_pixels, ("truncat",)),
+    "wrong_length": (make_wrong_pixel_length, ("pixel",)),
+    "no_pixels": (make_no_pixels, ("no pixel", "not an image")),
+    "huge": (make_huge_dims, ("pixel", "truncat", "too large", "declares")),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_bad_dicom_file_gives_a_specific_error_naming_file_and_problem(tmp_path, kind):
+    make, words = BAD_FILES[kind]
+    path = make(tmp_path)
+    with pytest.raises(MrisynthError) as info:
+        load_dicom(path)
+    err = specific_error(info)
+    message = str(err)
+    assert names_file(message, path), message
+    assert any(w in message.lower() for w in words), f"{kind}: {message}"
+
+
+@pytest.mark.parametrize("kind", ["junk", "empty", "cut_header"])
+def test_unparseable_files_are_dicom_file_errors(tmp_path, kind):
+    path = BAD_FILES[kind][0](tmp_path)
+    with pytest.raises(DicomFileError) as info:
+        load_dicom(path)
+    assert info.value.path == path
+
+
+def test_truncated_pixel_data_says_how_much_is_missing(tmp_path):
+    path = make_cut_in_pixels(tmp_path)
+    with pytest.raises(DicomFileError) as info:
+        load_dicom(path)
+    message = str(info.value)
+    assert mentions_number(message, PIXEL_BYTES), message
+    assert mentions_number(message, PIXEL_BYTES - 3000), message
+
+
+def test_wrong_pixel_length_names_expected_and_found(tmp_path):
+    path = make_wrong_pixel_length(tmp_path)
+    with pytest.raises(DicomFileError) as info:
+        load_dicom(path)
+    message = str(info.value)
+    assert mentions_number(message, PIXEL_BYTES), message
+    assert mentions_number(message, PIXEL_BYTES - 100), message
+
+
+def test_huge_declared_dimensions_fail_fast_without_allocating(tmp_path):
+    path = make_huge_dims(tmp_path)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(DicomFileError) as info:
+            load_dicom(path)
+        with pytest.raises(DicomFileError):
+            load_dicom(path, lazy=True)
+        scan = scan_folder(tmp_path)
+    finally:
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, f"peak traced allocation {peak / 2**20:.0f} MB"
+    assert elapsed < 5.0, f"took {elapsed:.1f} s"
+    assert names_file(str(info.value), path)
+    assert scan.series == []
+    assert [s.path for s in scan.skipped] == [path]
+
+
+def test_is_dicom_file_is_cheap_and_right(tmp_path):
+    assert is_dicom_file(MR_SMALL)
+    assert is_dicom_file(make_cut_in_pixels(tmp_path))
+    assert not is_dicom_file(make_junk(tmp_path))
+    assert not is_dicom_file(make_empty(tmp_path))
+
+
+# -- paths that cannot be read ---------------------------------------------------------------------
+def test_nonexistent_path(tmp_path):
+    path = tmp_path / "no" / "such" / "series"
+    with pytest.raises(MrisynthError) as info:
+        load_dicom(path)
+    err = specific_error(info)
+    assert names_file(str(err), path)
+    assert any(w in str(err).lower() for w in ("not found", "no such", "does not exist")), err
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files whatever the mode"
+)
+def test_unreadable_file(tmp_path):
+    path = _mr_small(tmp_path)
+    path.chmod(0)
+    try:
+        with pytest.raises(VolumeFileError) as info:
+            load_dicom(path)
+        assert names_file(str(info.value), path)
+        assert "permission" in str(info.value).lower() or "readable" in str(info.value).lower()
+    finally:
+        path.chmod(0o644)
+
+
+def test_dangling_symlink_is_reported_not_crashed_on(tmp_path):
+    """A file that cannot be opened (works as root too, unlike chmod 000)."""
+    link = tmp_path / "IM0002.dcm"
+    link.symlink_to(tmp_path / "vanished.dcm")
+    good = _mr_small(tmp_path, "IM0001.dcm")
+    with pytest.raises(MrisynthError) as info:
+        load_dicom(link)
+    assert names_file(str(specific_error(info)), link)
+    scan = scan_folder(tmp_path)
+    assert [s.files for s in scan.series] == [[good]]
+    assert [s.path for s in scan.skipped] == [link]
+    assert scan.skipped[0].reason
+
+
+@pytest.mark.parametrize("content", ["nothing", "text"])
+def test_folder_without_dicom(tmp_path, content):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    if content == "text":
+        (folder / "a.txt").write_text("hello")
+        (folder / "sub").mkdir()
+        (folder / "sub" / "b.csv").write_text("1,2,3\n")
+    with pytest.raises(MrisynthError) as info:
+        load_dicom(folder)
+    err = specific_error(info)
+    assert names_file(str(err), folder), err
+    assert "dicom" in str(err).lower(), err
+    scan = scan_folder(folder)
+    assert scan.series == []
+    assert len(scan.skipped) == (2 if content == "text" else 0)
+
+
+# -- a folder with a good series and every kind of bad file ----------------------------------------
+@pytest.fixture
+def folder_with_bad_files(tmp_path, corpus):
+    folder = tmp_path / "export"
+    shutil.copytree(corpus["axial"].folder, folder / "t1")
+    bad = {}
+    for kind, (make, _) in BAD_FILES.items():
+        sub = folder / "bad" / kind
+        sub.mkdir(parents=True)
+        bad[kind] = make(sub)
+    return folder, bad
+
+
+def test_good_series_loads_and_bad_files_are_skipped_with_reasons(folder_with_bad_files, corpus):
+    folder, bad = folder_with_bad_files
+    scan = scan_folder(folder)
+    assert [s.uid for s in scan.series] == [corpus["axial"].uid]
+    skipped = {s.path: s.reason for s in scan.skipped}
+    assert set(skipped) == set(bad.values()), sorted(map(str, skipped))
+    for kind, path in bad.items():
+        words = BAD_FILES[kind][1]
+        reason = skipped[path].lower()
+        assert any(w in reason for w in words), f"{kind}: {reason}"
+    assert_same_image(load_dicom(folder), corpus["axial"].volume, what="good series")
+
+
+def test_a_truncated_slice_inside_a_series_is_not_loaded_silently(tmp_path, corpus):
+    folder = tmp_path / "t1"
+    shutil.copytree(corpus["axial"].folder, folder)
+    victim = sorted(folder.iterdir())[4]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(MrisynthError) as info:
+        load_dicom(folder)
+    message = str(specific_error(info))
+    # either the bad file is named, or it was skipped and the gap it leaves is refused
+    assert names_file(message, victim) or isinstance(info.value, GeometryError), message
+
+
+def test_two_slices_at_one_position_are_reported(tmp_path, corpus):
+    folder = tmp_path / "t1"
+    shutil.copytree(corpus["axial"].folder, folder)
+    source = sorted(folder.iterdir())[3]
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = 99
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += 1
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(folder / "IM0099.dcm", enforce_file_format=True)
+    (found,) = scan_folder(folder).series
+    assert not found.regular
+    assert any("duplicate" in p.lower() for p in found.problems), found.problems
+    with pytest.raises(GeometryError):
+        load_dicom(folder)
+
+
+# -- the same through io.files.load_volume, NIfTI problems included -------------------------------
+def _nifti(tmp_path: Path, shape=(10, 12, 14), name="t1.nii.gz") -> Path:
+    data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    return path
+
+
+def test_load_volume_reads_good_nifti_and_dicom(tmp_path, corpus):
+    path = _nifti(tmp_path)
+    volume = load_volume(path)
+    assert volume.shape == (14, 12, 10)
+    assert_same_image(load_volume(corpus["oblique"].folder), corpus["oblique"].volume)
+
+
+def test_truncated_nii_gz(tmp_path):
+    path = _nifti(tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(VolumeFileError) as info:
+        load_volume(path)
+    assert info.value.path == path
+
+
+def test_truncated_nii_inside_valid_gzip(tmp_path):
+    path = _nifti(tmp_path)
+    payload = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(payload[: len(payload) - 500]))
+    with pytest.raises(VolumeFileError) as info:
+        load_volume(path)
+    assert info.value.path == path
+
+
+def test_nii_whose_header_declares_more_voxels_than_the_file_holds(tmp_path):
+    path = _nifti(tmp_path, name="t1.nii")
+    image = nib.load(path)
+    header = image.header.copy()
+    header.set_data_shape((64, 64, 64))
+    raw = path.read_bytes()
+    path.write_bytes(header.binaryblock + raw[348:])  # same offset, larger dims
+    with pytest.raises(VolumeFileError) as info:
+        load_volume(path)
+    assert names_file(str(info.value), path)
+
+
+@pytest.mark.parametrize("shape", [(10, 12, 14, 3), (10, 12)])
+def test_nifti_that_is_not_one_3d_volume(tmp_path, shape):
+    data = np.zeros(shape, dtype=np.int16)
+    path = tmp_path / "wrong_dims.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(MrisynthError) as info:
+        load_volume(path)
+    message = str(specific_error(info))
+    assert names_file(message, path), message
+    assert str(shape[-1]) in message or str(len(shape)) in message, message
+
+
+def test_load_volume_nonexistent_and_unknown_format(tmp_path):
+    missing = tmp_path / "nope.nii.gz"
+    with pytest.raises(VolumeFileError) as info:
+        load_volume(missing)
+    assert info.value.path == missing
+    other = tmp_path / "table.xlsx"
+    other.write_bytes(b"PK\x03\x04 not a volume")
+    with pytest.raises(VolumeFileError) as info:
+        load_volume(other)
+    assert info.value.path == other
+
+
+@pytest.mark.parametrize("kind", ["junk", "cut_pixels", "huge"])
+def test_load_volume_passes_dicom_errors_through(tmp_path, kind):
+    path = BAD_FILES[kind][0](tmp_path)
+    with pytest.raises(DicomFileError):
+        load_volume(path)
+
+
+def test_convert_command_reports_bad_input_and_exits_1(tmp_path, capsys):
+    path = make_cut_in_pixels(tmp_path)
+    out = tmp_path / "out.nii.gz"
+    capsys.readouterr()
+    rc = main(["convert", str(path), str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert names_file(err, path) and "truncat" in err.lower(), err
+    assert not out.exists()
+    assert "Traceback" not in err

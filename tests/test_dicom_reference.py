@@ -1,0 +1,502 @@
+"""The DICOM reader against independent references: the ground truth written, dcm2niix,
+SimpleITK (where it is right) and pydicom's own decoding of real test files.
+
+Written against docs/api-contract.md by someone who did not write the reader.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from dicom_corpus import (
+    IRREGULAR,
+    REGULAR,
+    SPACING,
+    assert_same_image,
+    canonical,
+    header_geometry,
+    pydicom_reference,
+    sitk_read_series,
+    testdata_file,
+    volume_to_nib,
+)
+from napari_mrisynth.cli import main
+from napari_mrisynth.errors import GeometryError, SeriesError
+
+# The reader is being committed in parallel; skip (not error) until its module exists.
+dicom = pytest.importorskip("napari_mrisynth.io.dicom")
+load_dicom, load_series, scan_folder = dicom.load_dicom, dicom.load_series, dicom.scan_folder
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def numbers_in(text: str) -> list[float]:
+    return [float(m) for m in NUMBER.findall(text)]
+
+
+def mentions_number(text: str, value: float, tol: float = 0.051) -> bool:
+    return any(abs(v - value) <= tol for v in numbers_in(text))
+
+
+def convert(args: list, capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(["convert", *[str(a) for a in args]])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+# -- the references agree with the ground truth (so they can judge the reader) --------------
+@pytest.mark.parametrize("name", REGULAR)
+def test_dcm2niix_reproduces_ground_truth(corpus, dcm2niix_of, name):
+    series = corpus[name]
+    (nifti,) = dcm2niix_of(name, series.folder)
+    assert_same_image(nifti, series.volume, what=f"dcm2niix {name}")
+
+
+@pytest.mark.parametrize("name", REGULAR)
+def test_simpleitk_reproduces_ground_truth_on_regular_series(corpus, name):
+    series = corpus[name]
+    assert_same_image(sitk_read_series(series.folder), series.volume, what=f"SimpleITK {name}")
+
+
+# -- our reader on every regular series --------------------------------------------------------
+@pytest.mark.parametrize("name", REGULAR)
+def test_load_dicom_equals_ground_truth_dcm2niix_and_simpleitk(corpus, dcm2niix_of, name):
+    series = corpus[name]
+    volume = load_dicom(series.folder)
+    assert_same_image(volume, series.volume, what=f"{name} vs ground truth")
+    (nifti,) = dcm2niix_of(name, series.folder)
+    assert_same_image(volume, nifti, what=f"{name} vs dcm2niix")
+    assert_same_image(volume, sitk_read_series(series.folder), what=f"{name} vs SimpleITK")
+    # Geometry in the contract's convention: x along the row cosine, y along the column
+    # cosine (no reorientation by the reader), spacing (x, y, z) with z from positions.
+    truth = series.volume
+    np.testing.assert_allclose(volume.spacing, SPACING, atol=1e-4)
+    np.testing.assert_allclose(volume.direction[:, :2], truth.direction[:, :2], atol=1e-6)
+    normal = np.cross(truth.direction[:, 0], truth.direction[:, 1])
+    assert abs(abs(volume.direction[:, 2] @ normal) - 1) < 1e-6
+    assert volume.metadata["series_uid"] == series.uid
+    assert volume.metadata["series_number"] == series.number
+    assert volume.metadata["modality"] == "MR"
+    assert volume.metadata["description"] == series.description
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique", "sagittal", "shuffled"])
+def test_integer_series_stay_int16(corpus, name):
+    """Slope 1 / intercept 0 must not turn int16 into float64 (10x the memory)."""
+    volume = load_dicom(corpus[name].folder)
+    assert volume.dtype == np.int16
+
+
+def test_rescale_is_applied_and_recorded(corpus):
+    series = corpus["rescaled"]
+    volume = load_dicom(series.folder)
+    stored = pydicom.dcmread(series.files[3]).pixel_array
+    assert stored.max() > 2 * 100, "the corpus stores 2 * (value + 100)"
+    assert_same_image(volume, series.volume, what="rescaled")
+    assert tuple(volume.metadata["rescale"]) == (0.5, -100.0)
+
+
+def test_compressed_series_equal_uncompressed(corpus):
+    reference = load_dicom(corpus["axial"].folder)
+    for name in ("rle", "jpegls", "j2k"):
+        syntax = pydicom.dcmread(corpus[name].files[0], stop_before_pixels=True)
+        assert syntax.file_meta.TransferSyntaxUID.is_compressed
+        volume = load_dicom(corpus[name].folder)
+        assert_same_image(volume, reference, atol=1e-9, what=name)
+
+
+def test_lazy_load_reads_nothing_until_computed_and_matches(corpus):
+    series = corpus["oblique"]
+    lazy = load_dicom(series.folder, lazy=True)
+    assert lazy.is_lazy
+    assert lazy.shape == series.volume.shape
+    assert_same_image(lazy.compute(), series.volume, what="lazy oblique")
+
+
+@pytest.mark.parametrize("name", REGULAR)
+def test_scan_folder_describes_each_series(corpus, name):
+    series = corpus[name]
+    scan = scan_folder(series.folder)
+    assert scan.skipped == []
+    (found,) = scan.series
+    assert found.uid == series.uid
+    assert found.key == series.uid
+    assert found.stack == 0
+    assert found.number == series.number
+    assert found.regular and found.problems == []
+    assert found.shape == series.volume.shape
+    assert sorted(found.files) == sorted(series.files)
+    # files sorted along the slice normal, positions equally spaced by the z spacing
+    positions = np.array(
+        [header_geometry(pydicom.dcmread(f, stop_before_pixels=True))[0] for f in found.files]
+    )
+    steps = np.diff(positions @ found.direction[:, 2])
+    np.testing.assert_allclose(steps, found.spacing[2], atol=1e-4)
+    np.testing.assert_allclose(positions[0], found.origin, atol=1e-4)
+    assert series.uid in found.describe() or series.description in found.describe()
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique", "coronal", "rescaled"])
+def test_convert_command_matches_dcm2niix(corpus, dcm2niix_of, tmp_path, capsys, name):
+    series = corpus[name]
+    out = tmp_path / f"{name}.nii.gz"
+    rc, _, err = convert([series.folder, out], capsys)
+    assert rc == 0, err
+    (reference,) = dcm2niix_of(name, series.folder)
+    assert_same_image(out, reference, what=f"convert {name} vs dcm2niix")
+    assert_same_image(out, series.volume, what=f"convert {name} vs ground truth")
+    image = nib.load(out)
+    assert image.header.get_sform(coded=True)[1] > 0  # a real scanner/aligned sform
+
+
+# -- irregular series: SimpleITK is silently wrong, we refuse and say where --------------------
+def _sorted_positions(series):
+    return series.positions[np.argsort(series.positions @ np.array([0, 0, 1.0]))]
+
+
+def test_simpleitk_is_wrong_on_a_missing_slice(corpus):
+    series = corpus["gap"]
+    image = sitk_read_series(series.folder)
+    # SimpleITK reports the mean spacing over the gap (44 mm / 10 = 4.4 mm) ...
+    assert image.GetSpacing()[2] == pytest.approx(44.0 / 10)
+    # ... so its slices sit up to 1.6 mm away from where the files say they are.
+    positions = _sorted_positions(series)
+    claimed = np.array(
+        [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(len(positions))]
+    )
+    assert np.max(np.abs(claimed - positions)) > 1.5
+
+
+def test_load_dicom_refuses_a_missing_slice_naming_position_and_spacing(corpus):
+    series = corpus["gap"]
+    with pytest.raises(GeometryError) as info:
+        load_dicom(series.folder)
+    message = str(info.value)
+    assert mentions_number(message, series.notes["gap_spacing"]), message  # 8 mm found
+    below, above = 12.0, 20.0  # z of the slices either side of the missing one (z = 16)
+    assert any(mentions_number(message, z) for z in (below, above, 16.0)), message
+
+
+def test_scan_reports_the_gap_as_a_problem(corpus):
+    series = corpus["gap"]
+    (found,) = scan_folder(series.folder).series
+    assert not found.regular
+    assert found.problems
+    assert any(mentions_number(p, series.notes["gap_spacing"]) for p in found.problems)
+    with pytest.raises(GeometryError):
+        load_series(found)
+
+
+def test_resampled_gap_series_keeps_the_slices_that_exist(corpus):
+    series = corpus["gap"]
+    volume = load_dicom(series.folder, resample=True)
+    truth = corpus["axial"].volume  # the gap series is the axial one without slice 5
+    np.testing.assert_allclose(volume.spacing, SPACING, atol=1e-4)
+    assert volume.shape == truth.shape
+    assert volume.metadata.get("problems")
+    t_data, t_aff = canonical(truth)
+    v_data, v_aff = canonical(volume)
+    np.testing.assert_allclose(v_aff, t_aff, atol=1e-4)
+    kept = [k for k in range(truth.shape[0]) if k != series.notes["missing_index"]]
+    # z is the last canonical axis for an axial series
+    np.testing.assert_allclose(v_data[:, :, kept], t_data[:, :, kept], atol=1e-3)
+    k = series.notes["missing_index"]
+    lo = np.minimum(t_data[:, :, k - 1], t_data[:, :, k + 1]) - 1e-3
+    hi = np.maximum(t_data[:, :, k - 1], t_data[:, :, k + 1]) + 1e-3
+    assert np.all((v_data[:, :, k] >= lo) & (v_data[:, :, k] <= hi))
+
+
+def test_load_dicom_refuses_non_uniform_spacing_naming_both_spacings(corpus):
+    series = corpus["nonuniform"]
+    image = sitk_read_series(series.folder)
+    assert image.GetSpacing()[2] == pytest.approx(49.0 / 11)  # SimpleITK: the mean, again
+    with pytest.raises(GeometryError) as info:
+        load_dicom(series.folder)
+    message = str(info.value)
+    assert mentions_number(message, 4.0) and mentions_number(message, 5.0), message
+
+
+def test_load_dicom_refuses_gantry_tilt(corpus):
+    series = corpus["tilt"]
+    image = sitk_read_series(series.folder)
+    # SimpleITK builds an orthogonal grid: its last slice misses the last file's IPP.
+    last = image.TransformIndexToPhysicalPoint((0, 0, len(series.files) - 1))
+    assert np.linalg.norm(np.array(last) - series.positions[-1]) > 1.0
+    with pytest.raises(GeometryError) as info:
+        load_dicom(series.folder)
+    message = str(info.value).lower()
+    assert "shear" in message or "tilt" in message, message
+    (found,) = scan_folder(series.folder).series
+    assert not found.regular
+
+
+@pytest.mark.parametrize("name", IRREGULAR)
+def test_convert_command_refuses_irregular_series(corpus, tmp_path, capsys, name):
+    out = tmp_path / f"{name}.nii.gz"
+    rc, _, err = convert([corpus[name].folder, out], capsys)
+    assert rc == 1
+    assert not out.exists()
+    assert err.strip(), "the refusal must say why"
+
+
+# -- real files from pydicom and pydicom-data ----------------------------------------------------
+MR_SMALL_VARIANTS = [
+    "MR_small.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_expb.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_padded.dcm",
+]
+
+
+def _assert_single_file_geometry(volume, ds):
+    ipp, row, col = header_geometry(ds)
+    dy, dx = (float(v) for v in ds.PixelSpacing)
+    np.testing.assert_allclose(volume.origin, ipp, atol=1e-4)
+    np.testing.assert_allclose(volume.direction[:, 0], row, atol=1e-6)
+    np.testing.assert_allclose(volume.direction[:, 1], col, atol=1e-6)
+    np.testing.assert_allclose(abs(volume.direction[:, 2] @ np.cross(row, col)), 1, atol=1e-6)
+    np.testing.assert_allclose(volume.spacing[:2], [dx, dy], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MR_SMALL_VARIANTS)
+def test_mr_small_variants_equal_pydicom(name):
+    path = testdata_file(name)
+    expected, ds = pydicom_reference(path)
+    volume = load_dicom(path)
+    assert volume.shape == expected.shape == (1, 64, 64)
+    np.testing.assert_array_equal(np.asarray(volume.data, dtype=np.float64), expected)
+    _assert_single_file_geometry(volume, ds)
+
+
+def test_mr_small_variants_are_identical():
+    reference = np.asarray(load_dicom(testdata_file("MR_small.dcm")).data)
+    for name in MR_SMALL_VARIANTS[1:]:
+        np.testing.assert_array_equal(np.asarray(load_dicom(testdata_file(name)).data), reference)
+
+
+@pytest.mark.parametrize(
+    ("name", "rescale"),
+    [("CT_small.dcm", (1.0, -1024.0)), ("693_UNCR.dcm", (1.0, -1024.0)), ("MR2_UNCR.dcm", None)],
+)
+def test_real_single_files_rescale_and_geometry(name, rescale):
+    path = testdata_file(name)
+    expected, ds = pydicom_reference(path)
+    volume = load_dicom(path)
+    np.testing.assert_allclose(np.asarray(volume.data, dtype=np.float64), expected, rtol=1e-6)
+    if rescale is not None:
+        assert tuple(volume.metadata["rescale"]) == rescale
+        assert np.asarray(volume.data).min() < 0  # HU below zero survive
+    _assert_single_file_geometry(volume, ds)
+
+
+@pytest.mark.parametrize(
+    ("compressed", "uncompressed"),
+    [("693_J2KR.dcm", "693_UNCR.dcm"), ("MR2_J2KR.dcm", "MR2_UNCR.dcm")],
+)
+def test_real_lossless_j2k_equals_uncompressed(compressed, uncompressed):
+    a = load_dicom(testdata_file(compressed))
+    b = load_dicom(testdata_file(uncompressed))
+    np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "CT_small.dcm", "MR2_UNCR.dcm"])
+def test_real_single_files_match_dcm2niix(name, tmp_path):
+    from dicom_corpus import dcm2niix
+
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(testdata_file(name), source / name)
+    (nifti,) = dcm2niix(source, tmp_path / "out", "x")
+    volume = load_dicom(source / name)
+    ours = nib.as_closest_canonical(volume_to_nib(volume))
+    theirs = nib.as_closest_canonical(nib.load(nifti))
+    if len(theirs.shape) == 4:
+        theirs = theirs.slicer[..., 0]
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(
+        np.asarray(ours.dataobj, dtype=np.float64),
+        np.asarray(theirs.dataobj, dtype=np.float64),
+        rtol=1e-5,
+    )
+    # In-plane columns and the origin agree; the one-slice axis only in direction (its
+    # length is a convention: dcm2niix uses SliceThickness).
+    flat = [a for a in range(3) if ours.shape[a] == 1]
+    for a in range(3):
+        if a in flat:
+            u, v = ours.affine[:3, a], theirs.affine[:3, a]
+            np.testing.assert_allclose(u / np.linalg.norm(u), v / np.linalg.norm(v), atol=1e-5)
+        else:
+            np.testing.assert_allclose(ours.affine[:3, a], theirs.affine[:3, a], atol=1e-4)
+    np.testing.assert_allclose(ours.affine[:3, 3], theirs.affine[:3, 3], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["JPEG-lossy.dcm", "JPGExtended.dcm", "JPEG-LL.dcm"])
+def test_jpeg_grayscale_files_decode_like_pydicom(name):
+    path = testdata_file(name)
+    expected, _ = pydicom_reference(path)
+    volume = load_dicom(path)
+    assert volume.shape == expected.shape
+    np.testing.assert_array_equal(np.asarray(volume.data, dtype=np.float64), expected)
+
+
+EMRI_VARIANTS = [
+    "emri_small.dcm",
+    "emri_small_RLE.dcm",
+    "emri_small_big_endian.dcm",
+    "emri_small_jpeg_ls_lossless.dcm",
+    "emri_small_jpeg_2k_lossless.dcm",
+]
+
+
+@pytest.mark.parametrize("name", EMRI_VARIANTS)
+def test_enhanced_mr_frames_equal_pydicom(name):
+    path = testdata_file(name)
+    expected, _ = pydicom_reference(path)
+    assert expected.shape == (10, 64, 64)
+    volume = load_dicom(path)
+    assert volume.shape == (10, 64, 64)
+    np.testing.assert_array_equal(np.asarray(volume.data, dtype=np.float64), expected)
+    (found,) = scan_folder(path).series
+    assert found.files == [path]
+
+
+# -- a mixed export folder ------------------------------------------------------------------------
+def test_mixed_folder_lists_exactly_the_series_and_skips_junk(mixed_folder):
+    scan = scan_folder(mixed_folder.root)
+    main_uid, other_uid = mixed_folder.main.uid, mixed_folder.other.uid
+    assert {s.uid for s in scan.series} == {main_uid, other_uid}
+    by_key = {s.key: s for s in scan.series}
+    assert len(by_key) == len(scan.series), "keys must be unique"
+    main_stack = by_key[main_uid]
+    assert main_stack.stack == 0
+    assert sorted(main_stack.files) == sorted(mixed_folder.main.files)
+    assert main_stack.shape == mixed_folder.main.volume.shape
+    assert main_stack.regular
+    other = by_key[other_uid]
+    assert sorted(other.files) == sorted(mixed_folder.other.files)
+    split = [s for s in scan.series if s.uid == main_uid and s.stack != 0]
+    assert split, "the localizer must be split off the series it shares a UID with"
+    for s in split:
+        assert s.key == f"{main_uid}#{s.stack}"
+        orientations = {
+            tuple(pydicom.dcmread(f, stop_before_pixels=True).ImageOrientationPatient)
+            for f in s.files
+        }
+        assert len(orientations) == 1, f"stack {s.key} mixes orientations"
+    assert sorted(f for s in split for f in s.files) == sorted(mixed_folder.localizer_files)
+    skipped = {s.path: s.reason for s in scan.skipped}
+    assert set(skipped) == set(mixed_folder.junk.values())
+    for path, reason in skipped.items():
+        assert reason and reason.strip(), f"{path} skipped without a reason"
+
+
+def test_mixed_folder_skip_reasons_are_specific(mixed_folder):
+    reasons = {s.path: s.reason.lower() for s in scan_folder(mixed_folder.root).skipped}
+    junk = mixed_folder.junk
+    assert "empty" in reasons[junk["empty"]] or "0 bytes" in reasons[junk["empty"]]
+    assert "truncat" in reasons[junk["truncated"]]
+    assert "dicom" in reasons[junk["text"]]
+    for kind in ("sr", "text_sr", "seg"):
+        assert "not an image" in reasons[junk[kind]] or "no pixel" in reasons[junk[kind]], (
+            kind,
+            reasons[junk[kind]],
+        )
+
+
+def test_mixed_folder_loads_each_series_by_selector(mixed_folder):
+    main_series, other = mixed_folder.main, mixed_folder.other
+    assert_same_image(
+        load_dicom(mixed_folder.root, series=main_series.uid), main_series.volume, what="main"
+    )
+    assert_same_image(load_dicom(mixed_folder.root, series=other.uid), other.volume, what="uid")
+    assert_same_image(load_dicom(mixed_folder.root, series=other.number), other.volume, what="#")
+
+
+def test_mixed_folder_select_without_choice_lists_every_series(mixed_folder):
+    scan = scan_folder(mixed_folder.root)
+    with pytest.raises(SeriesError) as info:
+        scan.select(None)
+    message = str(info.value)
+    for s in scan.series:
+        assert s.key in message, f"{s.key} missing from: {message}"
+    with pytest.raises(SeriesError):
+        load_dicom(mixed_folder.root)
+
+
+def test_convert_mixed_folder_needs_a_series(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "x.nii.gz"
+    rc, _, err = convert([mixed_folder.root, out], capsys)
+    assert rc == 1
+    assert not out.exists()
+    assert mixed_folder.main.uid in err and mixed_folder.other.uid in err
+
+
+def test_convert_mixed_folder_with_series_picks_it(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "other.nii.gz"
+    rc, _, err = convert([mixed_folder.root, out, "--series", mixed_folder.other.uid], capsys)
+    assert rc == 0, err
+    assert_same_image(out, mixed_folder.other.volume, what="convert --series")
+
+
+def test_convert_mixed_folder_into_a_folder_writes_every_series(mixed_folder, tmp_path, capsys):
+    scan = scan_folder(mixed_folder.root)
+    out = tmp_path / "all"
+    out.mkdir()
+    rc, _, err = convert([mixed_folder.root, out], capsys)
+    assert rc == 0, err
+    written = sorted(p for p in out.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    assert len(written) == len(scan.series), [p.name for p in written]
+    matches = {"main": 0, "other": 0}
+    for path in written:
+        image = nib.load(path)
+        for label, truth in (("main", mixed_folder.main), ("other", mixed_folder.other)):
+            if image.shape[:3] == truth.volume.shape[::-1]:
+                assert_same_image(path, truth.volume, what=f"{path.name}")
+                matches[label] += 1
+    assert matches == {"main": 1, "other": 1}
+
+
+def test_series_command_lists_the_mixed_folder(mixed_folder, capsys):
+    capsys.readouterr()
+    rc = main(["series", str(mixed_folder.root)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert mixed_folder.main.uid in out and mixed_folder.other.uid in out
+
+
+def test_simpleitk_fails_on_a_localizer_sharing_the_uid_but_we_split_it(mixed_folder, tmp_path):
+    """Main series and localizer in one flat folder, as many PACS exports do."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in [*mixed_folder.main.files, *mixed_folder.localizer_files]:
+        shutil.copy(path, flat / path.name)
+    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(flat), mixed_folder.main.uid)
+    assert len(names) == len(mixed_folder.main.files) + 3
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames(names)
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        pass  # "size mismatch": SimpleITK cannot read the series at all
+    else:  # or it reads something that is not the series
+        assert image.GetSize()[2] != mixed_folder.main.volume.shape[0] or not np.allclose(
+            image.GetDirection(), mixed_folder.main.volume.direction.reshape(-1), atol=1e-6
+        )
+    scan = scan_folder(flat)
+    assert len([s for s in scan.series if s.stack == 0]) == 1
+    main_stack = scan.select(mixed_folder.main.uid)
+    assert_same_image(load_series(main_stack), mixed_folder.main.volume, what="main stack")
