@@ -27,7 +27,17 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
 
 from napari_mrisynth.io.dicom_write import write_dicom_series
 from napari_mrisynth.volume import Volume
@@ -191,6 +201,13 @@ REGULAR = (
     "rle",
     "jpegls",
     "j2k",
+    "implicit",
+    "bigheader",
+    "icon",
+    "thickness_lies",
+    "uint16",
+    "negative",
+    "enhanced",
 )
 IRREGULAR = ("gap", "nonuniform", "tilt")
 
@@ -244,7 +261,154 @@ def build_corpus(root: Path) -> dict[str, CorpusSeries]:
     tilt_pos = axial.origin + k * SPACING[2] * normal + k * shift * row
     out["tilt"] = _write("tilt", root, axial, number=12, positions=tilt_pos, regular=False)
     out["tilt"].notes = {"tilt_deg": tilt_deg, "shift_mm": float(shift)}
+
+    # Header variants that trip hand-written parsers.
+    out["implicit"] = _write("implicit", root, axial, number=13)
+    _rewrite(out["implicit"].files, _to_implicit_vr)
+    out["bigheader"] = _write("bigheader", root, axial, number=14)
+    _rewrite(out["bigheader"].files, _add_big_private_element)
+    out["icon"] = _write("icon", root, axial, number=15)
+    _rewrite(out["icon"].files, _add_icon)
+    out["thickness_lies"] = _write("thickness_lies", root, axial, number=16)
+    _rewrite(out["thickness_lies"].files, _lie_about_thickness)
+    # Unsigned values above 32767 (PixelRepresentation 0) and signed negatives.
+    big = Volume(axial.data.astype(np.int32) * 60, axial.spacing, axial.origin, axial.direction)
+    out["uint16"] = _write("uint16", root, big, number=17)
+    negative = axial.with_data((axial.data - 300).astype(np.int16))
+    out["negative"] = _write("negative", root, negative, number=18)
+    out["enhanced"] = write_enhanced_mr(axial, root / "enhanced" / "EMR0001.dcm", number=19)
     return out
+
+
+def _rewrite(files: list[Path], edit) -> None:
+    for path in files:
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        if ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian:
+            ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+        else:
+            ds.save_as(path, enforce_file_format=True)
+
+
+def _to_implicit_vr(ds: Dataset) -> None:
+    """Implicit VR Little Endian: private elements and undefined-length sequences lose VRs."""
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+
+
+def _add_big_private_element(ds: Dataset) -> None:
+    """A 40 KB private blob in group 0009, before every tag a reader needs (the header is
+    then larger than any first read of 16 KB), like a Siemens CSA header."""
+    block = ds.private_block(0x0009, "MRISYNTH BIG BLOB", create=True)
+    block.add_new(0x10, "OB", bytes(range(256)) * 160)
+    block.add_new(0x11, "UN", b"\x00" * 20000)
+
+
+def _add_icon(ds: Dataset) -> None:
+    """An Icon Image Sequence: a nested 16x16 8-bit image with its own Rows, Columns,
+    BitsAllocated and PixelData, after the top-level image attributes."""
+    icon = Dataset()
+    icon.SamplesPerPixel = 1
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.Rows = 16
+    icon.Columns = 16
+    icon.BitsAllocated = 8
+    icon.BitsStored = 8
+    icon.HighBit = 7
+    icon.PixelRepresentation = 0
+    icon.ImagePositionPatient = ["999", "999", "999"]  # a decoy: not a real attribute here
+    icon.PixelData = bytes(range(256))
+    ds.IconImageSequence = Sequence([icon])
+    ds["IconImageSequence"].is_undefined_length = True
+
+
+def _lie_about_thickness(ds: Dataset) -> None:
+    """SliceThickness and SpacingBetweenSlices disagree with the positions (4 mm)."""
+    ds.SliceThickness = "1.25"
+    ds.SpacingBetweenSlices = "6"
+
+
+def write_enhanced_mr(volume: Volume, path: Path, number: int) -> CorpusSeries:
+    """One Enhanced MR Image Storage object: every slice a frame, frames stored in reverse
+    spatial order, positions per frame, orientation/spacing/rescale shared."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nz = volume.shape[0]
+    order = np.arange(nz)[::-1]  # frame f holds slice order[f]
+    positions = volume.index_to_lps(np.stack([np.zeros(nz), np.zeros(nz), np.arange(nz)], 1))
+    series_uid = generate_uid(entropy_srcs=["enhanced", str(number)])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["enhanced-sop", str(number)])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.Modality = "MR"
+    ds.Manufacturer = "SIMULATED (napari-mrisynth)"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+    ds.AcquisitionDateTime = "20260101120000"
+    ds.PatientName = "SIMULATED^ENHANCED"
+    ds.PatientID = "SIM-ENH"
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["enhanced-study", str(number)])
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=["enhanced-for", str(number)])
+    ds.SeriesNumber = number
+    ds.InstanceNumber = 1
+    ds.SeriesDescription = "SIMULATED enhanced"
+    ds.ImageComments = "SIMULATED image from the MNI152 template; not a real patient"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = nz
+    ds.Rows, ds.Columns = volume.shape[1], volume.shape[2]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    shared = Dataset()
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [
+        f"{v:.8f}" for v in (*volume.direction[:, 0], *volume.direction[:, 1])
+    ]
+    measures = Dataset()
+    measures.PixelSpacing = [f"{volume.spacing[1]:g}", f"{volume.spacing[0]:g}"]
+    measures.SliceThickness = f"{volume.spacing[2]:g}"
+    measures.SpacingBetweenSlices = f"{volume.spacing[2]:g}"
+    transform = Dataset()
+    transform.RescaleSlope = "1"
+    transform.RescaleIntercept = "0"
+    transform.RescaleType = "US"
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for f, k in enumerate(order):
+        item = Dataset()
+        plane = Dataset()
+        plane.ImagePositionPatient = [f"{v:.6f}" for v in positions[k]]
+        content = Dataset()
+        content.InStackPositionNumber = int(nz - f)
+        content.StackID = "1"
+        content.FrameAcquisitionNumber = int(f + 1)
+        item.PlanePositionSequence = Sequence([plane])
+        item.FrameContentSequence = Sequence([content])
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = np.ascontiguousarray(volume.data[order]).astype("<i2").tobytes()
+    ds["PixelData"].VR = "OW"
+    ds.save_as(path, enforce_file_format=True)
+    return CorpusSeries(
+        name="enhanced",
+        folder=path.parent,
+        files=[path],
+        uid=series_uid,
+        number=number,
+        description="SIMULATED enhanced",
+        volume=volume,
+        positions=positions[order],
+    )
 
 
 # -- mixed folder ---------------------------------------------------------------------------

@@ -30,9 +30,17 @@ from dicom_corpus import (
 from napari_mrisynth.cli import main
 from napari_mrisynth.errors import GeometryError, SeriesError
 
-# The reader is being committed in parallel; skip (not error) until its module exists.
-dicom = pytest.importorskip("napari_mrisynth.io.dicom")
-load_dicom, load_series, scan_folder = dicom.load_dicom, dicom.load_series, dicom.scan_folder
+try:
+    from napari_mrisynth.io.dicom import load_dicom, load_series, scan_folder
+except ImportError:  # the reader is being committed in parallel
+    load_dicom = load_series = scan_folder = None
+
+
+@pytest.fixture(autouse=True)
+def _needs_reader(request):
+    if load_dicom is None and not request.node.name.startswith("test_reference_"):
+        pytest.skip("napari_mrisynth.io.dicom is not there yet")
+
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -54,14 +62,18 @@ def convert(args: list, capsys) -> tuple[int, str, str]:
 
 # -- the references agree with the ground truth (so they can judge the reader) --------------
 @pytest.mark.parametrize("name", REGULAR)
-def test_dcm2niix_reproduces_ground_truth(corpus, dcm2niix_of, name):
+def test_reference_dcm2niix_reproduces_ground_truth(corpus, dcm2niix_of, name):
     series = corpus[name]
     (nifti,) = dcm2niix_of(name, series.folder)
     assert_same_image(nifti, series.volume, what=f"dcm2niix {name}")
 
 
-@pytest.mark.parametrize("name", REGULAR)
-def test_simpleitk_reproduces_ground_truth_on_regular_series(corpus, name):
+#: SimpleITK's series reader is for single-frame files.
+SITK_SERIES = tuple(n for n in REGULAR if n != "enhanced")
+
+
+@pytest.mark.parametrize("name", SITK_SERIES)
+def test_reference_simpleitk_reproduces_ground_truth(corpus, name):
     series = corpus[name]
     assert_same_image(sitk_read_series(series.folder), series.volume, what=f"SimpleITK {name}")
 
@@ -74,7 +86,8 @@ def test_load_dicom_equals_ground_truth_dcm2niix_and_simpleitk(corpus, dcm2niix_
     assert_same_image(volume, series.volume, what=f"{name} vs ground truth")
     (nifti,) = dcm2niix_of(name, series.folder)
     assert_same_image(volume, nifti, what=f"{name} vs dcm2niix")
-    assert_same_image(volume, sitk_read_series(series.folder), what=f"{name} vs SimpleITK")
+    if name in SITK_SERIES:
+        assert_same_image(volume, sitk_read_series(series.folder), what=f"{name} vs SimpleITK")
     # Geometry in the contract's convention: x along the row cosine, y along the column
     # cosine (no reorientation by the reader), spacing (x, y, z) with z from positions.
     truth = series.volume
@@ -93,6 +106,12 @@ def test_integer_series_stay_int16(corpus, name):
     """Slope 1 / intercept 0 must not turn int16 into float64 (10x the memory)."""
     volume = load_dicom(corpus[name].folder)
     assert volume.dtype == np.int16
+
+
+def test_unsigned_series_above_32767_stay_uint16(corpus):
+    volume = load_dicom(corpus["uint16"].folder)
+    assert volume.dtype == np.uint16
+    assert int(np.asarray(volume.data).max()) > 32767
 
 
 def test_rescale_is_applied_and_recorded(corpus):
@@ -134,6 +153,11 @@ def test_scan_folder_describes_each_series(corpus, name):
     assert found.regular and found.problems == []
     assert found.shape == series.volume.shape
     assert sorted(found.files) == sorted(series.files)
+    if name == "enhanced":  # one multi-frame file: its first frame is the last slice
+        ends = series.volume.index_to_lps([[0, 0, 0], [0, 0, series.volume.shape[0] - 1]])
+        assert min(np.linalg.norm(found.origin - e) for e in ends) < 1e-4
+        np.testing.assert_allclose(found.spacing, SPACING, atol=1e-4)
+        return
     # files sorted along the slice normal, positions equally spaced by the z spacing
     positions = np.array(
         [header_geometry(pydicom.dcmread(f, stop_before_pixels=True))[0] for f in found.files]
@@ -162,7 +186,7 @@ def _sorted_positions(series):
     return series.positions[np.argsort(series.positions @ np.array([0, 0, 1.0]))]
 
 
-def test_simpleitk_is_wrong_on_a_missing_slice(corpus):
+def test_reference_simpleitk_is_wrong_on_a_missing_slice(corpus):
     series = corpus["gap"]
     image = sitk_read_series(series.folder)
     # SimpleITK reports the mean spacing over the gap (44 mm / 10 = 4.4 mm) ...
