@@ -1,0 +1,309 @@
+"""Streaming benchmark: SeriesPatchDataset against MONAI LoadImaged(PydicomReader).
+
+Builds (once, cached under ``benchmarks/_work/streaming``) a cohort of DICOM series of
+random int16 voxels written by ``write_dicom_series``, then runs every configuration in a
+fresh Python process: one epoch over all series producing random patches, with
+``num_workers`` 0 and 2 and 1 or 4 patches per volume. Each process records its throughput
+(volumes per second, worker start-up included) and its peak memory, sampled every 50 ms
+over itself and its DataLoader workers, above a baseline taken after the imports:
+
+* RSS: the sum of resident sets. Forked workers count the parent's pages they touch again,
+  so this overstates what the machine spends;
+* PSS: the sum of proportional sets, shared pages split between the processes sharing
+  them: the physical memory the run really holds.
+
+Memory is also given in volumes: one volume is the series' int16 voxels (21 MB at
+256x256x160).
+
+Usage::
+
+    python benchmarks/bench_streaming.py                 # 20 series of 160x256x256, 96^3
+    python benchmarks/bench_streaming.py --series 4 --shape 64 128 128 --patch 48  # quick
+    python benchmarks/bench_streaming.py --write-docs    # also update docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs" / "benchmarks.md"
+SECTION = "## Streaming"
+
+
+# -- the cohort ----------------------------------------------------------------------------
+def build_cohort(work: Path, n_series: int, shape: tuple[int, int, int]) -> list[Path]:
+    """``n_series`` DICOM folders of ``shape`` (z, y, x) int16, written once and reused."""
+    import numpy as np
+
+    from napari_mrisynth.io.dicom_write import write_dicom_series
+    from napari_mrisynth.volume import Volume
+
+    root = work / f"streaming_{shape[0]}x{shape[1]}x{shape[2]}"
+    folders = []
+    for i in range(n_series):
+        folder = root / f"series-{i:03d}"
+        done = folder / ".complete"
+        if not done.exists():
+            rng = np.random.default_rng(i)
+            data = rng.integers(0, 1200, size=shape, dtype=np.int16)
+            volume = Volume(data, (0.9375, 0.9375, 1.2), (-120.0, -120.0, -96.0 + i))
+            write_dicom_series(volume, folder, series_number=i + 1, seed=i)
+            done.touch()
+        folders.append(folder)
+    return folders
+
+
+# -- one configuration, in its own process -------------------------------------------------
+class MemorySampler:
+    """Peak summed RSS and PSS of this process and its children, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self._me = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak_rss = self.peak_pss = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> tuple[int, int]:
+        import psutil
+
+        rss = pss = 0
+        for process in [self._me, *self._me.children(recursive=True)]:
+            try:
+                info = process.memory_full_info()
+            except psutil.Error:  # a worker that just exited
+                continue
+            rss += info.rss
+            pss += info.pss
+        return rss, pss
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss, pss = self.sample()
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            time.sleep(self._interval)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _ours(folders, patch, patches, workers, seed):
+    from torch.utils.data import DataLoader
+
+    from napari_mrisynth.io.streaming import SeriesPatchDataset
+
+    dataset = SeriesPatchDataset(folders, patch_size=patch, patches_per_volume=patches, seed=seed)
+    return DataLoader(dataset, batch_size=patches, num_workers=workers)
+
+
+def _monai(folders, patch, patches, workers, seed):
+    from monai.data import DataLoader, Dataset, PydicomReader
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        RandSpatialCropSamplesd,
+    )
+    from monai.utils import set_determinism
+
+    set_determinism(seed)
+    transform = Compose(
+        [
+            LoadImaged(keys="image", reader=PydicomReader()),
+            EnsureChannelFirstd(keys="image"),
+            RandSpatialCropSamplesd(
+                keys="image", roi_size=(patch,) * 3, num_samples=patches, random_size=False
+            ),
+        ]
+    )
+    dataset = Dataset([{"image": str(f)} for f in folders], transform)
+    return DataLoader(dataset, batch_size=1, shuffle=True, num_workers=workers)
+
+
+def run_one(config: dict) -> dict:
+    """Import, take the baseline, stream one epoch per repeat; throughput and peak memory."""
+    import numpy as np
+    import torch  # noqa: F401  (imported before the baseline, as a training script would)
+
+    import napari_mrisynth.io.streaming as streaming
+
+    folders = [Path(f) for f in config["folders"]]
+    build = {"ours": _ours, "monai": _monai}[config["pipeline"]]
+    loader = build(folders, config["patch"], config["patches"], config["workers"], config["seed"])
+    sampler = MemorySampler()
+    baseline_rss, baseline_pss = sampler.sample()
+    seconds, shapes = [], set()
+    with sampler:
+        for _ in range(config["epochs"]):
+            start = time.perf_counter()
+            patches = 0
+            for batch in loader:
+                image = batch["image"]
+                shapes.add(tuple(image.shape[1:]))
+                patches += image.shape[0]
+                float(image.mean())  # a consumer that touches every patch
+            seconds.append(time.perf_counter() - start)
+    volume_bytes = int(np.prod(config["shape"])) * 2
+    return {
+        **{k: v for k, v in config.items() if k != "folders"},
+        "series": len(folders),
+        "patches_seen": patches,
+        "patch_shapes": sorted(shapes),
+        "seconds": seconds,
+        "volumes_per_s": len(folders) / min(seconds),
+        "baseline_rss_mb": baseline_rss / 2**20,
+        "baseline_pss_mb": baseline_pss / 2**20,
+        "peak_rss_above_mb": (sampler.peak_rss - baseline_rss) / 2**20,
+        "peak_pss_above_mb": (sampler.peak_pss - baseline_pss) / 2**20,
+        "volume_mb": volume_bytes / 2**20,
+        "reader": (
+            "napari_mrisynth.io.files.load_volume"
+            if hasattr(streaming, "load_volume")
+            else "SimpleITK ImageSeriesReader (prototype, before io.dicom landed)"
+        ),
+    }
+
+
+# -- the driver ----------------------------------------------------------------------------
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table; ratios are ours / MONAI for the same workers and patches."""
+    monai = {(r["workers"], r["patches"]): r for r in results if r["pipeline"] == "monai"}
+    lines = [
+        "| pipeline | workers | patches/vol | volumes/s | ×MONAI | peak RSS above baseline "
+        "| peak PSS above baseline | ×MONAI (PSS) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ref = monai.get((r["workers"], r["patches"]))
+        speed = f"{r['volumes_per_s'] / ref['volumes_per_s']:.2f}" if ref else "–"
+        memory = f"{r['peak_pss_above_mb'] / max(ref['peak_pss_above_mb'], 1):.2f}" if ref else "–"
+        vol = r["volume_mb"]
+        lines.append(
+            f"| {'SeriesPatchDataset' if r['pipeline'] == 'ours' else 'MONAI PydicomReader'} "
+            f"| {r['workers']} | {r['patches']} | {r['volumes_per_s']:.2f} | {speed} "
+            f"| {r['peak_rss_above_mb']:.0f} MB ({r['peak_rss_above_mb'] / vol:.1f} vol) "
+            f"| {r['peak_pss_above_mb']:.0f} MB ({r['peak_pss_above_mb'] / vol:.1f} vol) "
+            f"| {memory} |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    """Replace (or append) the Streaming section of docs/benchmarks.md, nothing else."""
+    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    start = current.find(SECTION + "\n")
+    if start < 0:
+        updated = current.rstrip("\n") + "\n\n" + text
+    else:
+        end = current.find("\n## ", start + len(SECTION))
+        tail = current[end + 1 :] if end >= 0 else ""
+        updated = current[:start] + text + ("\n" + tail if tail else "")
+    DOCS.write_text(updated)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=20)
+    parser.add_argument("--shape", type=int, nargs=3, default=(160, 256, 256), metavar="N")
+    parser.add_argument("--patch", type=int, default=96)
+    parser.add_argument("--workers", type=int, nargs="+", default=(0, 2))
+    parser.add_argument("--patches", type=int, nargs="+", default=(1, 4))
+    parser.add_argument("--pipelines", nargs="+", default=("ours", "monai"))
+    parser.add_argument("--epochs", type=int, default=2, help="best of this many epochs")
+    parser.add_argument("--work", type=Path, default=HERE / "_work")
+    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(json.loads(args.child))))
+        return 0
+
+    folders = build_cohort(args.work, args.series, tuple(args.shape))
+    for folder in folders:  # warm the page cache, so the first run is not the only cold one
+        for path in folder.iterdir():
+            path.read_bytes()
+    load_before = _uptime()
+    results = []
+    for workers in args.workers:
+        for patches in args.patches:
+            for pipeline in args.pipelines:
+                config = {
+                    "pipeline": pipeline,
+                    "workers": workers,
+                    "patches": patches,
+                    "patch": args.patch,
+                    "shape": list(args.shape),
+                    "epochs": args.epochs,
+                    "seed": 0,
+                    "folders": [str(f) for f in folders],
+                }
+                child = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(config)],
+                    capture_output=True,
+                    text=True,
+                )
+                if child.returncode:
+                    sys.stderr.write(child.stderr)
+                    return child.returncode
+                results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+                r = results[-1]
+                print(
+                    f"{pipeline:5s} workers={workers} patches={patches}: "
+                    f"{r['volumes_per_s']:.2f} volumes/s, peak RSS +{r['peak_rss_above_mb']:.0f}"
+                    f" MB, PSS +{r['peak_pss_above_mb']:.0f} MB (epochs {r['seconds']})",
+                    flush=True,
+                )
+    load_after = _uptime()
+    report = table(results)
+    print(report)
+    print(json.dumps(results, indent=1), file=sys.stderr)
+    if args.write_docs:
+        shape = "×".join(map(str, args.shape[::-1]))
+        write_docs(
+            f"{SECTION}\n\n"
+            f"`python benchmarks/bench_streaming.py` — {args.series} DICOM series of {shape} "
+            f"int16 (x×y×z, one file per slice, vendor-sized headers) streamed into random "
+            f"{args.patch}³ patches, one epoch per fresh process, best of {args.epochs} "
+            f"epochs, DataLoader worker start-up included.\n\n"
+            f"- Machine: {_cpu()}, shared with other engineers' jobs.\n"
+            f"- Load: before `{load_before}`; after `{load_after}`.\n"
+            f"- Reader behind SeriesPatchDataset: {results[0]['reader']}.\n"
+            f"- Baseline after imports: {results[0]['baseline_rss_mb']:.0f} MB RSS. "
+            f"One volume = {results[0]['volume_mb']:.0f} MB (int16 voxels).\n\n"
+            f"{report}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
