@@ -51,7 +51,7 @@ def build_cohort(work: Path, n_series: int, shape: tuple[int, int, int]) -> list
     folders = []
     for i in range(n_series):
         folder = root / f"series-{i:03d}"
-        done = folder / ".complete"
+        done = root / f"series-{i:03d}.complete"  # beside the folder: readers scan inside it
         if not done.exists():
             rng = np.random.default_rng(i)
             data = rng.integers(0, 1200, size=shape, dtype=np.int16)

@@ -2,6 +2,7 @@
 image and label cut at the same place, one volume per worker at a time."""
 
 import gc
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -310,3 +311,30 @@ def test_nifti_images_stream_too(cohort, tmp_path):
     sample = next(iter(SeriesPatchDataset([path], mode="volume")))
     np.testing.assert_array_equal(sample["image"][0].numpy(), _image_volume(2).data)
     assert "label" not in sample
+
+
+def _rank_main(rank, world_size, store, items, out):
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size
+    )
+    try:
+        dataset = SeriesPatchDataset(items, patch_size=8, seed=4)
+        indices = [int(s["meta"]["index"]) for s in DataLoader(dataset, batch_size=None)]
+        seen = {"rank": dataset.rank, "world_size": dataset.world_size, "indices": indices}
+        (out / f"rank{rank}.json").write_text(json.dumps(seen))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_of_an_initialized_process_group_split_the_items(cohort, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _rank_main,
+        args=(2, tmp_path / "store", cohort, tmp_path),
+        nprocs=2,
+        start_method="fork",
+    )
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [(s["rank"], s["world_size"]) for s in seen] == [(0, 2), (1, 2)]
+    assert sorted(seen[0]["indices"] + seen[1]["indices"]) == list(range(N_ITEMS))
