@@ -141,7 +141,7 @@ def run_one(config: dict) -> dict:
     import numpy as np
     import torch  # noqa: F401  (imported before the baseline, as a training script would)
 
-    import napari_mrisynth.io.streaming as streaming
+    import napari_mrisynth.io.streaming  # noqa: F401  (both pipelines start from the same imports)
 
     folders = [Path(f) for f in config["folders"]]
     build = {"ours": _ours, "monai": _monai}[config["pipeline"]]
@@ -172,11 +172,6 @@ def run_one(config: dict) -> dict:
         "peak_rss_above_mb": (sampler.peak_rss - baseline_rss) / 2**20,
         "peak_pss_above_mb": (sampler.peak_pss - baseline_pss) / 2**20,
         "volume_mb": volume_bytes / 2**20,
-        "reader": (
-            "napari_mrisynth.io.files.load_volume"
-            if hasattr(streaming, "load_volume")
-            else "SimpleITK ImageSeriesReader (prototype, before io.dicom landed)"
-        ),
     }
 
 
@@ -297,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             f"epochs, DataLoader worker start-up included.\n\n"
             f"- Machine: {_cpu()}, shared with other engineers' jobs.\n"
             f"- Load: before `{load_before}`; after `{load_after}`.\n"
-            f"- Reader behind SeriesPatchDataset: {results[0]['reader']}.\n"
+            "- Reader behind SeriesPatchDataset: `napari_mrisynth.io.dicom.load_dicom`.\n"
             f"- Baseline after imports: {results[0]['baseline_rss_mb']:.0f} MB RSS. "
             f"One volume = {results[0]['volume_mb']:.0f} MB (int16 voxels).\n\n"
             f"{report}\n"

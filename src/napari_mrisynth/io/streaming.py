@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from napari_mrisynth.errors import GeometryError
-from napari_mrisynth.volume import Volume
+from napari_mrisynth.io.dicom import load_dicom
+from napari_mrisynth.volume import Volume, volume_from_nifti
 
 #: Largest seed MONAI's ``set_random_state`` accepts, plus one.
 _TRANSFORM_SEED_RANGE = 2**32
@@ -51,10 +53,10 @@ class StreamItem:
     Parameters
     ----------
     image : Path
-        A DICOM folder or file, or a NIfTI/MetaImage/NRRD file.
+        A DICOM folder or file, or a NIfTI file (``.nii``, ``.nii.gz``).
     label : Path or int, optional
-        A label map on the image's grid (any readable format), or a class id.
-    series : str, optional
+        A label map on the image's grid (NIfTI or DICOM), or a class id.
+    series : str or int, optional
         Which series to read when the image folder holds several (key, UID or number).
     meta : mapping
         Facts yielded with every sample (diagnosis, subject id...); values must be
@@ -63,7 +65,7 @@ class StreamItem:
 
     image: Path
     label: Path | int | None = None
-    series: str | None = None
+    series: str | int | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -83,8 +85,7 @@ class StreamItem:
             label = Path(label)
         elif label is not None:
             label = int(label)
-        series = rest.pop("series", None)
-        return cls(image, label, None if series is None else str(series), rest)
+        return cls(image, label, rest.pop("series", None), rest)
 
 
 def shard(order: Sequence[int], *, rank: int, world_size: int, worker: int, num_workers: int):
@@ -412,22 +413,8 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return int(rank), int(world_size)
 
 
-def _read_volume(path: Path, series: str | None) -> Volume:
-    """Prototype reader until io.files lands: NIfTI through nibabel, DICOM via SimpleITK."""
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        from napari_mrisynth.volume import volume_from_nifti
-
+def _read_volume(path: Path, series: str | int | None) -> Volume:
+    """NIfTI through nibabel, anything else as DICOM (a folder or one file)."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
         return volume_from_nifti(nib.load(path), {"source": str(path)})
-    import SimpleITK as sitk
-
-    from napari_mrisynth.volume import volume_from_sitk
-
-    reader = sitk.ImageSeriesReader()
-    folder = path if path.is_dir() else path.parent
-    ids = reader.GetGDCMSeriesIDs(str(folder))
-    uid = series if series is not None else ids[0]
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), uid))
-    return volume_from_sitk(reader.Execute(), {"source": str(path)})
+    return load_dicom(path, series=series)
