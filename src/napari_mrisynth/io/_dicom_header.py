@@ -298,6 +298,8 @@ def _walk_explicit(reader: _Reader, pos: int, found: dict) -> tuple[int, int] | 
     while True:
         if pos + 12 > end:
             if pos >= size:
+                if pos > size:
+                    raise EOFError(f"an element ends at byte {pos}, the file at {size}")
                 return None
             buf, base = reader.window(pos, min(12, size - pos))
             end = base + len(buf)
@@ -339,6 +341,8 @@ def _walk_implicit(reader: _Reader, pos: int, found: dict) -> tuple[int, int] | 
     while True:
         if pos + 8 > end:
             if pos >= size:
+                if pos > size:
+                    raise EOFError(f"an element ends at byte {pos}, the file at {size}")
                 return None
             buf, base = reader.window(pos, min(8, size - pos))
             end = base + len(buf)
@@ -400,6 +404,10 @@ def read_header(path: str | Path) -> Header:
                     buf, base = reader.window(vpos, length)
                     found[sw] = (vr, buf[vpos - base : vpos - base + length])
                 pos = vpos + length
+            if pos >= size:
+                raise EOFError(
+                    f"the file ends at byte {size}, within or right after its meta header"
+                )
             syntax_raw = found.get(_swap(0x00020010))
             syntax = _convert(0x00020010, *syntax_raw, "") if syntax_raw else ""
             if syntax in ("", EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE):

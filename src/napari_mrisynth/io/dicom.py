@@ -63,6 +63,9 @@ _PLUGINS = {
     "1.2.840.10008.1.2.4.57": "pylibjpeg",  # JPEG Lossless
     "1.2.840.10008.1.2.4.70": "pylibjpeg",  # JPEG Lossless SV1
 }
+_NATIVE_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+)
 #: SOP classes with pixel data that are not images of a patient.
 _NOT_IMAGE_WORDS = ("Segmentation", "RT Dose", "Presentation State", "Waveform", "SR Storage")
 
@@ -288,8 +291,8 @@ def _check_image(h: Header) -> None:
     if h.bits_allocated not in (8, 16, 32):
         raise _Skip(f"unsupported BitsAllocated {h.bits_allocated}")
     expected = h.expected_pixel_bytes()
-    if h.frame is not None and h.frame > 0:
-        return  # frames of one file share the file's checks
+    if h.frame is not None:
+        return  # the file was checked before its frames were split
     if h.encapsulated:
         available = h.file_size - h.pixel_offset
         if expected > SMALL_DECODED_BYTES and expected > MAX_COMPRESSION_RATIO * available:
@@ -303,7 +306,7 @@ def _check_image(h: Header) -> None:
             f"truncated: pixel data declares {h.pixel_length} bytes, "
             f"{h.file_size - h.pixel_offset} present"
         )
-    if h.pixel_length < expected or h.pixel_length > expected + 1:
+    if h.pixel_length < expected:  # excess bytes are ignored, as pydicom does
         raise _Skip(
             f"pixel data of the wrong length: {h.pixel_length} bytes, but Rows {h.rows} x "
             f"Columns {h.columns} x {h.frames} frame(s) x {h.bits_allocated} bits "
@@ -326,6 +329,11 @@ def _pydicom_headers(path: Path, *, force: bool) -> list[Header]:
         raise _Skip(f"unreadable DICOM attributes: {exc}") from None
 
 
+def _is_encapsulated(syntax: str) -> bool:
+    """True for compressed (encapsulated) transfer syntaxes."""
+    return bool(syntax) and syntax not in _NATIVE_SYNTAXES
+
+
 def _floats(value: Any) -> tuple[float, ...] | None:
     if value is None or value == "":
         return None
@@ -346,7 +354,7 @@ def _number(value: Any, kind: type) -> Any:
 def _headers_from_dataset(path: Path, ds: Any) -> list[Header]:
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    raw_pixels = ds.get_item("PixelData") if "PixelData" in ds else None
+    raw_pixels = ds.get_item(0x7FE00010, keep_deferred=True)
     base = Header(
         path=path,
         file_size=os.path.getsize(path),
@@ -356,7 +364,7 @@ def _headers_from_dataset(path: Path, ds: Any) -> list[Header]:
         sop_instance=str(ds.get("SOPInstanceUID", "")),
         modality=str(ds.get("Modality", "") or ""),
         description=str(ds.get("SeriesDescription", "") or ""),
-        image_type=tuple(str(v) for v in (ds.get("ImageType") or ())),
+        image_type=tuple(str(v).strip() for v in (ds.get("ImageType") or ())),
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
         series_number=_number(ds.get("SeriesNumber"), int),
         instance_number=_number(ds.get("InstanceNumber"), int),
@@ -373,12 +381,15 @@ def _headers_from_dataset(path: Path, ds: Any) -> list[Header]:
         has_pixels=raw_pixels is not None,
     )
     if raw_pixels is not None:
-        length = raw_pixels.length
+        length = getattr(raw_pixels, "length", None)
+        if length is None:  # converted already: the whole value was read
+            length = 0xFFFFFFFF if _is_encapsulated(syntax) else len(raw_pixels.value or b"")
         base.pixel_length = -1 if length == 0xFFFFFFFF else int(length)
-        base.pixel_offset = int(raw_pixels.value_tell or 0)
+        base.pixel_offset = int(getattr(raw_pixels, "value_tell", 0) or 0)
         if syntax == "1.2.840.10008.1.2.1.99":  # offsets are in the inflated stream
             base.file_size = base.pixel_offset + max(base.pixel_length, 0)
     _geometry_from(base, ds)
+    _check_image(base)  # before making one header per declared frame
     if base.frames == 1:
         return [base]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -586,15 +597,17 @@ def _build_series(uid: str, stack: int, key: str, headers: list[Header]) -> Seri
         problems.extend(spacing_problems)
         if spacing_problems and not irregular:
             irregular = "resample"
-        pixel = min(first.pixel_spacing or (1.0, 1.0))
+        pixel = min(first.pixel_spacing) if first.pixel_spacing else 1.0
         shear = _shear(positions, along, normal, pixel, dz)
         if shear:
             problems.append(shear)
             irregular = irregular or "resample"
         origin = positions[0]
-    pixel_spacing = first.pixel_spacing or (1.0, 1.0)
-    if first.pixel_spacing is None and not notes:
-        problems.append("no PixelSpacing: 1 mm pixels assumed")
+    pixel_spacing = first.pixel_spacing
+    if not pixel_spacing or len(pixel_spacing) != 2 or not min(pixel_spacing) > 0:
+        if not notes:
+            problems.append(f"PixelSpacing {pixel_spacing or 'missing'}: 1 mm pixels assumed")
+        pixel_spacing = (1.0, 1.0)
     files = list(dict.fromkeys(h.path for h in headers))
     return Series(
         uid=uid if headers[0].series_uid else "",
@@ -776,7 +789,10 @@ class _PixelReader:
             stored = np.empty(out.shape, dtype=stored_dtype)
             self._read_native(h, stored)
         elif h.reader == "walker":
-            stored = self._decode(h)
+            try:
+                stored = self._decode(h)
+            except DicomFileError:  # pydicom's own parser copes with odd fragment layouts
+                stored = self._pydicom_frame(h)
         else:
             stored = self._pydicom_frame(h)
         if shift and h.reader == "walker" and not h.encapsulated:

@@ -1,0 +1,134 @@
+"""Load and save volumes in every format the package reads: DICOM, NIfTI, MetaImage, NRRD."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari_mrisynth.errors import VolumeFileError
+from napari_mrisynth.io.dicom import is_dicom_file, load_dicom
+from napari_mrisynth.volume import (
+    Volume,
+    volume_from_nifti,
+    volume_from_sitk,
+    volume_to_nifti,
+    volume_to_sitk,
+)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+#: Named DICOM: a broken one gets the DICOM reader's specific error, not "unknown format".
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+FORMATS = "a DICOM folder or file, .nii, .nii.gz, .mha, .mhd, .nrrd or .nhdr"
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (*NIFTI_SUFFIXES[::-1], *ITK_SUFFIXES):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def _stem(path: Path) -> str:
+    return path.name[: len(path.name) - len(_suffix(path))] or path.name
+
+
+def load_volume(
+    path: str | Path,
+    *,
+    series: str | int | None = None,
+    lazy: bool = False,
+    resample: bool = False,
+) -> Volume:
+    """Load a volume from a DICOM folder or file, NIfTI, MetaImage or NRRD.
+
+    Parameters
+    ----------
+    path : path
+        A folder of DICOM files (searched recursively), one DICOM file, or an image file
+        ending in .nii, .nii.gz, .mha, .mhd, .nrrd or .nhdr.
+    series : str or int, optional
+        DICOM only: series key, SeriesInstanceUID or SeriesNumber.
+    lazy : bool
+        DICOM only: voxels as a dask array with one chunk per slice.
+    resample : bool
+        DICOM only: resample an irregular stack onto a regular grid.
+
+    Returns
+    -------
+    Volume
+        ``metadata['source']`` names the path read.
+
+    Raises
+    ------
+    VolumeFileError
+        The path does not exist, has an unknown format or cannot be read.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeFileError(path, "no such file or directory")
+    if path.is_dir():
+        return load_dicom(path, series=series, lazy=lazy, resample=resample)
+    suffix = _suffix(path)
+    metadata = {"source": str(path), "name": _stem(path), "description": _stem(path)}
+    if suffix in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        try:
+            image = nib.load(str(path))
+            return volume_from_nifti(image, metadata)
+        except VolumeFileError:
+            raise
+        except Exception as exc:  # nibabel raises many types for a damaged file
+            raise VolumeFileError(path, f"unreadable NIfTI: {exc}") from exc
+    if suffix in ITK_SUFFIXES:
+        import SimpleITK as sitk
+
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            raise VolumeFileError(path, f"unreadable {suffix} image: {reason}") from exc
+        return volume_from_sitk(image, metadata)
+    if is_dicom_file(path) or path.suffix.lower() in DICOM_SUFFIXES:
+        return load_dicom(path, series=series, lazy=lazy, resample=resample)
+    raise VolumeFileError(path, f"unknown format: expected {FORMATS}")
+
+
+def save_volume(volume: Volume, path: str | Path) -> Path:
+    """Write ``volume`` as NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd) or NRRD (.nrrd, .nhdr).
+
+    Parent folders are created. NIfTI carries the RAS affine in sform and qform.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    VolumeFileError
+        Unknown suffix, or the file cannot be written.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if not suffix:
+        raise VolumeFileError(
+            path, "unknown output format: use .nii, .nii.gz, .mha, .mhd, .nrrd or .nhdr"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel as nib
+
+            nib.save(volume_to_nifti(volume), str(path))
+        else:
+            import SimpleITK as sitk
+
+            sitk.WriteImage(volume_to_sitk(volume), str(path), True)
+    except (OSError, RuntimeError) as exc:
+        raise VolumeFileError(path, f"cannot write: {exc}") from exc
+    return path
+
+
+__all__ = ["is_dicom_file", "load_volume", "save_volume"]
