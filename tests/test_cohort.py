@@ -1,0 +1,186 @@
+"""The simulated cohort: deterministic, exact labels, a real head around the brain, bvFTD
+atrophy that the labels measure, and files a PACS-facing pipeline can read."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from scipy import ndimage as ndi
+
+from napari_mrisynth.cli import main
+from napari_mrisynth.cohort import (
+    BRAIN_LABELS,
+    LABEL_IDS,
+    LABELS,
+    sample_subject,
+    simulate_subject,
+)
+from napari_mrisynth.cohort.labels import aal_region_label
+from napari_mrisynth.volume import volume_from_nifti
+
+SEED = 11
+
+
+def _volumes_ml(subject) -> dict[str, float]:
+    voxel_ml = float(np.prod(subject.labels.spacing)) / 1000.0
+    counts = np.bincount(np.asarray(subject.labels.data).ravel(), minlength=max(LABELS) + 1)
+    return {name: counts[k] * voxel_ml for k, (name, _) in LABELS.items()}
+
+
+@pytest.fixture(scope="module")
+def graded():
+    """One seed, three diagnoses/severities: only the disease differs between them."""
+    return {
+        "control": simulate_subject("c", "control", SEED, 2.0),
+        "mild": simulate_subject("m", "bvFTD", SEED, 2.0, severity=0.4),
+        "severe": simulate_subject("s", "bvFTD", SEED, 2.0, severity=1.0),
+    }
+
+
+def test_same_seed_same_subject_other_seed_other_subject():
+    a = simulate_subject("sub-001", "bvFTD", 5, 3.0)
+    b = simulate_subject("sub-001", "bvFTD", 5, 3.0)
+    c = simulate_subject("sub-001", "bvFTD", 6, 3.0)
+    assert a.info == b.info
+    np.testing.assert_array_equal(a.t1.data, b.t1.data)
+    np.testing.assert_array_equal(a.labels.data, b.labels.data)
+    np.testing.assert_allclose(a.t1.affine, b.t1.affine)
+    assert a.info["age"] != c.info["age"] or not np.array_equal(a.t1.affine, c.t1.affine)
+
+
+def test_image_labels_and_mask_share_geometry_and_schema(graded):
+    subject = graded["severe"]
+    assert subject.t1.dtype == np.int16
+    assert subject.labels.dtype == np.uint8 and subject.brain_mask.dtype == np.uint8
+    assert subject.t1.same_geometry(subject.labels)
+    assert subject.t1.same_geometry(subject.brain_mask)
+    labels = np.asarray(subject.labels.data)
+    assert set(np.unique(labels)) <= set(LABELS)
+    np.testing.assert_array_equal(subject.brain_mask.data, np.isin(labels, BRAIN_LABELS))
+    assert subject.info["simulated"] is True
+    assert "simulated" in subject.t1.metadata["name"]
+
+
+def test_labels_are_ground_truth_for_the_image(graded):
+    """T1 contrast read through the labels: WM > GM > ventricles, skull darker than scalp fat."""
+    subject = graded["control"]
+    t1 = np.asarray(subject.t1.data, dtype=float)
+    labels = np.asarray(subject.labels.data)
+    # The inside of each structure, away from partial-volume edges.
+    median = {
+        name: np.median(t1[ndi.binary_erosion(labels == LABEL_IDS[name])])
+        for name in ("white_matter", "frontal_gm", "lateral_ventricles")
+    }
+    assert median["white_matter"] > 1.15 * median["frontal_gm"]
+    assert median["frontal_gm"] > 1.5 * median["lateral_ventricles"]
+
+
+def test_a_head_surrounds_the_brain(graded):
+    subject = graded["control"]
+    t1 = np.asarray(subject.t1.data, dtype=float)
+    labels = np.asarray(subject.labels.data)
+    mask = np.asarray(subject.brain_mask.data).astype(bool)
+    voxel_ml = float(np.prod(subject.labels.spacing)) / 1000.0
+    volumes = _volumes_ml(subject)
+    assert 1000 < mask.sum() * voxel_ml < 2000  # a brain, not a head or a hemisphere
+    for tissue in ("extracerebral_csf", "bone", "soft_tissue", "eyes"):
+        assert volumes[tissue] > 5.0, tissue
+    # Every direction out of the brain crosses skull then scalp within 30 mm.
+    shell = ndi.binary_dilation(mask, iterations=15) & ~mask  # 30 mm at 2 mm voxels
+    assert np.isin(labels[shell], [LABEL_IDS["bone"]]).mean() > 0.2
+    skin = labels == LABEL_IDS["soft_tissue"]
+    scalp = skin & shell
+    skull = (labels == LABEL_IDS["bone"]) & shell
+    assert np.median(t1[skull]) < 0.6 * np.median(t1[scalp])
+    air = ~ndi.binary_dilation(labels > 0, iterations=3)
+    assert np.median(t1[scalp]) > 5 * np.median(t1[air])  # a bright scalp ring over noise
+    # The field of view reaches below the brain: neck, cord and vertebrae.
+    assert volumes["spinal_cord"] > 0.5
+
+
+def test_bvftd_atrophy_measured_from_labels(graded):
+    control, mild, severe = (_volumes_ml(graded[k]) for k in ("control", "mild", "severe"))
+    for region in ("orbitomedial_frontal_gm", "insula_gm", "anterior_temporal_gm", "frontal_gm"):
+        assert control[region] > mild[region] > severe[region], region
+    for region in ("orbitomedial_frontal_gm", "insula_gm"):
+        assert severe[region] < 0.9 * control[region], region
+    assert control["lateral_ventricles"] < mild["lateral_ventricles"]
+    assert severe["lateral_ventricles"] > 1.3 * control["lateral_ventricles"]
+    # Regions outside the pattern barely change; the head does not change at all.
+    for region in ("occipital_gm", "cerebellum"):
+        assert abs(severe[region] - control[region]) < 0.06 * control[region], region
+    assert severe["bone"] == pytest.approx(control["bone"], rel=1e-3)
+
+
+def test_diagnosis_and_severity_are_checked():
+    with pytest.raises(ValueError, match="diagnosis"):
+        simulate_subject("x", "AD", 0, 3.0)
+    with pytest.raises(ValueError, match="severity"):
+        simulate_subject("x", "control", 0, 3.0, severity=0.5)
+
+
+def test_sample_subject_is_a_simulated_bvftd_head():
+    subject = sample_subject()
+    assert subject.info["diagnosis"] == "bvFTD" and subject.info["severity"] == 0.8
+    assert subject.t1.spacing.tolist() == [2.0, 2.0, 2.0]
+    assert subject.t1.same_geometry(subject.labels)
+
+
+def test_aal_names_map_to_lobes():
+    assert aal_region_label("Frontal_Med_Orb_L") == LABEL_IDS["orbitomedial_frontal_gm"]
+    assert aal_region_label("Temporal_Pole_Mid_R") == LABEL_IDS["anterior_temporal_gm"]
+    assert aal_region_label("Insula_L") == LABEL_IDS["insula_gm"]
+    assert aal_region_label("Cerebelum_Crus1_L") == LABEL_IDS["cerebellum"]
+    assert aal_region_label("Thalamus_R") == LABEL_IDS["deep_gm"]
+    with pytest.raises(ValueError):
+        aal_region_label("Nucleus_Imaginarius_L")
+
+
+def test_cli_writes_nifti_dicom_and_participants(tmp_path, capsys):
+    out = tmp_path / "cohort"
+    rc = main(["cohort", "--out", str(out), "--subjects", "2", "--seed", "3", "--spacing", "3"])
+    assert rc == 0
+    lines = (out / "participants.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == [
+        "participant_id",
+        "diagnosis",
+        "age",
+        "sex",
+        "severity",
+        "simulated",
+    ]
+    rows = [dict(zip(lines[0].split("\t"), line.split("\t"), strict=True)) for line in lines[1:]]
+    assert [r["participant_id"] for r in rows] == ["sub-001", "sub-002"]
+    assert sorted(r["diagnosis"] for r in rows) == ["bvFTD", "control"]
+    assert all(r["simulated"] == "yes" for r in rows)
+    for row in rows:
+        assert (float(row["severity"]) > 0) == (row["diagnosis"] == "bvFTD")
+    assert "SIMULATED" in (out / "README.md").read_text()
+    assert json.loads((out / "dataset_description.json").read_text())["Simulated"] is True
+
+    row = rows[0]
+    anat = out / row["participant_id"] / "anat"
+    t1 = volume_from_nifti(nib.load(anat / f"{row['participant_id']}_T1w.nii.gz"))
+    labels = volume_from_nifti(nib.load(anat / f"{row['participant_id']}_labels.nii.gz"))
+    mask = volume_from_nifti(nib.load(anat / f"{row['participant_id']}_brainmask.nii.gz"))
+    assert t1.same_geometry(labels) and t1.same_geometry(mask)
+    assert labels.dtype == np.uint8 and t1.dtype == np.int16
+    sidecar = json.loads((anat / f"{row['participant_id']}_T1w.json").read_text())
+    assert sidecar["diagnosis"] == row["diagnosis"] and sidecar["simulated"] is True
+
+    files = sorted((out / row["participant_id"] / "dicom").iterdir())
+    assert len(files) == t1.shape[0]
+    first = pydicom.dcmread(files[0])
+    assert "SIMULATED" in first.SeriesDescription and "SIMULATED" in first.StudyDescription
+    assert first.PatientID.startswith("MRN") and "^" in str(first.PatientName)
+    assert "SIMULATED" not in str(first.PatientName)  # realistic, so de-identification has work
+    assert first.PatientSex == row["sex"] and first.PatientAge == f"{int(row['age']):03d}Y"
+    np.testing.assert_allclose([float(v) for v in first.ImagePositionPatient], t1.origin, atol=1e-3)
+    pixels = first.pixel_array
+    assert pixels.shape == t1.shape[1:]
+    np.testing.assert_array_equal(pixels, np.asarray(t1.data)[0])
+    assert "simulated" in capsys.readouterr().out
