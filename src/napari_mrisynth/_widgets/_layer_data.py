@@ -18,15 +18,6 @@ from napari_mrisynth.volume import Volume, napari_layer_kwargs, volume_from_laye
 LayerData = tuple[Any, dict[str, Any], str]
 
 
-def series_layer_name(number: int | None, description: str, stack: int = 0) -> str:
-    """Layer name of a DICOM series as a radiologist reads it, e.g. ``"3 T1 MPRAGE"``."""
-    parts = ("" if number is None else str(number), description)
-    name = " ".join(part for part in parts if part)
-    if stack:
-        name += f" (stack {stack})"
-    return name or "unnamed series"
-
-
 def display_contrast_limits(volume: Volume) -> tuple[float, float]:
     """Contrast limits without reading the whole volume.
 
@@ -59,20 +50,17 @@ def image_layer_data(volume: Volume, name: str | None = None) -> LayerData:
 
 
 def labels_layer_data(
-    volume: Volume, name: str | None = None, colors: dict[int, tuple] | None = None
+    volume: Volume, name: str | None = None, color_dict: dict[int | None, Any] | None = None
 ) -> LayerData:
     """LayerData of a label volume (nearest-neighbour if it must be resampled).
 
-    ``colors`` maps label values to RGB(A) in 0-1 or 0-255; background stays transparent.
+    ``color_dict`` maps label values (and ``None``, the default) to RGBA in 0-1, as
+    :class:`napari.utils.colormaps.DirectLabelColormap` takes it.
     """
     if name is not None:
         volume.metadata["name"] = name
     data, kwargs = napari_layer_kwargs(volume, labels=True)
-    if colors:
-        color_dict: dict[int | None, np.ndarray] = {None: np.zeros(4), 0: np.zeros(4)}
-        for value, rgb in colors.items():
-            rgba = np.asarray(list(rgb) + [255] * (4 - len(rgb)), dtype=np.float64)
-            color_dict[int(value)] = rgba / 255.0 if rgba.max() > 1 else rgba
+    if color_dict:
         kwargs["colormap"] = DirectLabelColormap(color_dict=color_dict)
     return data, kwargs, "labels"
 
