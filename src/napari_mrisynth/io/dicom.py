@@ -995,9 +995,9 @@ def _resample(series: Series, data: np.ndarray, metadata: dict[str, Any]) -> Vol
             if shift != (0.0, 0.0):
                 source[k] = ndimage.shift(source[k], shift, order=1, mode="constant", cval=fill)
     steps = np.diff(along)
+    # the finest spacing found, kept exact; the grid ends within one step of the last slice
     step = float(steps.min()) if len(steps) else float(series.spacing[2])
-    count = int(round(along[-1] / step)) + 1 if len(steps) else 1
-    step = along[-1] / (count - 1) if count > 1 else step
+    count = int(along[-1] / step + 1e-6) + 1 if len(steps) else 1
     targets = np.arange(count) * step
     upper = np.clip(np.searchsorted(along, targets, side="right"), 1, len(along) - 1)
     lower = upper - 1
@@ -1015,7 +1015,6 @@ def _resample(series: Series, data: np.ndarray, metadata: dict[str, Any]) -> Vol
         "interpolation": "linear along the slice normal"
         + (", bilinear in-plane shift of each slice onto the first (shear)" if sheared else ""),
     }
-    metadata["problems"] = []
     spacing = np.array([series.spacing[0], series.spacing[1], step])
     return Volume(out, spacing, positions[0], series.direction, metadata)
 
