@@ -208,6 +208,10 @@ REGULAR = (
     "uint16",
     "negative",
     "enhanced",
+    "perslice_rescale",
+    "mixed_syntax",
+    "bits12",
+    "uint8",
 )
 IRREGULAR = ("gap", "nonuniform", "tilt")
 
@@ -277,7 +281,66 @@ def build_corpus(root: Path) -> dict[str, CorpusSeries]:
     negative = axial.with_data((axial.data - 300).astype(np.int16))
     out["negative"] = _write("negative", root, negative, number=18)
     out["enhanced"] = write_enhanced_mr(axial, root / "enhanced" / "EMR0001.dcm", number=19)
+
+    # Philips-style: every slice its own RescaleSlope/Intercept (slope 1, 1/2, 1/4).
+    out["perslice_rescale"] = _write("perslice_rescale", root, axial, number=20)
+    for k, path in enumerate(out["perslice_rescale"].files):
+        ds = pydicom.dcmread(path)
+        m, b = (1, 2, 4)[k % 3], 10 * k
+        ds.PixelData = ((axial.data[k].astype(np.int32) + b) * m).astype("<i2").tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept = _ds_text(1 / m), _ds_text(-b)
+        for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+            ds.pop(tag, None)
+        ds.save_as(path, enforce_file_format=True)
+    # One series, some slices RLE-compressed and the others native.
+    mixed = out["mixed_syntax"] = _write("mixed_syntax", root, axial, number=23)
+    rle = write_dicom_series(
+        axial,
+        root / "_rle_tmp",
+        description=mixed.description,
+        series_number=mixed.number,
+        series_uid=mixed.uid,
+        transfer_syntax=RLELossless,
+        seed=mixed.number,
+    )
+    for k in (1, 5, 9):
+        shutil.copy(rle[k], mixed.files[k])
+    shutil.rmtree(root / "_rle_tmp")
+    # BitsStored 12 in 16 allocated, with overlay-like garbage in the 4 unused high bits.
+    out["bits12"] = _write("bits12", root, axial, number=24)
+    _rewrite(out["bits12"].files, _bits12_with_garbage)
+    # 8-bit pixels.
+    small = axial.with_data((axial.data // 8).astype(np.uint8))
+    out["uint8"] = _write("uint8", root, small, number=25)
+    _rewrite(out["uint8"].files, _to_8_bit)
+    out["uint8"].volume = small
     return out
+
+
+def _ds_text(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _bits12_with_garbage(ds: Dataset) -> None:
+    stored = ds.pixel_array.astype(np.uint16)
+    assert stored.max() < 4096
+    ds.PixelRepresentation = 0
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelData = (stored | 0xF000).astype("<u2").tobytes()
+    for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        ds.pop(tag, None)
+
+
+def _to_8_bit(ds: Dataset) -> None:
+    stored = ds.pixel_array.astype(np.uint8)
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OB"
+    for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        ds.pop(tag, None)
 
 
 def _rewrite(files: list[Path], edit) -> None:
@@ -576,6 +639,6 @@ def header_geometry(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.nda
     return ipp, iop[:3], iop[3:]
 
 
-def testdata_file(name: str) -> Path:
+def pydicom_file(name: str) -> Path:
     """A pydicom / pydicom-data test file by name (offline)."""
     return Path(get_testdata_file(name))
