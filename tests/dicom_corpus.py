@@ -54,7 +54,7 @@ CENTRE = np.array([0.0, 18.0, 18.0])
 #: Anisotropic voxels and a non-square matrix, so that any swap of rows/columns or of
 #: PixelSpacing's (row, column) order shows up.
 SPACING = np.array([3.0, 3.5, 4.0])  # x (columns), y (rows), z (slices)
-SHAPE = (12, 56, 48)  # nz, ny, nx
+SHAPE = (8, 56, 48)  # nz, ny, nx
 #: Stored value = template value * INTENSITY (int16 well inside its range).
 INTENSITY = 4
 
@@ -235,7 +235,7 @@ def build_corpus(root: Path) -> dict[str, CorpusSeries]:
 
     # Irregular stacks, all axial.
     nz = axial.shape[0]
-    gap_index = 5
+    gap_index = 4
     out["gap"] = _write(
         "gap",
         root,
@@ -250,7 +250,7 @@ def build_corpus(root: Path) -> dict[str, CorpusSeries]:
         "nominal_spacing": float(SPACING[2]),
         "gap_spacing": 2 * float(SPACING[2]),
     }
-    steps = np.array([4.0] * 6 + [5.0] * (nz - 7))  # 4 mm then 5 mm
+    steps = np.array([4.0] * 4 + [5.0] * (nz - 5))  # 4 mm then 5 mm
     offsets = np.concatenate([[0.0], np.cumsum(steps)])
     normal = axial.direction[:, 2]
     nonuniform_pos = axial.origin + offsets[:, None] * normal
@@ -303,7 +303,7 @@ def build_corpus(root: Path) -> dict[str, CorpusSeries]:
         transfer_syntax=RLELossless,
         seed=mixed.number,
     )
-    for k in (1, 5, 9):
+    for k in (1, 4, 6):
         shutil.copy(rle[k], mixed.files[k])
     shutil.rmtree(root / "_rle_tmp")
     # BitsStored 12 in 16 allocated, with overlay-like garbage in the 4 unused high bits.

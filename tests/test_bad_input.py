@@ -28,12 +28,8 @@ from napari_mrisynth.errors import (
     MrisynthError,
     VolumeFileError,
 )
-
-# The reader is being committed in parallel; skip (not error) until its modules exist.
-dicom = pytest.importorskip("napari_mrisynth.io.dicom")
-files = pytest.importorskip("napari_mrisynth.io.files")
-load_dicom, scan_folder = dicom.load_dicom, dicom.scan_folder
-is_dicom_file, load_volume = files.is_dicom_file, files.load_volume
+from napari_mrisynth.io.dicom import load_dicom, scan_folder
+from napari_mrisynth.io.files import is_dicom_file, load_volume
 
 MR_SMALL = PYDICOM_FILES / "MR_small.dcm"
 PIXEL_BYTES = 64 * 64 * 2
