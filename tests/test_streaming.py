@@ -39,7 +39,9 @@ def cohort(tmp_path_factory) -> list[dict]:
     items = []
     for i in range(N_ITEMS):
         image = _image_volume(i)
-        write_dicom_series(image, root / f"sub-{i}", series_number=i + 1, seed=i)
+        write_dicom_series(
+            image, root / f"sub-{i}", series_number=i + 1, seed=i, vendor_header=False
+        )
         label_path = root / f"sub-{i}_label.nii.gz"
         labels = image.with_data(_label_of(image.data).astype(np.uint8))
         nib.save(volume_to_nifti(labels), label_path)
