@@ -141,6 +141,8 @@ class CorpusSeries:
     regular: bool = True
     rescale: tuple[float, float] = (1.0, 0.0)
     notes: dict = field(default_factory=dict)
+    #: Geometry tolerance (mm) for comparisons; larger where the headers themselves jitter.
+    atol: float = 1e-4
 
 
 def _uid_of(path: Path) -> str:
@@ -212,6 +214,7 @@ REGULAR = (
     "mixed_syntax",
     "bits12",
     "uint8",
+    "iop_jitter",
 )
 IRREGULAR = ("gap", "nonuniform", "tilt")
 
@@ -314,7 +317,30 @@ def build_corpus(root: Path) -> dict[str, CorpusSeries]:
     out["uint8"] = _write("uint8", root, small, number=25)
     _rewrite(out["uint8"].files, _to_8_bit)
     out["uint8"].volume = small
+    out["iop_jitter"] = write_iop_jitter(root, number=26)
     return out
+
+
+#: sin of the in-plane rotation of the "iop_jitter" series: on a 4-decimal rounding boundary.
+JITTER_SIN = 0.25645
+
+
+def write_iop_jitter(root: Path, number: int) -> CorpusSeries:
+    """Rotated 14.9 degrees in plane; every other slice's cosines written 2e-6 apart
+    (scanners compute IOP per slice), straddling 0.25645: rounding to 4 decimals, as a
+    grouping key might, puts alternate slices into different stacks."""
+    s = JITTER_SIN
+    c = float(np.sqrt(1 - s * s))
+    direction = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    volume = sample_template(direction)
+    series = _write("iop_jitter", root, volume, number=number)
+    for k, path in enumerate(series.files):
+        ds = pydicom.dcmread(path)
+        e = 1e-6 if k % 2 else -1e-6
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (c, s + e, 0.0, -(s + e), c, 0.0)]
+        ds.save_as(path, enforce_file_format=True)
+    series.atol = 1e-3  # cosines 1e-6 apart over a 200 mm field of view
+    return series
 
 
 def _ds_text(value: float) -> str:
