@@ -169,6 +169,8 @@ def test_cli_writes_nifti_dicom_and_participants(tmp_path, capsys):
     mask = volume_from_nifti(nib.load(anat / f"{row['participant_id']}_brainmask.nii.gz"))
     assert t1.same_geometry(labels) and t1.same_geometry(mask)
     assert labels.dtype == np.uint8 and t1.dtype == np.int16
+    header = nib.load(anat / f"{row['participant_id']}_T1w.nii.gz").header
+    assert b"SIMULATED" in header["descrip"].item()
     sidecar = json.loads((anat / f"{row['participant_id']}_T1w.json").read_text())
     assert sidecar["diagnosis"] == row["diagnosis"] and sidecar["simulated"] is True
 

@@ -66,7 +66,9 @@ def fake_patient(info: dict, rng: np.random.Generator) -> SimulatedPatient:
 def _save(volume: Volume, path: Path) -> None:
     import nibabel as nib
 
-    nib.save(volume_to_nifti(volume), path)
+    image = volume_to_nifti(volume)
+    image.header["descrip"] = b"SIMULATED (napari-mrisynth), not clinical"
+    nib.save(image, path)
 
 
 def write_subject(subject: SimulatedSubject, root: Path, patient: SimulatedPatient) -> Path:

@@ -313,7 +313,7 @@ def _assemble(
     tissue_box = _bounding_box(tissue, margin=1)
     depth[tissue_box] = ndi.distance_transform_edt(tissue[tissue_box]) * h
     gm_index = np.flatnonzero(np.isin(labels, CORTICAL_GM_LABELS))
-    field, field_origin, field_h = _ventricle_field(labels, canvas_origin, h)
+    push, push_origin, push_h = _ventricle_field(labels, canvas_origin, h)
     zc, yc, xc = (np.mean(c) for c in np.nonzero(in_brain))
     return _Model(
         h=float(h),
@@ -323,9 +323,9 @@ def _assemble(
         gm_index=gm_index,
         gm_depth=depth.ravel()[gm_index].astype(np.float32),
         gm_weight=weight.ravel()[gm_index],
-        ventricle_field=field,
-        ventricle_origin=field_origin,
-        ventricle_h=field_h,
+        ventricle_field=push,
+        ventricle_origin=push_origin,
+        ventricle_h=push_h,
         brain_centre=canvas_origin + h * np.array([xc, yc, zc]),
     )
 
@@ -381,7 +381,11 @@ def _grow_head(
     # Skull 7 mm: outer and inner tables around bright diploe.
     rim = 3.0
     bone = (d_env >= rim) & (d_env < rim + 7.0)
-    put(bone, ids["bone"], np.where(np.abs(d_env - rim - 3.5) < 1.5, value["diploe"], 18.0))
+    put(
+        bone,
+        ids["bone"],
+        np.where(np.abs(d_env - rim - 3.5) < 1.5, value["diploe"], value["cortical_bone"]),
+    )
     put(d_env < rim, ids["extracerebral_csf"], value["csf"])
     # Orbits (fat) with globes, below the orbital roof.
     for side in (-1.0, 1.0):
@@ -502,6 +506,8 @@ def simulate_subject(
         raise ValueError(f"diagnosis must be one of {DIAGNOSES}, got {diagnosis!r}")
     if not spacing > 0:
         raise ValueError(f"spacing must be positive, got {spacing!r}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     people = np.random.default_rng([seed, 1])
     drawn_age = int(np.clip(np.rint(people.normal(62.0, 7.0)), 45, 80))
     drawn_sex = "M" if people.random() < 0.5 else "F"
