@@ -16,6 +16,7 @@ nested sequences of defined and undefined length, and private elements. Anything
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,9 +106,11 @@ _IMPLICIT = struct.Struct("<LL")
 _U32 = struct.Struct("<L")
 _U16 = struct.Struct("<H")
 
-#: Converted values by (tag, VR, raw bytes[, charset]): slices of a series repeat most values.
-_CACHE: dict[tuple, object] = {}
-_CACHE_LIMIT = 50_000
+#: The last value converted per tag, with its (VR, raw bytes): slices of a series repeat most.
+_LAST: dict[int, tuple[tuple[bytes | None, bytes], object]] = {}
+_NAME_SW = {sw: WANTED[tag] for sw, tag in _WANTED_SW.items()}
+_DESCRIPTION_SW = _swap(_DESCRIPTION)
+_CHARSET_SW = _swap(0x00080005)
 
 
 class WalkerUnsupported(Exception):
@@ -122,7 +125,7 @@ class NotDicom(Exception):
 class Header:
     """The attributes a volume reader needs from one image (a file, or one frame of one)."""
 
-    path: Path
+    path: str
     file_size: int = 0
     frame: int | None = None
     reader: str = "walker"
@@ -209,20 +212,19 @@ def _convert(tag: int, vr: bytes | None, raw: bytes, charset: str) -> object:
 
 
 def _apply(header: Header, found: dict[int, tuple[bytes | None, bytes]]) -> None:
-    """Convert the kept raw values into ``header``'s attributes, through the cache."""
-    cache = _CACHE
-    if len(cache) > _CACHE_LIMIT:
-        cache.clear()
-    charset_raw = found.get(_swap(0x00080005))
+    """Convert the kept raw values into ``header``'s attributes (reusing the last file's)."""
+    charset_raw = found.get(_CHARSET_SW)
     charset = _convert(0x00080005, *charset_raw, "") if charset_raw else ""
-    for sw, (vr, raw) in found.items():
-        tag = _WANTED_SW[sw]
-        key = (sw, vr, raw, charset) if tag == _DESCRIPTION else (sw, vr, raw)
-        value = cache.get(key, cache)
-        if value is cache:
-            value = cache[key] = _convert(tag, vr, raw, charset)
+    last = _LAST
+    for sw, pair in found.items():
+        previous = last.get(sw)
+        if previous is not None and previous[0] == pair and sw != _DESCRIPTION_SW:
+            value = previous[1]
+        else:
+            value = _convert(_WANTED_SW[sw], pair[0], pair[1], charset)
+            last[sw] = (pair, value)
         if value is not None:
-            setattr(header, WANTED[tag], value)
+            setattr(header, _NAME_SW[sw], value)
 
 
 class _Reader:
@@ -239,7 +241,7 @@ class _Reader:
     def window(self, pos: int, need: int) -> tuple[bytes, int]:
         """A buffer holding file bytes ``[pos, pos + need)`` and the file offset of its start."""
         if pos + need > self.size:
-            raise EOFError(f"file ends at {self.size}, element needs {pos + need}")
+            raise EOFError(f"the file ends at byte {self.size}, an element needs {pos + need}")
         if pos < self.base or pos + need > self.base + len(self.buf):
             self.f.seek(pos)
             self.buf = self.f.read(max(FIRST_READ, need))
@@ -380,7 +382,7 @@ def read_header(path: str | Path) -> Header:
     EOFError
         The header ends before its elements do (a truncated file).
     """
-    path = Path(path)
+    path = os.fspath(path)
     found: dict[int, tuple[bytes | None, bytes]] = {}
     with open(path, "rb", buffering=0) as f:
         first = f.read(FIRST_READ)
@@ -389,21 +391,21 @@ def read_header(path: str | Path) -> Header:
             raise NotDicom(path)
         reader = _Reader(f, first, size)
         try:
-            # the file meta group is always Explicit VR Little Endian
-            pos = 132
-            while pos + 8 <= size:
-                buf, base = reader.window(pos, 8)
-                sw, vr, length = _EXPLICIT.unpack_from(buf, pos - base)
+            # the file meta group is always Explicit VR Little Endian, and short
+            pos, end = 132, len(first)
+            while pos + 12 <= end:
+                sw, vr, length = _EXPLICIT.unpack_from(first, pos)
                 if sw & 0xFFFF != 2:
                     break
                 vpos = pos + 8
                 if vr in _LONG_VRS:
-                    buf, base = reader.window(pos, 12)
-                    length, vpos = _U32.unpack_from(buf, pos - base + 8)[0], pos + 12
+                    length, vpos = _U32.unpack_from(first, pos + 8)[0], pos + 12
                 if sw in _WANTED_SW:
-                    buf, base = reader.window(vpos, length)
-                    found[sw] = (vr, buf[vpos - base : vpos - base + length])
+                    found[sw] = (vr, first[vpos : vpos + length])
                 pos = vpos + length
+            else:
+                if size > end:
+                    raise WalkerUnsupported("a file meta group longer than the first read")
             if pos >= size:
                 raise EOFError(
                     f"the file ends at byte {size}, within or right after its meta header"
@@ -414,10 +416,18 @@ def read_header(path: str | Path) -> Header:
                 raise WalkerUnsupported(f"transfer syntax {syntax or 'missing'}")
             walk = _walk_implicit if syntax == IMPLICIT_VR_LE else _walk_explicit
             pixels = walk(reader, pos, found)
+            if pixels is not None and pixels[1] == _UNDEFINED:
+                try:  # the fragments must all be there: a cut stream cannot be decoded
+                    _skip_sequence(reader, pixels[0], True, 0)
+                except EOFError:
+                    raise EOFError(
+                        f"encapsulated pixel data starting at byte {pixels[0]} runs past the "
+                        f"end of the file ({size} bytes) before its sequence delimiter"
+                    ) from None
             header = Header(path=path, file_size=size)
             _apply(header, found)
-        except struct.error as exc:  # fewer bytes left than an element header
-            raise EOFError(str(exc)) from exc
+        except struct.error:  # fewer bytes left than an element header
+            raise EOFError(f"the file ends at byte {size}, inside an element header") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise WalkerUnsupported(f"unparsable value: {exc}") from exc
     if pixels is not None:
