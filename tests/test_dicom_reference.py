@@ -175,6 +175,25 @@ def test_lazy_load_reads_nothing_until_computed_and_matches(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("name", REGULAR)
+def test_lazy_equals_eager(corpus, name):
+    eager = load_dicom(corpus[name].folder)
+    lazy = load_dicom(corpus[name].folder, lazy=True)
+    assert lazy.is_lazy and lazy.dtype == eager.dtype
+    np.testing.assert_array_equal(np.asarray(lazy.compute().data), np.asarray(eager.data))
+    np.testing.assert_allclose(lazy.affine, eager.affine, atol=1e-12)
+
+
+def test_progress_is_reported_to_the_end(corpus):
+    scanned, loaded = [], []
+    scan = scan_folder(corpus["axial"].folder, progress=lambda d, t: scanned.append((d, t)))
+    load_series(scan.series[0], progress=lambda d, t: loaded.append((d, t)))
+    n = len(corpus["axial"].files)
+    assert scanned and scanned[-1] == (n, n)
+    assert loaded and loaded[-1] == (n, n)
+    assert all(a[0] <= b[0] for a, b in zip(loaded, loaded[1:], strict=False))
+
+
+@pytest.mark.parametrize("name", REGULAR)
 def test_scan_folder_describes_each_series(corpus, name):
     series = corpus[name]
     scan = scan_folder(series.folder)
