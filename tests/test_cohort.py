@@ -116,6 +116,14 @@ def test_bvftd_atrophy_measured_from_labels(graded):
     assert severe["bone"] == pytest.approx(control["bone"], rel=1e-3)
 
 
+def test_controls_age():
+    young = _volumes_ml(simulate_subject("y", "control", SEED, 3.0, age=50))
+    old = _volumes_ml(simulate_subject("o", "control", SEED, 3.0, age=80))
+    cortex = ("frontal_gm", "orbitomedial_frontal_gm", "parietal_gm", "temporal_gm")
+    assert sum(old[r] for r in cortex) < 0.97 * sum(young[r] for r in cortex)
+    assert old["lateral_ventricles"] > 1.1 * young["lateral_ventricles"]
+
+
 def test_diagnosis_and_severity_are_checked():
     with pytest.raises(ValueError, match="diagnosis"):
         simulate_subject("x", "AD", 0, 3.0)

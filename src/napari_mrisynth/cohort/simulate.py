@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy import special
 
 from napari_mrisynth.cohort.labels import (
     ANTERIOR_TEMPORAL_Y_MNI,
@@ -161,6 +162,7 @@ class _Model:
     gm_index: np.ndarray  # flat indices of cortical grey-matter voxels
     gm_depth: np.ndarray  # mm from the pial (CSF) side, per cortical GM voxel
     gm_weight: np.ndarray  # bvFTD thinning weight (0..1), per cortical GM voxel
+    gm_dither: np.ndarray  # fixed smooth uniform(0, 1) threshold, per cortical GM voxel
     ventricle_field: np.ndarray  # (3, z, y, x) float32 unit push toward the ventricles
     ventricle_origin: np.ndarray
     ventricle_h: float
@@ -313,6 +315,12 @@ def _assemble(
     tissue_box = _bounding_box(tissue, margin=1)
     depth[tissue_box] = ndi.distance_transform_edt(tissue[tissue_box]) * h
     gm_index = np.flatnonzero(np.isin(labels, CORTICAL_GM_LABELS))
+    # A fixed, spatially smooth dither decides which partly thinned voxels turn to CSF, so
+    # label volumes follow sub-voxel thinning (ageing) without salt-and-pepper labels.
+    noise = np.random.default_rng(0).standard_normal(depth[tissue_box].shape, np.float32)
+    smooth = ndi.gaussian_filter(noise, 1.5 / h)
+    dither = np.zeros(shape, np.float32)
+    dither[tissue_box] = special.ndtr(smooth / smooth.std())
     push, push_origin, push_h = _ventricle_field(labels, canvas_origin, h)
     zc, yc, xc = (np.mean(c) for c in np.nonzero(in_brain))
     return _Model(
@@ -323,6 +331,7 @@ def _assemble(
         gm_index=gm_index,
         gm_depth=depth.ravel()[gm_index].astype(np.float32),
         gm_weight=weight.ravel()[gm_index],
+        gm_dither=dither.ravel()[gm_index],
         ventricle_field=push,
         ventricle_origin=push_origin,
         ventricle_h=push_h,
@@ -428,7 +437,7 @@ def _atrophied(model: _Model, age: int, severity: float) -> tuple[np.ndarray, np
     flat_i, flat_l = intensity.reshape(-1), labels.reshape(-1)
     csf_level = _INTENSITY["csf"]
     flat_i[model.gm_index] = keep * flat_i[model.gm_index] + (1.0 - keep) * csf_level
-    flat_l[model.gm_index[keep < 0.5]] = LABEL_IDS["sulcal_csf"]
+    flat_l[model.gm_index[keep < model.gm_dither]] = LABEL_IDS["sulcal_csf"]
     return intensity, labels, float(thinning.max()) if thinning.size else 0.0
 
 
