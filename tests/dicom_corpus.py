@@ -554,6 +554,7 @@ def build_mixed_folder(root: Path) -> MixedFolder:
         "sr": junk_dir / "report.dcm",
         "text_sr": junk_dir / "basic_text_sr.dcm",
         "seg": junk_dir / "liver_seg.dcm",
+        "dicomdir": root / "DICOMDIR",  # as on every CD export
     }
     junk["text"].write_text("Scanner export notes.\nNot an image.\n")
     junk["empty"].write_bytes(b"")
@@ -562,6 +563,7 @@ def build_mixed_folder(root: Path) -> MixedFolder:
     shutil.copy(PYDICOM_FILES / "test-SR.dcm", junk["sr"])
     shutil.copy(PYDICOM_FILES / "reportsi.dcm", junk["text_sr"])
     shutil.copy(PYDICOM_FILES / "liver_1frame.dcm", junk["seg"])
+    shutil.copy(PYDICOM_FILES / "dicomdirtests" / "DICOMDIR", junk["dicomdir"])
     return MixedFolder(root, main, other, localizer_files, junk)
 
 

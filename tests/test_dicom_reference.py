@@ -91,6 +91,10 @@ def test_load_dicom_equals_ground_truth_dcm2niix_and_simpleitk(corpus, dcm2niix_
     assert volume.metadata["series_number"] == series.number
     assert volume.metadata["modality"] == "MR"
     assert volume.metadata["description"] == series.description
+    if series.volume.dtype == np.int16 and series.rescale == (1.0, 0.0) and name != "enhanced":
+        header = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+        window = (float(header.WindowCenter), float(header.WindowWidth))
+        assert tuple(volume.metadata["window"]) == pytest.approx(window)
 
 
 @pytest.mark.parametrize(
@@ -513,6 +517,57 @@ def test_enhanced_mr_with_per_frame_rescale(corpus, tmp_path):
     assert_same_image(load_dicom(series.files[0]), truth, what="per-frame rescale")
 
 
+def test_enhanced_three_plane_localizer_in_one_file_is_three_stacks(tmp_path):
+    """Siemens XA style: one multi-frame localizer, three orientations, per-frame IOP."""
+    from dicom_corpus import AXIAL, CORONAL, SAGITTAL, sample_template, write_enhanced_mr
+
+    spacing = np.array([5.0, 5.0, 6.0])
+    planes = [
+        sample_template(d, shape=(3, 32, 32), spacing=spacing) for d in (AXIAL, SAGITTAL, CORONAL)
+    ]
+    series = write_enhanced_mr(planes[0], tmp_path / "LOC", number=91)
+    ds = pydicom.dcmread(series.files[0])
+    del ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    items, pixels = [], []
+    for plane in planes:
+        for k in range(plane.shape[0]):
+            position, orientation = pydicom.Dataset(), pydicom.Dataset()
+            position.ImagePositionPatient = [f"{v:.6f}" for v in plane.index_to_lps([0, 0, k])]
+            cosines = (*plane.direction[:, 0], *plane.direction[:, 1])
+            orientation.ImageOrientationPatient = [f"{v:.8f}" for v in cosines]
+            item = pydicom.Dataset()
+            item.PlanePositionSequence = pydicom.Sequence([position])
+            item.PlaneOrientationSequence = pydicom.Sequence([orientation])
+            items.append(item)
+            pixels.append(plane.data[k])
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence(items)
+    ds.NumberOfFrames = len(items)
+    ds.PixelData = np.stack(pixels).astype("<i2").tobytes()
+    ds.save_as(series.files[0], enforce_file_format=True)
+    scan = scan_folder(series.files[0])
+    assert len(scan.series) == 3 and scan.skipped == []
+    loaded = [load_series(s) for s in scan.series]
+    for plane in planes:
+        matches = 0
+        for volume in loaded:
+            try:
+                assert_same_image(volume, plane)
+            except AssertionError:
+                continue
+            matches += 1
+        assert matches == 1
+
+
+def test_unicode_and_spaces_in_paths(corpus, tmp_path, capsys):
+    folder = tmp_path / "Patient Ünïcödé" / "T1 séries"
+    shutil.copytree(corpus["axial"].folder, folder)
+    assert_same_image(load_dicom(folder), corpus["axial"].volume, what="unicode path")
+    out = tmp_path / "sortie é" / "t1.nii.gz"
+    rc, _, err = convert([folder, out], capsys)
+    assert rc == 0, err
+    assert_same_image(out, corpus["axial"].volume, what="unicode output path")
+
+
 def test_non_ascii_descriptions_are_decoded(corpus, tmp_path):
     folder = tmp_path / "utf8"
     shutil.copytree(corpus["axial"].folder, folder)
@@ -578,7 +633,7 @@ def test_mixed_folder_skip_reasons_are_specific(mixed_folder):
     assert "empty" in reasons[junk["empty"]] or "0 bytes" in reasons[junk["empty"]]
     assert "truncat" in reasons[junk["truncated"]]
     assert "dicom" in reasons[junk["text"]]
-    for kind in ("sr", "text_sr", "seg"):
+    for kind in ("sr", "text_sr", "seg", "dicomdir"):
         assert "not an image" in reasons[junk[kind]] or "no pixel" in reasons[junk[kind]], (
             kind,
             reasons[junk[kind]],
