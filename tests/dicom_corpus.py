@@ -248,6 +248,8 @@ def build_corpus(root: Path) -> dict[str, CorpusSeries]:
         regular=False,
     )
     out["gap"].notes = {
+        "source": axial,
+        "indices": [k for k in range(nz) if k != gap_index],
         "missing_index": gap_index,
         "missing_position": axial.index_to_lps([0, 0, gap_index]),
         "nominal_spacing": float(SPACING[2]),
@@ -260,14 +262,19 @@ def build_corpus(root: Path) -> dict[str, CorpusSeries]:
     out["nonuniform"] = _write(
         "nonuniform", root, axial, number=11, positions=nonuniform_pos, regular=False
     )
-    out["nonuniform"].notes = {"spacings": (4.0, 5.0)}
+    out["nonuniform"].notes = {"spacings": (4.0, 5.0), "source": axial, "indices": list(range(nz))}
     tilt_deg = 12.0
     shift = SPACING[2] * np.tan(np.deg2rad(tilt_deg))
     row = axial.direction[:, 0]
     k = np.arange(nz)[:, None]
     tilt_pos = axial.origin + k * SPACING[2] * normal + k * shift * row
     out["tilt"] = _write("tilt", root, axial, number=12, positions=tilt_pos, regular=False)
-    out["tilt"].notes = {"tilt_deg": tilt_deg, "shift_mm": float(shift)}
+    out["tilt"].notes = {
+        "tilt_deg": tilt_deg,
+        "shift_mm": float(shift),
+        "source": axial,
+        "indices": list(range(nz)),
+    }
 
     # Header variants that trip hand-written parsers.
     out["implicit"] = _write("implicit", root, axial, number=13)
