@@ -302,7 +302,7 @@ def test_series_browser_lists_series_and_loads_the_chosen_one(viewer, qtbot, mix
     descriptions = [browser.table.item(r, 1).text() for r in range(browser.table.rowCount())]
     assert mixed_folder.main.description in descriptions
     assert mixed_folder.other.description in descriptions
-    assert "skipped" in browser.status.text() and "IM_TRUNC.dcm" in browser.status.text()
+    assert "skipped" in browser.found.text() and "IM_TRUNC.dcm" in browser.found.text()
     row = descriptions.index(mixed_folder.other.description)
     browser.table.selectRow(row)
     assert browser.load_button.isEnabled()

@@ -60,7 +60,20 @@ def geometry_rows(name: str, volume: Volume) -> dict[str, str]:
         source = orientation_code(source_direction)
         if not is_axis_aligned(source_direction):
             source += " (oblique)"
-    resampled = meta.get("resampled_from")
+    resampled = []
+    stack = meta.get("resampled")  # set by the DICOM reader for a gap, uneven spacing or tilt
+    if isinstance(stack, dict):
+        resampled.append(
+            f"slices to {stack.get('slice_spacing_mm', 0):.4g} mm "
+            f"({'; '.join(stack.get('reason', []))})"
+        )
+    grid = meta.get("resampled_from")  # set for display when the grid is oblique
+    if isinstance(grid, dict):
+        resampled.append(
+            f"oblique grid of {' × '.join(str(n) for n in grid['shape'][::-1])} voxels "
+            f"of {_mm(grid.get('spacing', []))} mm onto patient axes "
+            f"({grid.get('interpolation', 'linear')})"
+        )
     return {
         "Layer": name,
         "Matrix": f"{nx} × {ny} × {nz} (x × y × z)",
@@ -68,12 +81,7 @@ def geometry_rows(name: str, volume: Volume) -> dict[str, str]:
         "Origin (LPS mm)": _mm(volume.origin),
         "Displayed as": shown,
         "Source orientation": source,
-        "Resampled": (
-            f"yes, from {resampled.get('shape')} at {_mm(resampled.get('spacing', []))} mm "
-            f"({resampled.get('interpolation', 'linear')})"
-            if isinstance(resampled, dict)
-            else "no"
-        ),
+        "Resampled": "yes: " + "; ".join(resampled) if resampled else "no",
         "Problems": "; ".join(meta.get("problems") or []) or "none",
         "Source": str(meta.get("source", "")),
     }

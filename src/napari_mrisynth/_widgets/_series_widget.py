@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import napari
 
 #: Table columns, in order.
-COLUMNS = ("Series", "Description", "Modality", "Matrix", "Spacing (mm)", "Orientation", "Problems")
+COLUMNS = ("Series", "Description", "Matrix", "Spacing (mm)", "Orientation", "Modality", "Problems")
 
 
 def series_row(series: Series) -> tuple[str, ...]:
@@ -50,10 +50,10 @@ def series_row(series: Series) -> tuple[str, ...]:
     return (
         number + (f" (stack {series.stack})" if series.stack else ""),
         series.description,
-        series.modality,
         f"{nx}×{ny}×{nz}",
         " × ".join(f"{s:.3g}" for s in np.asarray(series.spacing)),
         orientation,
+        series.modality,
         "; ".join(series.problems) or "none",
     )
 
@@ -88,6 +88,7 @@ class SeriesBrowser(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(180)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
@@ -99,13 +100,16 @@ class SeriesBrowser(QWidget):
         self.load_button = QPushButton("Load selected")
         self.load_button.setEnabled(False)
         self.load_button.clicked.connect(self.load_selected)
-        self.status = QLabel("Choose a folder and scan it.")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.found = QLabel("Choose a folder and scan it.")
+        self.status = QLabel()
+        for label in (self.found, self.status):
+            label.setWordWrap(True)
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         layout = QVBoxLayout(self)
         layout.addLayout(picker)
         layout.addWidget(self.table)
+        layout.addWidget(self.found)
         layout.addWidget(self.resample)
         layout.addWidget(self.load_button)
         layout.addWidget(self.status)
@@ -123,7 +127,7 @@ class SeriesBrowser(QWidget):
         if not path:
             return None
         self.scan_button.setEnabled(False)
-        self.status.setText(f"Scanning {path} …")
+        self.found.setText(f"Scanning {path} …")
         worker = _scan_worker(Path(path))
         worker.returned.connect(self.show_scan)
         worker.errored.connect(self._scan_failed)
@@ -143,12 +147,13 @@ class SeriesBrowser(QWidget):
         message = f"{len(scan.series)} series in {scan.root}"
         if scan.skipped:
             message += "\n" + skipped_summary(scan)
-        self.status.setText(message)
+        self.found.setText(message)
+        self.status.clear()
         if len(scan.series) == 1:
             self.table.selectRow(0)
 
     def _scan_failed(self, exc: Exception) -> None:
-        self.status.setText(str(exc))
+        self.found.setText(str(exc))
         if isinstance(exc, MrisynthError):
             show_error(str(exc))
         else:

@@ -1,0 +1,104 @@
+"""Regenerate the screenshots of docs/napari.md from the real plugin in a real viewer.
+
+Usage (from the repository root)::
+
+    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/napari_screenshots.py
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "docs" / "images"
+PLUGIN = "napari-mrisynth"
+
+
+def _settle(viewer, qapp, rounds: int = 30) -> None:
+    import time
+
+    for _ in range(rounds):
+        qapp.processEvents()
+        time.sleep(0.02)
+
+
+def _save(viewer, name: str, *, canvas_only: bool = False) -> None:
+    from imageio.v3 import imwrite
+
+    shot = viewer.screenshot(canvas_only=canvas_only, flash=False)
+    imwrite(IMAGES / name, shot)
+    print("wrote", IMAGES / name)
+
+
+def sample_views(viewer, qapp) -> None:
+    """Simulated bvFTD subject: axial slice through the ventricles, labels over the T1."""
+    from napari_mrisynth.cohort.labels import LABEL_IDS
+
+    t1, labels, _ = viewer.open_sample(PLUGIN, "simulated_bvftd")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Volume geometry")
+    ventricles = np.argwhere(np.asarray(labels.data) == LABEL_IDS["lateral_ventricles"])
+    world = labels.data_to_world(ventricles.mean(0).astype(float))
+    viewer.dims.set_point(0, float(world[0]))
+    viewer.layers.selection.active = t1
+    _settle(viewer, qapp)
+    _save(viewer, "napari_sample_axial.png")
+    labels.visible = False
+    _settle(viewer, qapp)
+    _save(viewer, "napari_sample_axial_t1.png", canvas_only=True)
+
+
+def browser_view(viewer, qapp, folder: Path) -> None:
+    """Series browser on a folder with regular, oblique and irregular series plus junk."""
+    from qtpy.QtCore import Qt
+
+    dock, browser = viewer.window.add_plugin_dock_widget(PLUGIN, "DICOM series browser")
+    viewer.window._qt_window.resizeDocks([dock], [620], Qt.Orientation.Horizontal)
+    browser.folder.setText(str(folder))
+    worker = browser.start_scan()
+    while worker.is_running:
+        _settle(viewer, qapp, 5)
+    _settle(viewer, qapp)
+    browser.resample.setChecked(True)
+    descriptions = [browser.table.item(r, 1).text() for r in range(browser.table.rowCount())]
+    browser.table.selectRow(descriptions.index("SIMULATED oblique"))
+    worker = browser.load_selected()
+    while worker.is_running:
+        _settle(viewer, qapp, 5)
+    _settle(viewer, qapp)
+    _save(viewer, "napari_series_browser.png")
+
+
+def main() -> int:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import dicom_corpus
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = dicom_corpus.build_corpus(tmp / "corpus")
+        folder = tmp / "export"
+        for name in ("axial", "sagittal", "oblique", "gap", "tilt"):
+            shutil.copytree(corpus[name].folder, folder / name)
+        (folder / "notes.txt").write_text("not an image\n")
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(1400, 960)
+        qapp = QApplication.instance()
+        sample_views(viewer, qapp)
+        viewer.close()
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(1400, 960)
+        browser_view(viewer, qapp, folder)
+        viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
