@@ -377,6 +377,36 @@ def test_load_volume_nonexistent_and_unknown_format(tmp_path):
     assert info.value.path == other
 
 
+@pytest.mark.parametrize("kind", ["2d", "rgb"])
+def test_itk_image_that_is_not_one_scalar_3d_volume_names_the_file(tmp_path, kind):
+    import SimpleITK as sitk
+
+    path = tmp_path / f"{kind}.mha"
+    if kind == "2d":
+        image = sitk.GetImageFromArray(np.zeros((10, 12), np.int16))
+    else:
+        image = sitk.GetImageFromArray(np.zeros((4, 10, 12, 3), np.uint8), isVector=True)
+    sitk.WriteImage(image, str(path))
+    with pytest.raises(MrisynthError) as info:
+        load_volume(path)
+    assert names_file(str(specific_error(info)), path), str(info.value)
+
+
+def test_truncated_mha_says_what_is_wrong(tmp_path):
+    import SimpleITK as sitk
+
+    path = tmp_path / "t1.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((10, 12, 14), np.int16)), str(path))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 500])
+    with pytest.raises(VolumeFileError) as info:
+        load_volume(path)
+    message = str(info.value)
+    assert info.value.path == path
+    # the file exists: ITK's last line ("Reason: No such file or directory") is not the reason
+    assert "no such file" not in message.lower(), message
+
+
 @pytest.mark.parametrize("kind", ["junk", "cut_pixels", "huge"])
 def test_load_volume_passes_dicom_errors_through(tmp_path, kind):
     path = BAD_FILES[kind][0](tmp_path)
