@@ -150,6 +150,27 @@ def test_rescale_is_applied_and_recorded(corpus):
     assert tuple(volume.metadata["rescale"]) == (0.5, -100.0)
 
 
+def test_32_bit_values_survive_an_intercept_exactly(corpus, tmp_path):
+    """int32 pixels up to 1e8 with RescaleIntercept -1024: float32 (24-bit mantissa) would
+    change them by up to 4; the result must be exact (float64 or a wide integer)."""
+    folder = tmp_path / "s32"
+    shutil.copytree(corpus["axial"].folder, folder)
+    truth = corpus["axial"].volume.data.astype(np.int64) * 100001 + 7
+    for k, path in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(path)
+        ds.BitsAllocated = ds.BitsStored = 32
+        ds.HighBit = 31
+        ds.PixelRepresentation = 1
+        for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+            ds.pop(tag, None)
+        ds.PixelData = truth[k].astype("<i4").tobytes()
+        ds["PixelData"].VR = "OW"
+        ds.RescaleIntercept = "-1024"
+        ds.save_as(path, enforce_file_format=True)
+    data = np.asarray(load_dicom(folder).data)
+    np.testing.assert_array_equal(data.astype(np.float64), (truth - 1024).astype(np.float64))
+
+
 def test_compressed_series_equal_uncompressed(corpus):
     reference = load_dicom(corpus["axial"].folder)
     for name in ("rle", "jpegls", "j2k"):
