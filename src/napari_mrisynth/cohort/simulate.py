@@ -236,11 +236,16 @@ def _brain_labels(
     # Deep grey and cerebellar white matter keep their atlas region (the pallidum is WM-bright).
     for name in ("deep_gm", "cerebellum"):
         labels[(tissue == 2) & (own == LABEL_IDS[name])] = LABEL_IDS[name]
-    # Ventricles: CSF more than 10 mm inside the brain, above the fourth ventricle.
+    # Ventricles: CSF more than 10 mm inside the brain, above the fourth ventricle, off the
+    # midline (which holds the interhemispheric fissure and cisterns), in the two largest pieces.
     depth = np.zeros(inside.shape, np.float32)
     depth[box] = ndi.distance_transform_edt(inside[box]) * h
     csf = tissue == 0
-    ventricle = csf & (depth > 10.0) & np.broadcast_to((z > -8.0) & (np.abs(x) < 35), csf.shape)
+    ventricle = (
+        csf
+        & (depth > 10.0)
+        & np.broadcast_to((z > -8.0) & (np.abs(x) > 1.5) & (np.abs(x) < 35), csf.shape)
+    )
     ventricle = _largest_components(ventricle, 2)
     labels[csf] = LABEL_IDS["sulcal_csf"]
     labels[ventricle] = LABEL_IDS["lateral_ventricles"]
