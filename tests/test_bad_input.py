@@ -165,8 +165,28 @@ def test_wrong_pixel_length_names_expected_and_found(tmp_path):
     assert mentions_number(message, PIXEL_BYTES - 100), message
 
 
-def test_huge_declared_dimensions_fail_fast_without_allocating(tmp_path):
-    path = make_huge_dims(tmp_path)
+def _huge_from(source: Path, target: Path) -> Path:
+    ds = pydicom.dcmread(source)
+    ds.Rows = 65535
+    ds.Columns = 65535
+    ds.NumberOfFrames = 100000
+    little = ds.original_encoding[1] if ds.original_encoding else True
+    ds.save_as(target, enforce_file_format=True, little_endian=little, implicit_vr=False)
+    return target
+
+
+@pytest.mark.parametrize("source", ["native", "big_endian", "rle"])
+def test_huge_declared_dimensions_fail_fast_without_allocating(tmp_path, corpus, source):
+    """65535 x 65535 x 100000 frames declared (8.6e14 bytes), a few KB present: native,
+    big endian (read through pydicom) and RLE (encapsulated: no length to compare)."""
+    folder = tmp_path / source
+    folder.mkdir()
+    if source == "native":
+        path = make_huge_dims(folder)
+    elif source == "big_endian":
+        path = _huge_from(PYDICOM_FILES / "MR_small_bigendian.dcm", folder / "huge_be.dcm")
+    else:
+        path = _huge_from(corpus["rle"].files[0], folder / "huge_rle.dcm")
     tracemalloc.start()
     start = time.perf_counter()
     try:
@@ -174,7 +194,7 @@ def test_huge_declared_dimensions_fail_fast_without_allocating(tmp_path):
             load_dicom(path)
         with pytest.raises(DicomFileError):
             load_dicom(path, lazy=True)
-        scan = scan_folder(tmp_path)
+        scan = scan_folder(folder)
     finally:
         elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()

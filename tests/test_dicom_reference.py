@@ -794,6 +794,8 @@ def test_series_command_lists_the_mixed_folder(mixed_folder, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert mixed_folder.main.uid in out and mixed_folder.other.uid in out
+    for path in mixed_folder.junk.values():  # every skipped file is listed with its reason
+        assert path.name in out, path.name
 
 
 def test_simpleitk_fails_on_a_localizer_sharing_the_uid_but_we_split_it(mixed_folder, tmp_path):
