@@ -551,6 +551,37 @@ def test_jpeg_grayscale_files_decode_like_pydicom(name):
     np.testing.assert_array_equal(np.asarray(volume.data, dtype=np.float64), expected)
 
 
+def test_jpeg_baseline_series_decodes_like_pydicom(corpus, tmp_path):
+    """An 8-bit series re-encoded as JPEG Baseline (lossy) with Pillow: no ground truth,
+    so every slice must equal pydicom's own decoding of that file."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    folder = tmp_path / "jpeg"
+    shutil.copytree(corpus["uint8"].folder, folder)
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        buffer = io.BytesIO()
+        Image.fromarray(ds.pixel_array.astype(np.uint8)).save(buffer, "JPEG", quality=95)
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+        ds.save_as(path, enforce_file_format=True)
+    volume = load_dicom(folder)
+    truth = corpus["uint8"].volume
+    assert volume.shape == truth.shape
+    data = np.asarray(volume.data)
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        k = int(round((float(ds.ImagePositionPatient[2]) - volume.origin[2]) / volume.spacing[2]))
+        np.testing.assert_array_equal(data[k], ds.pixel_array)
+    assert np.abs(data.astype(int) - truth.data.astype(int)).mean() < 3  # lossy, but close
+
+
 EMRI_VARIANTS = [
     "emri_small.dcm",
     "emri_small_RLE.dcm",
