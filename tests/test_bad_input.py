@@ -492,6 +492,42 @@ def test_real_truncated_j2k_frames_say_truncated():
     assert "truncat" in message or "too short" in message or "incomplete" in message, message
 
 
+def _declare_transfer_syntax(path: Path, syntax: str) -> None:
+    """Rewrite only the file meta group so it declares ``syntax``; the data set is kept."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    raw = path.read_bytes()
+    group_length = int.from_bytes(raw[140:144], "little")
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    meta.TransferSyntaxUID = syntax
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    path.write_bytes(raw[:128] + b"DICM" + buffer.getvalue() + raw[144 + group_length :])
+
+
+@pytest.mark.parametrize("declared", ["implicit", "explicit"])
+def test_transfer_syntax_that_lies_about_the_vr(tmp_path, corpus, declared):
+    """A classic export defect: the meta group says Implicit VR, the data set is Explicit
+    (or the reverse). pydicom reads both; the files are not truncated. The reader must load
+    them, or refuse saying what is wrong, never call them truncated."""
+    name = "axial" if declared == "implicit" else "implicit"
+    files = _series_copy(tmp_path, corpus, name)
+    syntax = "1.2.840.10008.1.2" if declared == "implicit" else "1.2.840.10008.1.2.1"
+    for path in files:
+        _declare_transfer_syntax(path, syntax)
+    assert pydicom.dcmread(files[0]).pixel_array.shape == corpus["axial"].volume.shape[1:]
+    scan = scan_folder(files[0].parent)
+    for skipped in scan.skipped:
+        assert "truncat" not in skipped.reason, skipped.reason
+    if scan.series:
+        assert_same_image(load_dicom(files[0].parent), corpus["axial"].volume, what=declared)
+    else:
+        assert len(scan.skipped) == len(files)
+        assert "vr" in scan.skipped[0].reason.lower() or "syntax" in scan.skipped[0].reason.lower()
+
+
 # -- malformed geometry in a series ----------------------------------------------------------------
 def _series_copy(tmp_path: Path, corpus, name: str = "axial") -> list[Path]:
     folder = tmp_path / name
