@@ -17,6 +17,7 @@ from napari_mrisynth.cohort import (
     LABEL_IDS,
     LABELS,
     sample_subject,
+    simulate,
     simulate_subject,
 )
 from napari_mrisynth.cohort.labels import aal_region_label
@@ -122,6 +123,22 @@ def test_controls_age():
     cortex = ("frontal_gm", "orbitomedial_frontal_gm", "parietal_gm", "temporal_gm")
     assert sum(old[r] for r in cortex) < 0.97 * sum(young[r] for r in cortex)
     assert old["lateral_ventricles"] > 1.1 * young["lateral_ventricles"]
+
+
+def test_model_cache_round_trip(tmp_path, monkeypatch):
+    """The model kept in the user cache is the model the template builds."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    simulate._model.cache_clear()
+    try:
+        built = simulate._model(2)
+        assert list((tmp_path / "napari-mrisynth").glob("cohort-model-2mm-*.npz"))
+        simulate._model.cache_clear()
+        loaded = simulate._model(2)
+    finally:
+        simulate._model.cache_clear()
+    assert loaded is not built
+    for name, value in vars(built).items():
+        np.testing.assert_array_equal(getattr(loaded, name), value, err_msg=name)
 
 
 def test_diagnosis_and_severity_are_checked():

@@ -24,7 +24,9 @@ exact ground truth for the simulated image. Everything here is simulated, not cl
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy import special
 
+from napari_mrisynth import volume as volume_module
+from napari_mrisynth.cohort import labels as labels_module
 from napari_mrisynth.cohort.labels import (
     ANTERIOR_TEMPORAL_Y_MNI,
     BRAIN_LABELS,
@@ -138,8 +142,8 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     if f == 1:
         return a.astype(np.float32)
     nz, ny, nx = (s // f * f for s in a.shape)
-    a = a[:nz, :ny, :nx].astype(np.float32)
-    return a.reshape(nz // f, f, ny // f, f, nx // f, f).mean(axis=(1, 3, 5))
+    blocks = a[:nz, :ny, :nx].reshape(nz // f, f, ny // f, f, nx // f, f)
+    return blocks.sum(axis=(1, 3, 5), dtype=np.float32) / np.float32(f**3)
 
 
 def _coordinates(shape: tuple[int, ...], origin: np.ndarray, h: float) -> list[np.ndarray]:
@@ -169,9 +173,44 @@ class _Model:
     brain_centre: np.ndarray  # LPS mm
 
 
+def _cache_file(h: int) -> Path:
+    """Where the built model is kept between processes, keyed by the code and the data."""
+    digest = hashlib.sha256(str(h).encode())
+    for module in (__file__, labels_module.__file__, volume_module.__file__):
+        digest.update(Path(module).read_bytes())
+    for path in template_paths().values():
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "napari-mrisynth" / f"cohort-model-{h}mm-{digest.hexdigest()[:16]}.npz"
+
+
 @functools.lru_cache(maxsize=2)
 def _model(h: int) -> _Model:
-    """Build (once per process) the head model at ``h`` mm (1 or 2)."""
+    """The head model at ``h`` mm (1 or 2): from memory, the user cache, or built (seconds)."""
+    cache = _cache_file(h)
+    try:
+        with np.load(cache) as stored:
+            return _Model(
+                **{name: stored[name][()] for name in stored.files}
+            )  # [()]: 0-d -> scalar
+    except (OSError, ValueError, TypeError):
+        pass  # not cached yet, or unreadable: build it
+    model = _build_model(h)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(partial, **vars(model))
+        os.replace(partial, cache)  # atomic: a parallel process never reads half a file
+        for stale in cache.parent.glob(f"cohort-model-{h}mm-*.npz"):
+            if stale != cache:
+                stale.unlink(missing_ok=True)  # built by an older version of this code
+    except OSError:
+        pass  # a read-only home only costs the rebuild next time
+    return model
+
+
+def _build_model(h: int) -> _Model:
+    """Build the head model at ``h`` mm from the template, tissue maps and atlas."""
     paths = template_paths()
     t1, origin = _load_lps(paths["t1"])
     gm, _ = _load_lps(paths["gm"])
@@ -352,8 +391,16 @@ def _ventricle_field(
     ventricles = _block_mean(labels == LABEL_IDS["lateral_ventricles"], f)
     smooth = ndi.gaussian_filter(ventricles, 2.0)  # sigma 4 mm
     grad = np.stack(np.gradient(smooth)[::-1])  # (x, y, z) components, per 2 mm voxel
-    grad /= float(np.sqrt((grad**2).sum(axis=0)).max())
-    return grad.astype(np.float32), origin + (f * h - h) / 2.0, 2.0
+    magnitude = np.sqrt((grad**2).sum(axis=0))
+    grad /= float(magnitude.max())
+    # Only the ventricles' surroundings move; the zero margin makes "nearest" sampling exact.
+    box = _bounding_box(magnitude > 0, margin=2)
+    start = np.array([box[2].start, box[1].start, box[0].start])
+    return (
+        grad[(slice(None), *box)].astype(np.float32),
+        origin + (f * h - h) / 2.0 + 2.0 * start,
+        2.0,
+    )
 
 
 def _grow_head(
