@@ -2,7 +2,8 @@
 and a folder with some bad files still loads what is good.
 
 Every bad file here is a real file on disk, made from pydicom's MR_small.dcm (64x64 int16,
-8192 bytes of pixel data) or written with nibabel.
+8192 bytes of pixel data), from the corpus series (tests/dicom_corpus.py), or written with
+nibabel / SimpleITK. Memory for huge declared sizes is measured with tracemalloc.
 """
 
 from __future__ import annotations

@@ -819,6 +819,25 @@ def test_convert_mixed_folder_into_a_folder_writes_every_series(mixed_folder, tm
     assert matches == {"main": 1, "other": 1}
 
 
+def test_convert_with_an_unknown_series_lists_the_choices(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "x.nii.gz"
+    rc, _, err = convert([mixed_folder.root, out, "--series", "no-such-series"], capsys)
+    assert rc == 1 and not out.exists()
+    assert "no-such-series" in err
+    assert mixed_folder.main.uid in err and mixed_folder.other.uid in err
+
+
+def test_convert_resample_writes_what_load_dicom_resample_gives(corpus, tmp_path, capsys):
+    out = tmp_path / "gap.nii.gz"
+    rc, _, err = convert([corpus["gap"].folder, out, "--resample"], capsys)
+    assert rc == 0, err
+    reference = load_dicom(corpus["gap"].folder, resample=True)
+    data, affine = canonical(out)
+    ref_data, ref_affine = canonical(reference)
+    np.testing.assert_allclose(affine, ref_affine, atol=1e-4)
+    np.testing.assert_allclose(data, ref_data, atol=1e-4)
+
+
 def test_series_command_lists_the_mixed_folder(mixed_folder, capsys):
     capsys.readouterr()
     rc = main(["series", str(mixed_folder.root)])
