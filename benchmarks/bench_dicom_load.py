@@ -105,6 +105,8 @@ def _read(reader: str, folder: Path, out: Path):
     import numpy as np
 
     if reader == "ours":
+        import pydicom.pixels  # noqa: F401  imported untimed, like SimpleITK: the decoders
+
         from napari_mrisynth.io.dicom import load_dicom
 
         start = time.perf_counter()
@@ -250,8 +252,9 @@ def report(results: dict, compressed: dict, runs: int, load: tuple[str, str]) ->
         "Written by `python benchmarks/bench_dicom_load.py --write-docs`. Machine: a 2-core "
         f"CPU box ({platform.processor() or platform.machine()}, Python "
         f"{platform.python_version()}), page cache warm. Each time is the median of {runs} "
-        "fresh processes; imports are not timed, our scan of the folder is. Series written "
-        "by `write_dicom_series` (one file per slice, ~140-element vendor headers with "
+        "fresh processes; imports are not timed (SimpleITK, pydicom and its decoders, "
+        "nibabel, our module), our scan of the folder is. Series written by "
+        "`write_dicom_series` (one file per slice, ~140-element vendor headers with "
         "private tags, shuffled extension-less names), int16, from the MNI152 template.",
         "",
         f"Load at the start: `{load[0]}`; at the end: `{load[1]}`. Four other engineers "

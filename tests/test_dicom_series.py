@@ -175,9 +175,13 @@ def test_non_uniform_spacing_is_refused_then_resampled(tmp_path):
     assert _mentions(message, 3.0) and _mentions(message, 2.0)
     assert _mentions(message, volume.origin[2] + along[7])  # where the odd step starts
     loaded = load_dicom(tmp_path, resample=True)
-    assert loaded.spacing[2] == pytest.approx(2.0)
-    assert loaded.shape[0] == int(along[-1] // 2.0) + 1  # the grid keeps the 2 mm step
-    np.testing.assert_array_equal(loaded.data[:8], volume.data[:8])
+    count = round(along[-1] / 2.0) + 1  # about the finest step, spanning first to last slice
+    assert loaded.shape[0] == count
+    assert loaded.spacing[2] == pytest.approx(along[-1] / (count - 1))
+    ends = loaded.index_to_lps([[0, 0, 0], [0, 0, count - 1]])
+    np.testing.assert_allclose(ends, positions[[0, -1]], atol=1e-6)
+    np.testing.assert_array_equal(loaded.data[0], volume.data[0])
+    np.testing.assert_array_equal(loaded.data[-1], volume.data[-1])
 
 
 def test_gantry_tilt_is_refused_then_resampled_onto_the_orthogonal_grid(tmp_path):
@@ -199,6 +203,16 @@ def test_gantry_tilt_is_refused_then_resampled_onto_the_orthogonal_grid(tmp_path
     for k in (0, 3, 9):  # slice k moved k rows down: on the first slice's grid it sits at row + k
         np.testing.assert_array_equal(loaded.data[k, k:], volume.data[k, : SHAPE[1] - k])
     assert "shear" in loaded.metadata["resampled"]["interpolation"]
+
+
+def test_positions_rounded_to_two_decimals_are_still_regular(tmp_path):
+    """Scanner rounding scatters positions by up to 0.005 mm: no tilt, no uneven spacing."""
+    volume = _volume(18, _rotation(0.2, 0.1, 0.0), spacing=(0.5, 0.5, 1.0))
+    positions = np.round(volume.index_to_lps(np.c_[np.zeros((16, 2)), np.arange(16)]), 2)
+    write_dicom_series(volume, tmp_path, positions=positions)
+    (series,) = scan_folder(tmp_path).series
+    assert series.regular and series.problems == []
+    np.testing.assert_array_equal(load_series(series).data, volume.data)
 
 
 def test_two_images_at_one_position_are_refused_even_with_resample(tmp_path):

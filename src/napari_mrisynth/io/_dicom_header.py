@@ -98,6 +98,7 @@ _LONG_VRS = frozenset(
 _SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
                         b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
                         b"US"})  # fmt: skip
+_ALL_VRS = _SHORT_VRS | _LONG_VRS
 _TEXT_VRS = frozenset({b"AE", b"AS", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"LT", b"PN",
                        b"SH", b"ST", b"TM", b"UC", b"UI", b"UT"})  # fmt: skip
 
@@ -414,7 +415,11 @@ def read_header(path: str | Path) -> Header:
             syntax = _convert(0x00020010, *syntax_raw, "") if syntax_raw else ""
             if syntax in ("", EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE):
                 raise WalkerUnsupported(f"transfer syntax {syntax or 'missing'}")
-            walk = _walk_implicit if syntax == IMPLICIT_VR_LE else _walk_explicit
+            # the data set's first element tells its VR encoding, whatever the meta group
+            # says (exports that lie about it exist; pydicom checks the same way)
+            buf, base = reader.window(pos, min(8, size - pos))
+            explicit = buf[pos - base + 4 : pos - base + 6] in _ALL_VRS
+            walk = _walk_explicit if explicit else _walk_implicit
             pixels = walk(reader, pos, found)
             if pixels is not None and pixels[1] == _UNDEFINED:
                 try:  # the fragments must all be there: a cut stream cannot be decoded

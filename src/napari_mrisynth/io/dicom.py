@@ -44,23 +44,24 @@ Progress = Callable[[int, int], None]
 DUPLICATE_TOLERANCE_MM = 1e-3
 #: Relative and absolute tolerance on slice spacing; a missing slice changes it by 100 %.
 SPACING_RTOL = 0.01
-SPACING_ATOL_MM = 1e-3
-#: In-plane drift (fraction of a pixel) above which a stack is sheared (gantry tilt).
-SHEAR_TOLERANCE_PIXELS = 0.02
+SPACING_ATOL_MM = 0.02  # positions rounded to 0.01 mm (some vendors) scatter this much
+#: Linear in-plane drift across the stack (pixels) above which it is sheared (gantry tilt).
+SHEAR_TOLERANCE_PIXELS = 0.05
+#: ... or one slice this far off the normal through the first (pixels).
+OUTLIER_PIXELS = 0.5
 #: Compressed pixel data declaring more than this many times its size decoded is refused.
 MAX_COMPRESSION_RATIO = 200
 #: ... unless it decodes to less than this.
 SMALL_DECODED_BYTES = 256 * 1024 * 1024
 
 #: Decoding plugin per transfer syntax: the fastest installed (measured in field notes).
+#: Lossy JPEG Baseline/Extended are left to pydicom's own choice: decoders differ by +-1.
 _PLUGINS = {
     "1.2.840.10008.1.2.5": "pylibjpeg",  # RLE Lossless: pylibjpeg-rle, 6x the built-in
     "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS Lossless: 4x libjpeg
     "1.2.840.10008.1.2.4.81": "pyjpegls",  # JPEG-LS Near-Lossless
     "1.2.840.10008.1.2.4.90": "pylibjpeg",  # JPEG 2000 Lossless: openjpeg
     "1.2.840.10008.1.2.4.91": "pylibjpeg",  # JPEG 2000
-    "1.2.840.10008.1.2.4.50": "pylibjpeg",  # JPEG Baseline: libjpeg
-    "1.2.840.10008.1.2.4.51": "pylibjpeg",  # JPEG Extended
     "1.2.840.10008.1.2.4.57": "pylibjpeg",  # JPEG Lossless
     "1.2.840.10008.1.2.4.70": "pylibjpeg",  # JPEG Lossless SV1
 }
@@ -271,6 +272,8 @@ def _sop_name(uid: str) -> str:
 @lru_cache(maxsize=256)
 def _is_image_class(uid: str) -> bool:
     name = _sop_name(uid)
+    if name.startswith("SOP Class "):
+        return True  # a private class pydicom cannot name: judged by its pixel data
     if any(word in name + " Storage" for word in _NOT_IMAGE_WORDS):
         return False
     return "Image" in name or "Parametric Map" in name
@@ -773,6 +776,8 @@ def _slice_spacing(positions: np.ndarray, along: np.ndarray, first: Header) -> t
             f"non-uniform spacing: {shown}{more}; median spacing {typical:.3f} mm "
             f"(range {nonzero.min():.3f}-{nonzero.max():.3f} mm)"
         )
+    if not problems:  # regular: the mean step is exact where rounded positions scatter
+        typical = float(along[-1] - along[0]) / len(nonzero)
     return typical, problems
 
 
@@ -782,10 +787,14 @@ def _shear(
     """A message when slice positions drift in-plane (gantry tilt), else ``""``."""
     if len(positions) < 2:
         return ""
-    offsets = positions - positions[0] - np.outer(along - along[0], normal)
+    distances = along - along[0]
+    offsets = positions - positions[0] - np.outer(distances, normal)
     drift = np.linalg.norm(offsets, axis=1)
     worst = int(np.argmax(drift))
-    if drift[worst] <= SHEAR_TOLERANCE_PIXELS * pixel:
+    # a tilt drifts in proportion to distance; rounded positions only scatter
+    fitted = np.linalg.lstsq(distances[:, None], offsets, rcond=None)[0][0]
+    linear = float(np.linalg.norm(fitted) * abs(distances[-1]))
+    if linear <= SHEAR_TOLERANCE_PIXELS * pixel and drift[worst] <= OUTLIER_PIXELS * pixel:
         return ""
     distance = along[worst] - along[0]
     tilt = math.degrees(math.atan2(drift[worst], abs(distance))) if distance else 90.0
@@ -817,7 +826,8 @@ def _rescale_of(h: Header) -> tuple[float, float]:
 
 
 def _output_dtype(headers: list[Header]) -> np.dtype:
-    """Integer when every rescale is an integer shift whose result fits; else float32."""
+    """Integer when every rescale is an integer shift whose result fits (int64 only for
+    32-bit data, where float32 would round); else float32."""
     lo, hi = math.inf, -math.inf
     for h in headers:
         slope, intercept = _rescale_of(h)
@@ -825,7 +835,7 @@ def _output_dtype(headers: list[Header]) -> np.dtype:
             return np.dtype(np.float32)
         s_lo, s_hi = _stored_range(h)
         lo, hi = min(lo, s_lo + intercept), max(hi, s_hi + intercept)
-    for dtype in (_stored_dtype(headers[0]), np.int16, np.uint16, np.int32):
+    for dtype in (_stored_dtype(headers[0]), np.int16, np.uint16, np.int32, np.int64):
         info = np.iinfo(dtype)
         if info.min <= lo and hi <= info.max:
             return np.dtype(dtype)
@@ -1036,9 +1046,11 @@ def _lazy_array(headers: list[Header], shape: tuple[int, int, int], dtype: np.dt
     import dask.array as da
     from dask.base import tokenize
 
+    reader = _PixelReader(dtype)  # shared: a multi-frame file is decoded once, not per frame
+
     def read_slice(k: int) -> np.ndarray:
         out = np.empty((1, shape[1], shape[2]), dtype=dtype)
-        _PixelReader(dtype).read(headers[k], out[0])
+        reader.read(headers[k], out[0])
         return out
 
     name = "dicom-" + tokenize([str(h.path) for h in headers], [h.frame for h in headers], dtype)
@@ -1066,9 +1078,11 @@ def _resample(series: Series, data: np.ndarray, metadata: dict[str, Any]) -> Vol
             if shift != (0.0, 0.0):
                 source[k] = ndimage.shift(source[k], shift, order=1, mode="constant", cval=fill)
     steps = np.diff(along)
-    # the finest spacing found, kept exact; the grid ends within one step of the last slice
+    # about the finest spacing found, adjusted so the grid spans first to last slice (as
+    # dcm2niix's equidistant output does): no acquired slice is dropped
     step = float(steps.min()) if len(steps) else float(series.spacing[2])
-    count = int(along[-1] / step + 1e-6) + 1 if len(steps) else 1
+    count = int(round(along[-1] / step)) + 1 if len(steps) else 1
+    step = float(along[-1]) / (count - 1) if count > 1 else step
     targets = np.arange(count) * step
     upper = np.clip(np.searchsorted(along, targets, side="right"), 1, len(along) - 1)
     lower = upper - 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari_mrisynth.errors import VolumeFileError
+from napari_mrisynth.errors import GeometryError, VolumeFileError
 from napari_mrisynth.io.dicom import is_dicom_file, load_dicom
 from napari_mrisynth.volume import (
     Volume,
@@ -31,6 +31,15 @@ def _suffix(path: Path) -> str:
 
 def _stem(path: Path) -> str:
     return path.name[: len(path.name) - len(_suffix(path))] or path.name
+
+
+def _itk_reason(exc: RuntimeError) -> str:
+    """ITK's own sentence from its exception text, without the misleading errno line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line.split("): ", 1)[-1] for line in lines if "ITK ERROR" in line]
+    reason = errors[-1] if errors else (lines[-1] if lines else "unreadable")
+    # ITK appends strerror(errno) ("No such file or directory") even for a short file
+    return f"{reason} (the file exists: truncated or damaged?)"
 
 
 def load_volume(
@@ -77,8 +86,8 @@ def load_volume(
         try:
             image = nib.load(str(path))
             return volume_from_nifti(image, metadata)
-        except VolumeFileError:
-            raise
+        except GeometryError as exc:
+            raise VolumeFileError(path, str(exc)) from exc
         except Exception as exc:  # nibabel raises many types for a damaged file
             raise VolumeFileError(path, f"unreadable NIfTI: {exc}") from exc
     if suffix in ITK_SUFFIXES:
@@ -87,9 +96,11 @@ def load_volume(
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-            raise VolumeFileError(path, f"unreadable {suffix} image: {reason}") from exc
-        return volume_from_sitk(image, metadata)
+            raise VolumeFileError(path, f"unreadable {suffix} image: {_itk_reason(exc)}") from exc
+        try:
+            return volume_from_sitk(image, metadata)
+        except GeometryError as exc:
+            raise VolumeFileError(path, str(exc)) from exc
     if is_dicom_file(path) or path.suffix.lower() in DICOM_SUFFIXES:
         return load_dicom(path, series=series, lazy=lazy, resample=resample)
     raise VolumeFileError(path, f"unknown format: expected {FORMATS}")
