@@ -108,7 +108,7 @@ class SimulatedSubject:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-# -- the template-space model, built once per process and resolution -----------------------
+# -- the template-space model, built once per machine and resolution -----------------------
 def _package_dir(name: str) -> Path:
     """Folder of an installed package, found without importing it (nilearn is slow to import)."""
     spec = importlib.util.find_spec(name)
@@ -462,7 +462,8 @@ def _grow_head(
     put((z < -70.0) & (radius2 <= 5.0**2), ids["spinal_cord"], value["cord"])
     vertebra = (z < -85.0) & ((x / 12.0) ** 2 + ((y - canal_y + 19.0) / 9.0) ** 2 <= 1.0)
     disc = np.abs(((z + 85.0) % 18.0) - 9.0) > 7.5  # 3 mm discs every 18 mm
-    put(vertebra, ids["bone"], np.where(disc, value["muscle"], value["marrow"]))
+    put(vertebra & ~disc, ids["bone"], value["marrow"])
+    put(vertebra & disc, ids["soft_tissue"], value["muscle"])
     airway = (z < -80.0) & (z > -150.0) & (x**2 + (y - canal_y + 40.0) ** 2 <= 7.0**2)
     put(airway, 0, 0.0)
     outside = np.broadcast_to(d_out <= 0, shape) & ~in_brain
