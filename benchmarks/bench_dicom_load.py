@@ -101,7 +101,7 @@ def build(work: Path) -> dict[str, Path]:
 
 # -- one measurement, in a fresh process ---------------------------------------------------
 def _read(reader: str, folder: Path, out: Path):
-    """Load ``folder`` with ``reader``; return (seconds, Volume or None)."""
+    """Load ``folder`` with ``reader``; return ((wall, CPU) seconds, Volume or None)."""
     import numpy as np
 
     if reader == "ours":
@@ -109,28 +109,28 @@ def _read(reader: str, folder: Path, out: Path):
 
         from napari_mrisynth.io.dicom import load_dicom
 
-        start = time.perf_counter()
+        start = _clock()
         volume = load_dicom(folder)
-        return time.perf_counter() - start, volume
+        return _since(start), volume
     if reader == "simpleitk":
         import SimpleITK as sitk
 
         from napari_mrisynth.volume import volume_from_sitk
 
-        start = time.perf_counter()
+        start = _clock()
         names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))
         series_reader = sitk.ImageSeriesReader()
         series_reader.SetImageIO("GDCMImageIO")
         series_reader.SetFileNames(names)
         image = series_reader.Execute()
-        elapsed = time.perf_counter() - start
+        elapsed = _since(start)
         return elapsed, volume_from_sitk(image)
     if reader == "pydicom":
         import pydicom
 
         from napari_mrisynth.volume import Volume
 
-        start = time.perf_counter()
+        start = _clock()
         datasets = [pydicom.dcmread(p) for p in folder.iterdir()]
         iop = np.array(datasets[0].ImageOrientationPatient, dtype=float)
         normal = np.cross(iop[:3], iop[3:])
@@ -141,7 +141,7 @@ def _read(reader: str, folder: Path, out: Path):
                 for ds in datasets
             ]
         )
-        elapsed = time.perf_counter() - start
+        elapsed = _since(start)
         positions = [np.array(ds.ImagePositionPatient, dtype=float) for ds in datasets]
         dz = float(np.dot(positions[1] - positions[0], normal))
         ps = [float(v) for v in datasets[0].PixelSpacing]
@@ -152,7 +152,7 @@ def _read(reader: str, folder: Path, out: Path):
 
         from napari_mrisynth.volume import volume_from_nifti
 
-        start = time.perf_counter()
+        start = _clock()
         subprocess.run(
             ["dcm2niix", "-z", "n", "-b", "n", "-f", "series", "-o", str(out), str(folder)],
             check=True,
@@ -160,15 +160,15 @@ def _read(reader: str, folder: Path, out: Path):
         )
         image = nib.load(out / "series.nii")
         array = np.asanyarray(image.dataobj)
-        elapsed = time.perf_counter() - start
+        elapsed = _since(start)
         return elapsed, volume_from_nifti(nib.Nifti1Image(array, image.affine))
     if reader == "bytes":
-        start = time.perf_counter()
+        start = _clock()
         total = 0
         for path in folder.iterdir():
             with open(path, "rb") as f:
                 total += len(f.read())
-        return time.perf_counter() - start, None
+        return _since(start), None
     raise ValueError(reader)
 
 
@@ -178,13 +178,20 @@ def _cpu() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), _cpu()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
 def child(reader: str, folder: Path, save: Path | None) -> dict:
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
-        cpu = _cpu()
-        seconds, volume = _read(reader, folder, Path(tmp))
-        cpu = _cpu() - cpu
+        (seconds, cpu), volume = _read(reader, folder, Path(tmp))
     if save is not None and volume is not None:
         from napari_mrisynth.volume import reorient_to_patient_axes
 

@@ -845,8 +845,7 @@ def _output_dtype(headers: list[Header]) -> np.dtype:
 class _PixelReader:
     """Reads the stored values of one slice into a caller's array, then rescales."""
 
-    def __init__(self, out_dtype: np.dtype):
-        self.out_dtype = out_dtype
+    def __init__(self) -> None:
         self._datasets: dict[Path, np.ndarray] = {}
 
     def read(self, h: Header, out: np.ndarray) -> None:
@@ -1032,7 +1031,7 @@ def load_series(
         data = _lazy_array(headers, shape, dtype)
         return Volume(data, series.spacing, series.origin, series.direction, metadata)
     data = np.empty(shape, dtype=dtype)
-    reader = _PixelReader(dtype)
+    reader = _PixelReader()
     for k, h in enumerate(headers):
         reader.read(h, data[k])
         if progress is not None and ((k + 1) % 32 == 0 or k + 1 == shape[0]):
@@ -1046,7 +1045,7 @@ def _lazy_array(headers: list[Header], shape: tuple[int, int, int], dtype: np.dt
     import dask.array as da
     from dask.base import tokenize
 
-    reader = _PixelReader(dtype)  # shared: a multi-frame file is decoded once, not per frame
+    reader = _PixelReader()  # shared: a multi-frame file is decoded once, not per frame
 
     def read_slice(k: int) -> np.ndarray:
         out = np.empty((1, shape[1], shape[2]), dtype=dtype)
