@@ -23,10 +23,12 @@ exact ground truth for the simulated image. Everything here is simulated, not cl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,22 +192,23 @@ def _model(h: int) -> _Model:
     cache = _cache_file(h)
     try:
         with np.load(cache) as stored:
-            return _Model(
-                **{name: stored[name][()] for name in stored.files}
-            )  # [()]: 0-d -> scalar
-    except (OSError, ValueError, TypeError):
+            # [()] turns the stored 0-d arrays back into scalars
+            return _Model(**{name: stored[name][()] for name in stored.files})
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile):
         pass  # not cached yet, or unreadable: build it
     model = _build_model(h)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp.npz")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(partial, **vars(model))
         os.replace(partial, cache)  # atomic: a parallel process never reads half a file
         for stale in cache.parent.glob(f"cohort-model-{h}mm-*.npz"):
             if stale != cache:
                 stale.unlink(missing_ok=True)  # built by an older version of this code
     except OSError:
-        pass  # a read-only home only costs the rebuild next time
+        # A read-only or full disk only costs a rebuild in the next process.
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     return model
 
 
