@@ -36,9 +36,9 @@ def _volumes_ml(subject) -> dict[str, float]:
 def graded():
     """One seed, three diagnoses/severities: only the disease differs between them."""
     return {
-        "control": simulate_subject("c", "control", SEED, 2.0),
-        "mild": simulate_subject("m", "bvFTD", SEED, 2.0, severity=0.4),
-        "severe": simulate_subject("s", "bvFTD", SEED, 2.0, severity=1.0),
+        "control": simulate_subject("c", "control", SEED, 3.0),
+        "mild": simulate_subject("m", "bvFTD", SEED, 3.0, severity=0.4),
+        "severe": simulate_subject("s", "bvFTD", SEED, 3.0, severity=1.0),
     }
 
 
@@ -91,7 +91,7 @@ def test_a_head_surrounds_the_brain(graded):
     for tissue in ("extracerebral_csf", "bone", "soft_tissue", "eyes"):
         assert volumes[tissue] > 5.0, tissue
     # Every direction out of the brain crosses skull then scalp within 30 mm.
-    shell = ndi.binary_dilation(mask, iterations=15) & ~mask  # 30 mm at 2 mm voxels
+    shell = ndi.binary_dilation(mask, iterations=10) & ~mask  # 30 mm at 3 mm voxels
     assert np.isin(labels[shell], [LABEL_IDS["bone"]]).mean() > 0.2
     skin = labels == LABEL_IDS["soft_tissue"]
     scalp = skin & shell
