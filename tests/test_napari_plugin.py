@@ -113,7 +113,8 @@ def test_dicom_folder_opens_lazily_in_patient_space(viewer, corpus):
     truth = series.volume
     # coronal storage is reordered to (S, P, L) display axes: scale follows the axes
     np.testing.assert_allclose(sorted(layer.scale), sorted(truth.spacing), atol=1e-5)
-    for index_xyz in ([0, 0, 0], [5, 7, 3], [47, 55, 11]):
+    last = np.array(truth.shape[::-1]) - 1
+    for index_xyz in ([0, 0, 0], last // 2, last):
         data_index, value = _source_voxel_in_layer(layer, truth, index_xyz)
         np.testing.assert_allclose(
             _world_of_voxel(layer, data_index), _lps_zyx(truth, index_xyz), atol=1e-4
@@ -333,8 +334,8 @@ def test_series_browser_resamples_irregular_series_only_when_asked(viewer, qtbot
 
 
 @pytest.mark.gui
-def test_volume_info_shows_the_active_layer_geometry(viewer, corpus):
-    _, info = viewer.window.add_plugin_dock_widget(PLUGIN, "Volume geometry")
+def test_volume_info_shows_the_active_layer_geometry(viewer, qtbot, corpus):
+    dock, info = viewer.window.add_plugin_dock_widget(PLUGIN, "Volume geometry")
     series = corpus["sagittal"]
     (layer,) = viewer.open(series.folder, plugin=PLUGIN)
     viewer.layers.selection.active = layer
@@ -347,3 +348,6 @@ def test_volume_info_shows_the_active_layer_geometry(viewer, corpus):
     assert text["Resampled"] == "no"
     spacing = [float(v) for v in text["Spacing (mm)"].split(",")]
     np.testing.assert_allclose(sorted(spacing), sorted(series.volume.spacing), atol=1e-3)
+    viewer.window.remove_dock_widget(dock)
+    qtbot.wait(50)
+    viewer.layers.selection.active = viewer.add_image(np.zeros((3, 4, 5)))  # no dead widget hit

@@ -107,10 +107,10 @@ def read_dicom(path: Path) -> Iterator[LayerData]:
     warning naming their problem, or reported as errors when they cannot be resampled.
     """
     scan = scan_folder(path)
+    if not scan.series:
+        scan.select()  # raises "no image series in ...", which lists the skipped files
     if scan.skipped:
         show_warning(skipped_summary(scan))
-    if not scan.series:
-        scan.select()  # raises the scan's own "no image series in ..." SeriesError
     for series in scan.series:
         if series.irregular == "refuse":
             show_error(f"{irregular_summary(series)}; not loaded")
