@@ -186,6 +186,7 @@ def test_cli_writes_nifti_dicom_and_participants(tmp_path, capsys):
         assert (float(row["severity"]) > 0) == (row["diagnosis"] == "bvFTD")
     assert "SIMULATED" in (out / "README.md").read_text()
     assert json.loads((out / "dataset_description.json").read_text())["Simulated"] is True
+    assert set(json.loads((out / "participants.json").read_text())) == set(lines[0].split()[1:])
 
     row = rows[0]
     anat = out / row["participant_id"] / "anat"
@@ -211,3 +212,8 @@ def test_cli_writes_nifti_dicom_and_participants(tmp_path, capsys):
     assert pixels.shape == t1.shape[1:]
     np.testing.assert_array_equal(pixels, np.asarray(t1.data)[0])
     assert "simulated" in capsys.readouterr().out
+
+    # Rebuilt coarser in the same place: no slice of the old series survives.
+    main(["cohort", "--out", str(out), "--subjects", "1", "--seed", "3", "--spacing", "5"])
+    coarse = volume_from_nifti(nib.load(anat / f"{row['participant_id']}_T1w.nii.gz"))
+    assert len(list((out / row["participant_id"] / "dicom").iterdir())) == coarse.shape[0]

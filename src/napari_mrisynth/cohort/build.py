@@ -34,12 +34,29 @@ a simulated head (CSF rim, skull, scalp, orbits, neck), a bvFTD-like atrophy pat
 severity for patients, bias field and noise. Names, IDs and birth dates in the DICOM headers
 are fake, there to test de-identification.
 
-- participants.tsv: participant_id, diagnosis (bvFTD/control), age, sex, severity, simulated
+- participants.tsv (+ participants.json): participant_id, diagnosis (bvFTD/control), age,
+  sex, severity, simulated
 - labels.tsv: the label schema (id, name, RGB)
 - sub-XXX/anat/sub-XXX_T1w.nii.gz, _labels.nii.gz (exact ground truth), _brainmask.nii.gz
 - sub-XXX/anat/sub-XXX_T1w.json: every parameter drawn for the subject
 - sub-XXX/dicom/: the T1w image as a DICOM MR series
 """
+
+
+#: BIDS sidecar describing the participants.tsv columns.
+PARTICIPANTS_JSON = {
+    "diagnosis": {
+        "Description": "simulated diagnosis",
+        "Levels": {
+            "bvFTD": "simulated behavioural-variant frontotemporal dementia atrophy pattern",
+            "control": "simulated healthy control (ageing only)",
+        },
+    },
+    "age": {"Description": "simulated age at the simulated scan", "Units": "years"},
+    "sex": {"Description": "simulated sex", "Levels": {"F": "female", "M": "male"}},
+    "severity": {"Description": "bvFTD atrophy severity, 0 (none) to 1 (maximal); 0 for controls"},
+    "simulated": {"Description": "every subject is simulated", "Levels": {"yes": "simulated"}},
+}
 
 
 def fake_patient(info: dict, rng: np.random.Generator) -> SimulatedPatient:
@@ -81,9 +98,12 @@ def write_subject(subject: SimulatedSubject, root: Path, patient: SimulatedPatie
     _save(subject.brain_mask, anat / f"{sid}_brainmask.nii.gz")
     sidecar = {**subject.info, "description": "SIMULATED T1w; not a real patient"}
     (anat / f"{sid}_T1w.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    dicom = root / sid / "dicom"
+    for old in dicom.glob("IM*.dcm"):
+        old.unlink()  # a previous run's slices would join this series under the same UID
     write_dicom_series(
         subject.t1,
-        root / sid / "dicom",
+        dicom,
         patient=patient,
         description=f"SIMULATED T1 MPRAGE {subject.info['plane'].upper()}",
         series_number=2,
@@ -145,6 +165,7 @@ def build_cohort(
         "id\tname\tr\tg\tb\n"
         + "".join(f"{k}\t{name}\t{r}\t{g}\t{b}\n" for k, (name, (r, g, b)) in LABELS.items())
     )
+    (root / "participants.json").write_text(json.dumps(PARTICIPANTS_JSON, indent=2) + "\n")
     (root / "README.md").write_text(README)
     description = {
         "Name": "Simulated bvFTD cohort (napari-mrisynth)",
