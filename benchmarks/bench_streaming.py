@@ -1,11 +1,14 @@
 """Streaming benchmark: SeriesPatchDataset against MONAI LoadImaged(PydicomReader).
 
-Builds (once, cached under ``benchmarks/_work/streaming``) a cohort of DICOM series of
+Builds (once, cached under ``benchmarks/_work/streaming_*``) a cohort of DICOM series of
 random int16 voxels written by ``write_dicom_series``, then runs every configuration in a
 fresh Python process: one epoch over all series producing random patches, with
-``num_workers`` 0 and 2 and 1 or 4 patches per volume. Each process records its throughput
-(volumes per second, worker start-up included) and its peak memory, sampled every 50 ms
-over itself and its DataLoader workers, above a baseline taken after the imports:
+``num_workers`` 0 and 2 and 1 or 4 patches per volume, for SeriesPatchDataset, MONAI
+``LoadImaged(PydicomReader)`` + ``RandSpatialCropSamplesd``, and a plain generator over
+``load_dicom`` (no workers: the floor any dataset built on that reader has to pay).
+Each process records its throughput (volumes per second, worker start-up included) and
+its peak memory, sampled every 50 ms over itself and its DataLoader workers, above a
+baseline taken after the imports:
 
 * RSS: the sum of resident sets. Forked workers count the parent's pages they touch again,
   so this overstates what the machine spends;
@@ -37,6 +40,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs" / "benchmarks.md"
 SECTION = "## Streaming"
+RESULTS_START = "<!-- bench_streaming.py results: start -->"
+RESULTS_END = "<!-- bench_streaming.py results: end -->"
+NAMES = {
+    "ours": "SeriesPatchDataset",
+    "plain": "plain generator (load_dicom + crop)",
+    "monai": "MONAI LoadImaged(PydicomReader)",
+}
 
 
 # -- the cohort ----------------------------------------------------------------------------
@@ -112,6 +122,36 @@ def _ours(folders, patch, patches, workers, seed):
     return DataLoader(dataset, batch_size=patches, num_workers=workers)
 
 
+class _PlainGenerator:
+    """The floor: load, cut, stack, in one process, no dataset machinery."""
+
+    def __init__(self, folders, patch, patches, seed):
+        self.folders, self.patch, self.patches, self.seed = folders, patch, patches, seed
+
+    def __iter__(self):
+        import numpy as np
+        import torch
+
+        from napari_mrisynth.io.dicom import load_dicom
+
+        rng = np.random.default_rng(self.seed)
+        for folder in rng.permutation(len(self.folders)):
+            data = load_dicom(self.folders[folder]).data
+            cuts = []
+            for _ in range(self.patches):
+                z, y, x = (rng.integers(0, n - self.patch + 1) for n in data.shape)
+                cut = data[z : z + self.patch, y : y + self.patch, x : x + self.patch]
+                cuts.append(torch.from_numpy(cut.astype(np.float32))[None])
+            del data
+            yield {"image": torch.stack(cuts)}
+
+
+def _plain(folders, patch, patches, workers, seed):
+    if workers:
+        raise ValueError("the plain generator runs in one process")
+    return _PlainGenerator(folders, patch, patches, seed)
+
+
 def _monai(folders, patch, patches, workers, seed):
     from monai.data import DataLoader, Dataset, PydicomReader
     from monai.transforms import (
@@ -144,7 +184,7 @@ def run_one(config: dict) -> dict:
     import napari_mrisynth.io.streaming  # noqa: F401  (both pipelines start from the same imports)
 
     folders = [Path(f) for f in config["folders"]]
-    build = {"ours": _ours, "monai": _monai}[config["pipeline"]]
+    build = {"ours": _ours, "plain": _plain, "monai": _monai}[config["pipeline"]]
     loader = build(folders, config["patch"], config["patches"], config["workers"], config["seed"])
     sampler = MemorySampler()
     baseline_rss, baseline_pss = sampler.sample()
@@ -180,6 +220,11 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def _commit() -> str:
+    run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return run.stdout.strip() or "unknown"
+
+
 def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -188,6 +233,16 @@ def _cpu() -> str:
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _best_speed_worst_memory(runs: list[dict]) -> dict:
+    """One configuration's runs: the fastest throughput, the largest memory peaks."""
+    merged = dict(runs[0])
+    merged["seconds"] = [t for r in runs for t in r["seconds"]]
+    merged["volumes_per_s"] = max(r["volumes_per_s"] for r in runs)
+    for key in ("peak_rss_above_mb", "peak_pss_above_mb"):
+        merged[key] = max(r[key] for r in runs)
+    return merged
 
 
 def table(results: list[dict]) -> str:
@@ -204,7 +259,7 @@ def table(results: list[dict]) -> str:
         memory = f"{r['peak_pss_above_mb'] / max(ref['peak_pss_above_mb'], 1):.2f}" if ref else "–"
         vol = r["volume_mb"]
         lines.append(
-            f"| {'SeriesPatchDataset' if r['pipeline'] == 'ours' else 'MONAI PydicomReader'} "
+            f"| {NAMES[r['pipeline']]} "
             f"| {r['workers']} | {r['patches']} | {r['volumes_per_s']:.2f} | {speed} "
             f"| {r['peak_rss_above_mb']:.0f} MB ({r['peak_rss_above_mb'] / vol:.1f} vol) "
             f"| {r['peak_pss_above_mb']:.0f} MB ({r['peak_pss_above_mb'] / vol:.1f} vol) "
@@ -214,15 +269,16 @@ def table(results: list[dict]) -> str:
 
 
 def write_docs(text: str) -> None:
-    """Replace (or append) the Streaming section of docs/benchmarks.md, nothing else."""
+    """Put ``text`` between this script's markers in docs/benchmarks.md; the first time,
+    append a Streaming section holding them. Nothing else in the file is touched, so the
+    hand-written reading of the figures below the markers survives a re-run."""
     current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = current.find(SECTION + "\n")
-    if start < 0:
-        updated = current.rstrip("\n") + "\n\n" + text
+    start, end = current.find(RESULTS_START), current.find(RESULTS_END)
+    block = f"{RESULTS_START}\n{text.strip()}\n{RESULTS_END}"
+    if start < 0 or end < start:
+        updated = current.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
     else:
-        end = current.find("\n## ", start + len(SECTION))
-        tail = current[end + 1 :] if end >= 0 else ""
-        updated = current[:start] + text + ("\n" + tail if tail else "")
+        updated = current[:start] + block + current[end + len(RESULTS_END) :]
     DOCS.write_text(updated)
 
 
@@ -233,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", type=int, default=96)
     parser.add_argument("--workers", type=int, nargs="+", default=(0, 2))
     parser.add_argument("--patches", type=int, nargs="+", default=(1, 4))
-    parser.add_argument("--pipelines", nargs="+", default=("ours", "monai"))
-    parser.add_argument("--epochs", type=int, default=2, help="best of this many epochs")
+    parser.add_argument("--pipelines", nargs="+", default=("ours", "plain", "monai"))
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per process")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per configuration")
     parser.add_argument("--work", type=Path, default=HERE / "_work")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -248,36 +305,43 @@ def main(argv: list[str] | None = None) -> int:
         for path in folder.iterdir():
             path.read_bytes()
     load_before = _uptime()
-    results = []
-    for workers in args.workers:
-        for patches in args.patches:
-            for pipeline in args.pipelines:
-                config = {
-                    "pipeline": pipeline,
-                    "workers": workers,
-                    "patches": patches,
-                    "patch": args.patch,
-                    "shape": list(args.shape),
-                    "epochs": args.epochs,
-                    "seed": 0,
-                    "folders": [str(f) for f in folders],
-                }
-                child = subprocess.run(
-                    [sys.executable, __file__, "--child", json.dumps(config)],
-                    capture_output=True,
-                    text=True,
-                )
-                if child.returncode:
-                    sys.stderr.write(child.stderr)
-                    return child.returncode
-                results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-                r = results[-1]
-                print(
-                    f"{pipeline:5s} workers={workers} patches={patches}: "
-                    f"{r['volumes_per_s']:.2f} volumes/s, peak RSS +{r['peak_rss_above_mb']:.0f}"
-                    f" MB, PSS +{r['peak_pss_above_mb']:.0f} MB (epochs {r['seconds']})",
-                    flush=True,
-                )
+    configs = [
+        {
+            "pipeline": pipeline,
+            "workers": workers,
+            "patches": patches,
+            "patch": args.patch,
+            "shape": list(args.shape),
+            "epochs": args.epochs,
+            "seed": 0,
+            "folders": [str(f) for f in folders],
+        }
+        for workers in args.workers
+        for patches in args.patches
+        for pipeline in args.pipelines
+        if not (pipeline == "plain" and workers)
+    ]
+    runs: dict[int, list[dict]] = {k: [] for k in range(len(configs))}
+    # Rounds interleave the configurations, so a burst of load from other jobs hits all.
+    for _ in range(args.rounds):
+        for k, config in enumerate(configs):
+            child = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(config)],
+                capture_output=True,
+                text=True,
+            )
+            if child.returncode:
+                sys.stderr.write(child.stderr)
+                return child.returncode
+            r = json.loads(child.stdout.strip().splitlines()[-1])
+            runs[k].append(r)
+            print(
+                f"{r['pipeline']:5s} workers={r['workers']} patches={r['patches']}: "
+                f"{r['volumes_per_s']:.2f} volumes/s, peak RSS +{r['peak_rss_above_mb']:.0f}"
+                f" MB, PSS +{r['peak_pss_above_mb']:.0f} MB (epochs {r['seconds']})",
+                flush=True,
+            )
+    results = [_best_speed_worst_memory(runs[k]) for k in range(len(configs))]
     load_after = _uptime()
     report = table(results)
     print(report)
@@ -285,11 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         shape = "×".join(map(str, args.shape[::-1]))
         write_docs(
-            f"{SECTION}\n\n"
             f"`python benchmarks/bench_streaming.py` — {args.series} DICOM series of {shape} "
             f"int16 (x×y×z, one file per slice, vendor-sized headers) streamed into random "
-            f"{args.patch}³ patches, one epoch per fresh process, best of {args.epochs} "
-            f"epochs, DataLoader worker start-up included.\n\n"
+            f"{args.patch}³ patches. Each configuration ran {args.rounds} times in a fresh "
+            f"process ({args.epochs} epoch each, rounds interleaved), DataLoader worker "
+            "start-up included; the table gives the best throughput and the largest memory "
+            f"peaks of those runs. Commit {_commit()}.\n\n"
             f"- Machine: {_cpu()}, shared with other engineers' jobs.\n"
             f"- Load: before `{load_before}`; after `{load_after}`.\n"
             "- Reader behind SeriesPatchDataset: `napari_mrisynth.io.dicom.load_dicom`.\n"

@@ -89,7 +89,9 @@ class StreamItem:
         return cls(image, label, rest.pop("series", None), rest)
 
 
-def shard(order: Sequence[int], *, rank: int, world_size: int, worker: int, num_workers: int):
+def shard(
+    order: Sequence[int], *, rank: int, world_size: int, worker: int, num_workers: int
+) -> list[int]:
     """The part of an epoch's item ``order`` that one DataLoader worker of one rank reads.
 
     Ranks split first, so what a rank sees does not depend on its number of workers;
