@@ -39,7 +39,7 @@ def display_contrast_limits(volume: Volume) -> tuple[float, float]:
 def image_layer_data(volume: Volume, name: str | None = None) -> LayerData:
     """LayerData of an image in patient space (radiological display, lazy when the volume is)."""
     if name is not None:
-        volume.metadata["name"] = name
+        volume = volume.with_data(volume.data, name=name)
     data, kwargs = napari_layer_kwargs(volume)
     kwargs.update(
         contrast_limits=display_contrast_limits(volume),
@@ -58,7 +58,7 @@ def labels_layer_data(
     :class:`napari.utils.colormaps.DirectLabelColormap` takes it.
     """
     if name is not None:
-        volume.metadata["name"] = name
+        volume = volume.with_data(volume.data, name=name)
     data, kwargs = napari_layer_kwargs(volume, labels=True)
     if color_dict:
         kwargs["colormap"] = DirectLabelColormap(color_dict=color_dict)
