@@ -78,6 +78,8 @@ _AAL_WEIGHT = {
     "Amygdala": 0.8,
 }
 _LOBE_WEIGHT = {1: 0.5, 2: 1.0, 3: 1.0, 4: 0.9, 5: 0.25, 6: 0.05, 7: 0.05, 8: 0.2, 9: 0.5}
+#: Weight of temporal cortex anterior to :data:`ANTERIOR_TEMPORAL_Y_MNI` outside the poles.
+ANTERIOR_TEMPORAL_WEIGHT = 0.75
 
 #: Cortical thinning (mm) of a bvFTD patient at severity 1 where the weight is 1.
 MAX_BVFTD_THINNING_MM = 2.0
@@ -354,9 +356,14 @@ def _assemble(
     _grow_head(labels, intensity, in_brain, canvas_origin, h)
 
     # Cortical thinning inputs: depth from the pial side and the smooth bvFTD weight.
-    _, weight_lut = _aal_lookup(names_path)
+    lookup, weight_lut = _aal_lookup(names_path)
+    regional = weight_lut[atlas]
+    # The anterior temporal lobe beyond the poles is hit too (Seeley et al. 2008).
+    _, y, _ = _coordinates(atlas.shape, origin, h)
+    anterior = (lookup[atlas] == LABEL_IDS["temporal_gm"]) & (-y > ANTERIOR_TEMPORAL_Y_MNI)
+    regional[anterior] = np.maximum(regional[anterior], ANTERIOR_TEMPORAL_WEIGHT)
     weight = np.zeros(shape, np.float32)
-    weight[box] = ndi.gaussian_filter(weight_lut[atlas], 3.0 / h)
+    weight[box] = ndi.gaussian_filter(regional, 3.0 / h)
     tissue = np.isin(labels, (*CORTICAL_GM_LABELS, 9, 10, 11))
     depth = np.zeros(shape, np.float32)
     tissue_box = _bounding_box(tissue, margin=1)
