@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_mrisynth.cohort import build_cohort
 
-    if args.subjects < 1 or args.spacing <= 0:
-        raise SystemExit("mrisynth cohort: --subjects must be >= 1 and --spacing > 0")
+    if args.subjects < 1 or args.spacing <= 0 or args.seed < 0:
+        raise SystemExit("mrisynth cohort: --subjects must be >= 1, --spacing > 0, --seed >= 0")
     start = time.perf_counter()
     with tqdm(total=args.subjects, unit="subject", desc="simulating") as bar:
         root = build_cohort(
