@@ -260,6 +260,22 @@ def test_enhanced_mr_without_per_frame_positions_says_what_it_assumed():
     assert loaded.spacing[2] == pytest.approx(1.2)  # SpacingBetweenSlices
 
 
+def test_enhanced_ct_frames_follow_their_per_frame_positions():
+    path = Path(get_testdata_file("eCT_Supplemental.dcm"))
+    ds = pydicom.dcmread(path)
+    frames = ds.PerFrameFunctionalGroupsSequence
+    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in frames]
+    loaded = load_dicom(path)
+    # rows run to patient right, columns posterior: the normal points inferior
+    order = np.argsort(z)[::-1]
+    shared = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    expected = ds.pixel_array.astype(np.int64) + int(float(shared.RescaleIntercept))
+    np.testing.assert_array_equal(loaded.data, expected[order])
+    assert loaded.dtype == np.int32  # uint16 + (-1024) does not fit 16 bits
+    assert loaded.origin[2] == pytest.approx(max(z))
+    assert loaded.spacing[2] == pytest.approx(abs(z[1] - z[0]))
+
+
 def test_bad_and_non_image_files_are_skipped_with_reasons(oblique, tmp_path):
     volume, folder = oblique
     shutil.copytree(folder, tmp_path / "series")
