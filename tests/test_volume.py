@@ -143,3 +143,13 @@ def test_layer_affine_back_to_volume(random_volume):
 def test_bad_geometry_is_refused(kwargs, message):
     with pytest.raises(GeometryError, match=message):
         Volume(np.zeros((2, 2, 2)), **kwargs)
+
+
+def test_resampled_grid_covers_every_corner():
+    d = _rotation(np.radians(20), np.radians(15), 0)
+    vol = Volume(np.ones((9, 10, 11), np.float32), (1.3, 0.9, 2.1), (5, -7, 3), d)
+    out = resample_to_patient_axes(vol)
+    corners = vol.corners_lps()
+    low, high = out.corners_lps().min(0), out.corners_lps().max(0)
+    assert np.all(low <= corners.min(0) + 1e-6)
+    assert np.all(high >= corners.max(0) - 1e-6)

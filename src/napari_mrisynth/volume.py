@@ -296,7 +296,8 @@ def resample_to_patient_axes(volume: Volume, *, labels: bool = False) -> Volume:
     spacing = volume.spacing[index_of_world]
     corners = volume.corners_lps()
     low, high = corners.min(axis=0), corners.max(axis=0)
-    size = np.floor((high - low) / spacing + 1e-6).astype(int) + 1
+    # ceil: the grid must reach the far corner, not stop up to one voxel short of it
+    size = np.ceil((high - low) / spacing - 1e-6).astype(int) + 1
     if int(np.prod(size)) > 8 * int(np.prod(volume.shape)) + 1_000_000:
         raise GeometryError(f"resampling would need a {size.tolist()} grid; refusing")
     source = volume_to_sitk(volume)
