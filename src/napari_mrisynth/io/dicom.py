@@ -970,7 +970,9 @@ def _metadata(series: Series) -> dict[str, Any]:
     window = None
     if first.window_center and first.window_width:
         window = (float(first.window_center[0]), float(first.window_width[0]))
-    common = os.path.commonpath([str(p) for p in series.files]) if series.files else ""
+    # from the headers' str paths: formatting hundreds of Path objects costs milliseconds
+    paths = list(dict.fromkeys(h.path for h in series.headers))
+    common = os.path.commonpath(paths) if paths else ""
     return {
         "modality": series.modality,
         "series_uid": series.uid,
