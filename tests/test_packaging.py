@@ -49,7 +49,17 @@ def test_wheel_carries_manifest_and_entry_point(wheel):
 def test_manifest_resolves_from_installed_wheel(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
     )
@@ -72,7 +82,9 @@ def test_manifest_resolves_from_editable_install():
 
 def test_npe2_validate_passes():
     npe2 = Path(sys.executable).with_name("npe2")
-    result = subprocess.run([str(npe2), "validate", "napari-mrisynth"], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(npe2), "validate", "napari-mrisynth"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in (result.stdout + result.stderr).lower()
 

@@ -63,7 +63,9 @@ def test_sitk_roundtrip_is_exact(random_volume):
     vol = Volume(random_volume, (0.5, 0.6, 1.2), (1, 2, 3), _rotation(0.3, -0.2, 0.5))
     img = volume_to_sitk(vol)
     assert img.GetSize() == (7, 6, 5)
-    np.testing.assert_allclose(img.TransformIndexToPhysicalPoint((3, 2, 1)), vol.index_to_lps([3, 2, 1]))
+    np.testing.assert_allclose(
+        img.TransformIndexToPhysicalPoint((3, 2, 1)), vol.index_to_lps([3, 2, 1])
+    )
     back = volume_from_sitk(img)
     assert back.same_geometry(vol, atol=1e-9)
     np.testing.assert_array_equal(back.data, vol.data)

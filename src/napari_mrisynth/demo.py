@@ -26,7 +26,7 @@ def has_display() -> bool:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="open napari with the plugin and a simulated subject (headless pipeline without a display)",
+        help="napari with the plugin and a simulated subject (headless pipeline without display)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if args.headless or not has_display():
         if not args.headless:
             print("No display found (DISPLAY/WAYLAND_DISPLAY unset): running the headless demo.")
-            print("For the napari window here, run: xvfb-run -a mrisynth demo --screenshot shot.png")
+            print(
+                "For the napari window here, run: xvfb-run -a mrisynth demo --screenshot shot.png"
+            )
         return run_headless(args.out, args.subjects)
     return run_viewer(args.screenshot)
 
@@ -104,7 +106,12 @@ def run_headless(out: Path, subjects: int) -> int:
 
     print("4/4 regional volumes from the ground-truth labels (mL)")
     names = [LABELS[k][0] for k in sorted(LABELS) if k]
-    print("    " + "subject".ljust(10) + "diagnosis".ljust(10) + "".join(n[:12].rjust(13) for n in names))
+    print(
+        "    "
+        + "subject".ljust(10)
+        + "diagnosis".ljust(10)
+        + "".join(n[:12].rjust(13) for n in names)
+    )
     for row in participants:
         sid = row["participant_id"]
         labels = load_volume(root / sid / "anat" / f"{sid}_labels.nii.gz")

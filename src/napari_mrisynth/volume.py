@@ -152,7 +152,8 @@ class Volume:
     def __repr__(self) -> str:
         kind = "lazy " if self.is_lazy else ""
         return (
-            f"Volume({kind}{self.dtype} {self.shape}, spacing={np.round(self.spacing, 4).tolist()}, "
+            f"Volume({kind}{self.dtype} {self.shape}, "
+            f"spacing={np.round(self.spacing, 4).tolist()}, "
             f"origin={np.round(self.origin, 3).tolist()}, "
             f"orientation={orientation_code(self.direction)})"
         )

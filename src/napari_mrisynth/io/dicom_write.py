@@ -16,10 +16,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
     MRImageStorage,
-    PYDICOM_IMPLEMENTATION_UID,
     generate_uid,
 )
 
@@ -128,7 +128,8 @@ def _vendor_elements(ds: Dataset, rng: np.random.Generator) -> None:
     ref.ReferencedSOPInstanceUID = _uid("ref", rng.integers(1 << 30))
     ds.ReferencedImageSequence = DicomSequence([ref])
     ds.ReferencedImageSequence.is_undefined_length = True
-    # Private tags in groups no vendor uses (dcm2niix reads 0019/0029 as Siemens fields), incl. an undefined-length sequence
+    # Private tags in groups no vendor uses (dcm2niix reads 0019/0029 as Siemens fields),
+    # including an undefined-length sequence
     block = ds.private_block(0x0077, "MRISYNTH SIMULATED HEADER", create=True)
     for offset in range(0x08, 0x30):
         block.add_new(offset, "DS", _ds(float(rng.normal(0, 10)), 4))
