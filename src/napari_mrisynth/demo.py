@@ -79,7 +79,7 @@ def run_headless(out: Path, subjects: int) -> int:
     """Simulated cohort -> DICOM discovery -> exact load -> NIfTI -> regional volumes."""
     import numpy as np
 
-    from napari_mrisynth.cohort import LABELS, build_cohort
+    from napari_mrisynth.cohort import BRAIN_LABELS, BVFTD_LABELS, LABEL_IDS, LABELS, build_cohort
     from napari_mrisynth.io.dicom import scan_folder
     from napari_mrisynth.io.files import load_volume, save_volume
     from napari_mrisynth.volume import orientation_code
@@ -104,21 +104,18 @@ def run_headless(out: Path, subjects: int) -> int:
     print(f"    {volume}")
     print(f"    orientation {orientation_code(volume.direction)}, written {nifti}")
 
-    print("4/4 regional volumes from the ground-truth labels (mL)")
-    names = [LABELS[k][0] for k in sorted(LABELS) if k]
-    print(
-        "    "
-        + "subject".ljust(10)
-        + "diagnosis".ljust(10)
-        + "".join(n[:12].rjust(13) for n in names)
-    )
+    print("4/4 atrophy measured from the ground-truth labels (% of brain volume)")
+    shown = (*BVFTD_LABELS, LABEL_IDS["frontal_gm"], LABEL_IDS["lateral_ventricles"])
+    header = "".join(LABELS[k][0].replace("_gm", "")[:14].rjust(15) for k in shown)
+    print("    " + "subject".ljust(9) + "diagnosis".ljust(10) + "severity".rjust(9) + header)
     for row in participants:
         sid = row["participant_id"]
-        labels = load_volume(root / sid / "anat" / f"{sid}_labels.nii.gz")
-        voxel_ml = float(np.prod(labels.spacing)) / 1000.0
-        counts = np.bincount(np.asarray(labels.data).ravel(), minlength=max(LABELS) + 1)
-        cells = "".join(f"{counts[k] * voxel_ml:13.1f}" for k in sorted(LABELS) if k)
-        print("    " + sid.ljust(10) + row["diagnosis"].ljust(10) + cells)
+        labels = np.asarray(load_volume(root / sid / "anat" / f"{sid}_labels.nii.gz").data)
+        counts = np.bincount(labels.ravel(), minlength=max(LABELS) + 1)
+        brain = counts[list(BRAIN_LABELS)].sum()
+        cells = "".join(f"{100 * counts[k] / brain:15.2f}" for k in shown)
+        severity = float(row["severity"])
+        print("    " + sid.ljust(9) + row["diagnosis"].ljust(10) + f"{severity:9.2f}" + cells)
     print(f"done in {time.perf_counter() - start:.1f} s; all data here is simulated, not clinical.")
     return 0
 
