@@ -57,15 +57,21 @@ def run_viewer(screenshot: Path | None = None):
     import napari
     from npe2 import PluginManager
 
-    manifest = PluginManager.instance().get_manifest(PLUGIN)
     viewer = napari.Viewer(title="napari-mrisynth demo (simulated data)")
+    manifest = PluginManager.instance().get_manifest(PLUGIN)  # discovered by the viewer
     samples = manifest.contributions.sample_data or []
     if samples:
         viewer.open_sample(PLUGIN, samples[0].key)
     for widget in manifest.contributions.widgets or []:
         viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)
     viewer.dims.current_step = tuple(s // 2 for s in viewer.dims.nsteps)
+    if viewer.layers:
+        viewer.layers.selection.active = viewer.layers[0]
+    viewer.window.resize(1500, 950)
     if screenshot is not None:
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()  # lay out the docks before grabbing the window
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(screenshot), canvas_only=False)
         print(f"screenshot: {screenshot}")
