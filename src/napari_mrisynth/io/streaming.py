@@ -389,10 +389,13 @@ def _crop(
     data: Any, start: Sequence[int], size: Sequence[int], fill: float, dtype: type
 ) -> torch.Tensor:
     """A (1, *size) tensor cut from ``data`` at ``start``; outside voxels get ``fill``."""
-    out = np.full(tuple(size), fill, dtype=dtype)
     src = tuple(
         slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, size, data.shape, strict=True)
     )
+    if all(sl.stop - sl.start == p for sl, p in zip(src, size, strict=True)):
+        # Inside the volume: one pass that casts and copies, so the volume can be freed.
+        return torch.from_numpy(data[src].astype(dtype))[None]
+    out = np.full(tuple(size), fill, dtype=dtype)
     dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start, strict=True))
     out[dst] = data[src]
     return torch.from_numpy(out)[None]
