@@ -221,8 +221,12 @@ def _uptime() -> str:
 
 
 def _commit() -> str:
-    run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return run.stdout.strip() or "unknown"
+    """Last commit of the io package (reader and dataset), and whether it has edits."""
+    io = str(HERE.parent / "src" / "napari_mrisynth" / "io")
+    git = ["git", "-C", str(HERE.parent)]
+    last = subprocess.run([*git, "log", "-1", "--format=%h", "--", io], capture_output=True)
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", io]).returncode
+    return last.stdout.decode().strip() + (" with uncommitted edits" if dirty else "")
 
 
 def _cpu() -> str:
@@ -354,10 +358,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.patch}³ patches. Each configuration ran {args.rounds} times in a fresh "
             f"process ({args.epochs} epoch each, rounds interleaved), DataLoader worker "
             "start-up included; the table gives the best throughput and the largest memory "
-            f"peaks of those runs. Commit {_commit()}.\n\n"
+            f"peaks of those runs. `io` package at commit {_commit()}.\n\n"
             f"- Machine: {_cpu()}, shared with other engineers' jobs.\n"
             f"- Load: before `{load_before}`; after `{load_after}`.\n"
-            "- Reader behind SeriesPatchDataset: `napari_mrisynth.io.dicom.load_dicom`.\n"
+            "- Reader behind SeriesPatchDataset: `napari_mrisynth.io.files.load_volume` "
+            "(`io.dicom.load_dicom` for folders).\n"
             f"- Baseline after imports: {results[0]['baseline_rss_mb']:.0f} MB RSS. "
             f"One volume = {results[0]['volume_mb']:.0f} MB (int16 voxels).\n\n"
             f"{report}\n"

@@ -1,4 +1,4 @@
-"""Training data streamed from many DICOM series (or NIfTI files) with bounded memory.
+"""Training data streamed from many DICOM series (or image files) with bounded memory.
 
 :class:`SeriesPatchDataset` is a :class:`torch.utils.data.IterableDataset` over a list of
 items (an image source, an optional label source or class id, and metadata such as the
@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from napari_mrisynth.errors import GeometryError
-from napari_mrisynth.io.dicom import load_dicom
-from napari_mrisynth.volume import Volume, volume_from_nifti
+from napari_mrisynth.io.files import load_volume
+from napari_mrisynth.volume import Volume
 
 #: Largest seed MONAI's ``set_random_state`` accepts, plus one.
 _TRANSFORM_SEED_RANGE = 2**32
@@ -54,9 +53,10 @@ class StreamItem:
     Parameters
     ----------
     image : Path
-        A DICOM folder or file, or a NIfTI file (``.nii``, ``.nii.gz``).
+        Anything :func:`~napari_mrisynth.io.files.load_volume` reads: a DICOM folder or
+        file, NIfTI, MetaImage or NRRD.
     label : Path or int, optional
-        A label map on the image's grid (NIfTI or DICOM), or a class id.
+        A label map on the image's grid (any of those formats), or a class id.
     series : str or int, optional
         Which series to read when the image folder holds several (key, UID or number).
     meta : mapping
@@ -295,10 +295,10 @@ class SeriesPatchDataset(IterableDataset):
         """
         item = self.items[index]
         _return_freed_memory()
-        image = _read_volume(item.image, item.series).compute()
+        image = load_volume(item.image, series=item.series).compute()
         if not isinstance(item.label, Path):
             return image, None
-        label = _on_grid_of(image, _read_volume(item.label, None).compute())
+        label = _on_grid_of(image, load_volume(item.label).compute())
         if not image.same_geometry(label, atol=GEOMETRY_TOLERANCE_MM):
             raise GeometryError(
                 f"{item.label}: label grid {label.shape} (z, y, x) with affine\n"
@@ -439,10 +439,3 @@ def _return_freed_memory() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
-
-
-def _read_volume(path: Path, series: str | int | None) -> Volume:
-    """NIfTI through nibabel, anything else as DICOM (a folder or one file)."""
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        return volume_from_nifti(nib.load(path), {"source": str(path)})
-    return load_dicom(path, series=series)
