@@ -51,8 +51,8 @@ def cohort(tmp_path_factory) -> list[dict]:
     return items
 
 
-def _collect(dataset, num_workers=0, batch_size=None, **loader):
-    return list(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **loader))
+def _collect(dataset, num_workers=0, batch_size=None):
+    return list(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
 
 
 def _key(sample):

@@ -141,6 +141,18 @@ class SeriesPatchDataset(IterableDataset):
         once per epoch.
     pad_value : float
         Image value outside the volume.
+
+    Examples
+    --------
+    >>> items = [{"image": "dicom/sub-01", "label": "seg/sub-01.nii.gz", "diagnosis": "bvFTD"},
+    ...          {"image": "dicom/sub-02", "label": "seg/sub-02.nii.gz", "diagnosis": "CN"}]
+    >>> dataset = SeriesPatchDataset(items, patch_size=96, patches_per_volume=4,
+    ...                              foreground_ratio=0.5, seed=0)
+    >>> loader = DataLoader(dataset, batch_size=4, num_workers=2)
+    >>> for epoch in range(epochs):
+    ...     dataset.set_epoch(epoch)
+    ...     for batch in loader:
+    ...         train_step(batch["image"], batch["label"])  # (4, 1, 96, 96, 96) each
     """
 
     def __init__(
