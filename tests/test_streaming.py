@@ -196,23 +196,38 @@ def test_shard_splits_ranks_before_workers():
 
 
 class _CountResidentVolumes:
-    """A transform that records how many `Volume` objects are alive in its process."""
+    """A transform that records how many `Volume`s read from ``root`` are alive in its process.
+
+    Only volumes from this cohort count: other tests' session fixtures hold volumes too.
+    """
+
+    def __init__(self, root):
+        self.root = str(root)
 
     def __call__(self, sample):
         gc.collect(0)  # volumes form no cycles: refcounts free them, a young pass suffices
-        sample["resident"] = sum(isinstance(o, Volume) for o in gc.get_objects())
+        sample["resident"] = sum(
+            isinstance(o, Volume) and str(o.metadata.get("source", "")).startswith(self.root)
+            for o in gc.get_objects()
+        )
         return sample
 
 
 @pytest.mark.parametrize("mode", ["patch", "volume"])
 def test_one_item_resident_per_worker(cohort, mode):
     dataset = SeriesPatchDataset(
-        cohort[:3], mode=mode, patch_size=8, patches_per_volume=2, transform=_CountResidentVolumes()
+        cohort[:3],
+        mode=mode,
+        patch_size=8,
+        patches_per_volume=2,
+        transform=_CountResidentVolumes(cohort[0]["image"].parent),
     )
     for workers in (0, 2):
         resident = [int(s["resident"]) for s in _collect(dataset, workers)]
         # an image and its label while patches are cut; nothing once the last one is
         assert max(resident) <= 2
+        if mode == "patch":
+            assert max(resident) >= 1  # the counter sees the volume being cut
         if mode == "volume":
             assert max(resident) == 0
 
