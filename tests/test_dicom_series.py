@@ -425,7 +425,7 @@ def test_series_command_lists_series_problems_and_skipped_files(tmp_path, capsys
     assert main(["series", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "2 series" in out
-    assert re.search(r"\b4\s+T1 SAG\s+MR\s+20x24x16\s+0\.9x1\.1x2\s+LPS", out), out
+    assert re.search(r"\b4\s+T1 SAG\s+MR\s+20x24x16\s+1\.1x0\.9x2\s+LPS", out), out
     assert "problem: missing slice" in out
     assert "readme.txt: not a DICOM file" in out
 

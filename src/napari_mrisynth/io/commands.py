@@ -50,7 +50,17 @@ def _series_command(args: argparse.Namespace) -> int:
     from napari_mrisynth.io.dicom import scan_folder
 
     scan = scan_folder(args.folder)
-    rows = [("KEY", "NUMBER", "DESCRIPTION", "MODALITY", "SIZE", "SPACING (mm)", "ORIENT")]
+    rows = [
+        (
+            "KEY",
+            "NUMBER",
+            "DESCRIPTION",
+            "MODALITY",
+            "ROWSxCOLSxSLICES",
+            "SPACING r×c×s (mm)",
+            "ORIENT",
+        )
+    ]
     for s in scan.series:
         nz, ny, nx = s.shape
         rows.append(
@@ -60,7 +70,7 @@ def _series_command(args: argparse.Namespace) -> int:
                 s.description,
                 s.modality,
                 f"{ny}x{nx}x{nz}",
-                "x".join(f"{v:.4g}" for v in s.spacing),
+                "x".join(f"{s.spacing[i]:.4g}" for i in (1, 0, 2)),  # row, column, slice
                 orientation_code(s.direction),
             )
         )

@@ -134,8 +134,8 @@ class Series:
         sx, sy, sz = (f"{v:.4g}" for v in self.spacing)
         text = (
             f"{self.key}  #{self.number if self.number is not None else '-'} "
-            f"{self.description!r} {self.modality} {nx}x{ny}x{nz} "
-            f"spacing {sx}x{sy}x{sz} mm {orientation_code(self.direction)}"
+            f"{self.description!r} {self.modality} {ny}x{nx}x{nz} (rows x cols x slices) "
+            f"spacing {sy}x{sx}x{sz} mm {orientation_code(self.direction)}"
         )
         if self.problems:
             text += "  [" + "; ".join(self.problems) + "]"
