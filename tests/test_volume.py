@@ -12,6 +12,7 @@ from napari_mrisynth.volume import (
     is_axis_aligned,
     napari_layer_kwargs,
     orientation_code,
+    reorient_to_axes,
     reorient_to_patient_axes,
     resample_to_patient_axes,
     volume_from_layer,
@@ -155,3 +156,18 @@ def test_resampled_grid_covers_every_corner():
     low, high = out.corners_lps().min(0), out.corners_lps().max(0)
     assert np.all(low <= corners.min(0) + 1e-6)
     assert np.all(high >= corners.max(0) - 1e-6)
+
+
+@pytest.mark.parametrize("direction", list(_signed_permutations())[::7])
+def test_reorient_to_another_volumes_axes(random_volume, direction):
+    target = Volume(np.zeros((5, 6, 7)), (1, 1, 1), (0, 0, 0), _rotation(0.3, -0.2, 0.5))
+    vol = Volume(random_volume, (0.7, 0.9, 2.5), (10.0, -20.0, 30.0), target.direction @ direction)
+    out = reorient_to_axes(vol, target.direction)
+    np.testing.assert_allclose(out.direction, target.direction, atol=1e-12)
+    # the same patient point holds the same value
+    k, j, i = 3, 2, 4
+    q = np.linalg.solve(out.affine[:3, :3], vol.index_to_lps([i, j, k]) - out.origin)
+    ii, jj, kk = np.rint(q).astype(int)
+    assert out.data[kk, jj, ii] == vol.data[k, j, i]
+    with pytest.raises(GeometryError, match="oblique"):
+        reorient_to_axes(vol, _rotation(0.1, 0, 0))

@@ -261,13 +261,25 @@ def reorient_to_patient_axes(volume: Volume) -> Volume:
 
     Works on dask arrays without reading them.
     """
-    world, sign, deviation = nearest_axis_permutation(volume.direction)
+    return reorient_to_axes(volume, np.eye(3))
+
+
+def reorient_to_axes(volume: Volume, axes: np.ndarray) -> Volume:
+    """Same voxels, reordered (transpose and flips, no interpolation) so index axes x, y, z
+    run along the columns of ``axes`` (e.g. another volume's ``direction``).
+
+    Raises :class:`GeometryError` when the volume's axes are not a signed permutation of
+    ``axes``. Works on dask arrays without reading them.
+    """
+    axes = np.asarray(axes, dtype=np.float64)
+    # cosines between target axis w (row) and index axis a (column)
+    world, sign, deviation = nearest_axis_permutation(axes.T @ volume.direction)
     if deviation > AXIS_ALIGNED_TOLERANCE:
         raise GeometryError(
-            f"volume is oblique (cosine deviation {deviation:.3g} from patient axes); "
+            f"volume is oblique to the target axes (cosine deviation {deviation:.3g}); "
             "resample it with resample_to_patient_axes()"
         )
-    index_of_world = np.argsort(world)  # index axis a that runs along world axis w
+    index_of_world = np.argsort(world)  # index axis a that runs along target axis w
     # array axis of index axis a is 2 - a; new array axis n holds world axis 2 - n
     data = volume.data.transpose([2 - int(index_of_world[2 - n]) for n in range(3)])
     flips = tuple(

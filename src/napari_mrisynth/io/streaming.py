@@ -36,7 +36,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from napari_mrisynth.errors import GeometryError
 from napari_mrisynth.io.files import load_volume
-from napari_mrisynth.volume import Volume
+from napari_mrisynth.volume import Volume, reorient_to_axes
 
 #: Largest seed MONAI's ``set_random_state`` accepts, plus one.
 _TRANSFORM_SEED_RANGE = 2**32
@@ -374,27 +374,14 @@ class _ForegroundIndex:
 def _on_grid_of(image: Volume, label: Volume) -> Volume:
     """``label`` with its voxels transposed and flipped into ``image``'s index order, when
     its index axes run along the image's in another order (a NIfTI saved as RAS from a DICOM
-    series); unchanged otherwise. Exact: no interpolation."""
-    # Label index (x, y, z) -> image index: a signed permutation when the grids agree.
-    to_image = np.linalg.solve(image.affine, label.affine)[:3, :3]
-    signed = np.rint(to_image)
-    if not np.allclose(to_image, signed, atol=1e-3) or not np.array_equal(
-        np.abs(signed).sum(axis=0), np.ones(3)
-    ):
+    series); unchanged otherwise, for the caller's geometry check to refuse. Exact: no
+    interpolation."""
+    try:
+        aligned = reorient_to_axes(label, image.direction)
+    except GeometryError:
         return label
-    source = np.argmax(np.abs(signed), axis=1)  # label axis feeding each image axis
-    sign = signed[np.arange(3), source]
-    if np.array_equal(source, np.arange(3)) and np.all(sign > 0):
-        return label
-    # Array axes run (z, y, x), the reverse of index axes.
-    data = label.data.transpose([2 - int(source[2 - n]) for n in range(3)])
-    data = data[tuple(slice(None, None, -1) if sign[2 - n] < 0 else slice(None) for n in range(3))]
-    extent = np.array(label.shape[::-1]) - 1
-    first = np.where(sign[np.argsort(source)] < 0, extent, 0)
-    affine = np.eye(4)
-    affine[:3, :3] = label.affine[:3, source] * sign
-    affine[:3, 3] = label.index_to_lps(first)
-    return Volume.from_affine(np.ascontiguousarray(data), affine, label.metadata)
+    # flips are negative-stride views, which torch.from_numpy refuses: copy once here
+    return aligned.with_data(np.ascontiguousarray(aligned.data))
 
 
 def _crop(
