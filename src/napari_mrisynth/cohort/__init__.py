@@ -3,7 +3,8 @@
 Everything this package makes is simulated, not clinical data.
 """
 
-from napari_mrisynth.cohort.build import build_cohort
+from typing import Any
+
 from napari_mrisynth.cohort.labels import (
     BRAIN_LABELS,
     BVFTD_LABELS,
@@ -12,12 +13,25 @@ from napari_mrisynth.cohort.labels import (
     LABELS,
     napari_label_colors,
 )
-from napari_mrisynth.cohort.simulate import (
-    DIAGNOSES,
-    SimulatedSubject,
-    sample_subject,
-    simulate_subject,
-)
+
+#: Imported on first use: the simulator pulls in scipy, nibabel and pydicom, which every
+#: `mrisynth` command would otherwise pay for at start-up (this package registers `cohort`).
+_LAZY = {
+    "build_cohort": "napari_mrisynth.cohort.build",
+    "DIAGNOSES": "napari_mrisynth.cohort.simulate",
+    "SimulatedSubject": "napari_mrisynth.cohort.simulate",
+    "sample_subject": "napari_mrisynth.cohort.simulate",
+    "simulate_subject": "napari_mrisynth.cohort.simulate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BRAIN_LABELS",
