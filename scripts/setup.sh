@@ -20,6 +20,8 @@ apt_packages=(
   libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0
   libxcb-render-util0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0 libxcb-shape0 libxcb-xfixes0
 )
+# dciodvfy (DICOM object validator) checks the DICOM SEG and exported series in the tests.
+[[ "$extras" == *test* ]] && apt_packages+=(dicom3tools)
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()
   for p in "${apt_packages[@]}"; do

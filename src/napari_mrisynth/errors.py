@@ -28,3 +28,11 @@ class SeriesError(MrisynthError):
 
 class GeometryError(SeriesError):
     """Slices do not form a regular grid: a gap, non-uniform spacing, shear or mixed orientation."""
+
+
+class ModelError(MrisynthError):
+    """A model cannot be found, verified or loaded: unknown id, checksum mismatch, bad card."""
+
+
+class InputError(MrisynthError):
+    """An image is unsuitable for a model: not 3D, wrong modality, empty, NaNs..."""

@@ -1,0 +1,43 @@
+"""Networks rebuilt from a model card: a MONAI class name and its arguments, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari_mrisynth.errors import ModelError
+
+#: MONAI networks a card may name. Each builds from keyword arguments alone.
+ARCHITECTURES = (
+    "SegResNet",
+    "UNet",
+    "BasicUNet",
+    "DynUNet",
+    "ResNet",
+    "DenseNet121",
+    "DenseNet",
+    "EfficientNetBN",
+)
+
+
+def build_network(architecture: dict[str, Any]) -> Any:
+    """Instantiate ``monai.networks.nets.<name>(**args)`` from a card's ``architecture``.
+
+    Raises
+    ------
+    ModelError
+        The name is not an allowed MONAI network, or MONAI rejects the arguments.
+    """
+    import monai.networks.nets as nets
+
+    name = architecture.get("name")
+    if name not in ARCHITECTURES:
+        raise ModelError(f"architecture {name!r} is not one of {', '.join(ARCHITECTURES)}")
+    args = dict(architecture.get("args", {}))
+    try:
+        return getattr(nets, name)(**args)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build {name} with {args}: {exc}") from exc
+
+
+def count_parameters(network: Any) -> int:
+    return int(sum(p.numel() for p in network.parameters()))
