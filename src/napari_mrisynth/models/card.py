@@ -234,7 +234,7 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path | None = None) -> ModelCard:
-        where = path or "card"
+        where = Path(path) / CARD_FILE if path is not None else "card"
         try:
             schema = int(data.get("schema", CARD_SCHEMA_VERSION))
             if schema > CARD_SCHEMA_VERSION:
