@@ -1,0 +1,286 @@
+"""Training station: splits, the model-grid cache, Lightning runs tracked in a real MLflow
+SQLite store, registry models with verified weights, fine-tuning and a 2-process DDP run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lightning")
+pytest.importorskip("mlflow")
+
+from napari_mrisynth.errors import MrisynthError  # noqa: E402
+from napari_mrisynth.training.splits import read_participants, split_subjects  # noqa: E402
+
+#: A coarse model grid and tiny networks keep each run to a few seconds on two cores.
+GRID = 8.0
+TINY_SEG = dict(architecture="UNet", channels=[4, 8], spacing=GRID, patch_size=16,
+                patches_per_volume=2, batch_size=2, lr=1e-2, epochs=3, seed=0,
+                accelerator="cpu", progress=False, augment=False)  # fmt: skip
+TINY_CLS = dict(architecture="ResNet", init_filters=4, spacing=GRID, batch_size=2, lr=1e-3,
+                epochs=2, seed=0, accelerator="cpu", progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from napari_mrisynth.cohort import build_cohort
+
+    return build_cohort(tmp_path_factory.mktemp("train_cohort"), 8, 3, spacing=4.0)
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def seg_run(cohort, tracking_uri, tmp_path_factory):
+    from napari_mrisynth.training.train import train_segmentation
+
+    out = tmp_path_factory.mktemp("seg_models")
+    card = train_segmentation(cohort, out, id="seg-test", tracking_uri=tracking_uri,
+                              experiment="tests", **TINY_SEG)  # fmt: skip
+    return card, out
+
+
+# -- splits ----------------------------------------------------------------------------------
+def _participants(counts: dict[str, int]) -> list[dict[str, str]]:
+    rows, n = [], 0
+    for diagnosis, count in counts.items():
+        for _ in range(count):
+            n += 1
+            rows.append({"participant_id": f"sub-{n:03d}", "diagnosis": diagnosis})
+    return rows
+
+
+def test_split_is_stratified_disjoint_and_complete():
+    rows = _participants({"bvFTD": 30, "control": 20})
+    splits = split_subjects(rows, fractions=(0.6, 0.2, 0.2), seed=4)
+    diagnosis = {r["participant_id"]: r["diagnosis"] for r in rows}
+    per_split = {k: Counter(diagnosis[s] for s in v) for k, v in splits.items()}
+    assert per_split["train"] == {"bvFTD": 18, "control": 12}
+    assert per_split["val"] == {"bvFTD": 6, "control": 4}
+    assert per_split["test"] == {"bvFTD": 6, "control": 4}
+    everyone = [s for v in splits.values() for s in v]
+    assert sorted(everyone) == sorted(diagnosis) and len(set(everyone)) == len(everyone)
+
+
+def test_split_is_seeded_and_ignores_row_order():
+    rows = _participants({"bvFTD": 12, "control": 9})
+    first = split_subjects(rows, seed=1)
+    assert split_subjects(list(reversed(rows)), seed=1) == first
+    assert split_subjects(rows, seed=2) != first
+
+
+def test_split_puts_every_class_in_every_split_when_possible():
+    rows = _participants({"bvFTD": 3, "control": 4, "other": 5})
+    splits = split_subjects(rows, seed=0)
+    diagnosis = {r["participant_id"]: r["diagnosis"] for r in rows}
+    for ids in splits.values():
+        assert {diagnosis[s] for s in ids} == {"bvFTD", "control", "other"}
+    with pytest.raises(MrisynthError, match="summing to 1"):
+        split_subjects(rows, fractions=(0.5, 0.2, 0.2))
+
+
+def test_read_participants(cohort, tmp_path):
+    rows = read_participants(cohort)
+    assert len(rows) == 8
+    assert Counter(r["diagnosis"] for r in rows) == {"bvFTD": 4, "control": 4}
+    with pytest.raises(MrisynthError, match="participants.tsv"):
+        read_participants(tmp_path)
+
+
+# -- the model-grid cache ------------------------------------------------------------------
+def test_cache_puts_image_and_labels_on_the_model_grid_once(cohort, tmp_path):
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.training.data import cache_subject
+    from napari_mrisynth.training.train import model_spec
+
+    spec = model_spec(GRID)
+    first = cache_subject(cohort, "sub-001", spec, tmp_path)
+    image, label = load_volume(first.image), load_volume(first.label)
+    assert image.shape == label.shape == tuple(spec.shape)
+    np.testing.assert_allclose(image.spacing, spec.spacing, atol=1e-4)
+    np.testing.assert_allclose(label.origin, spec.origin, atol=1e-3)
+    values = set(np.unique(np.asarray(label.data)).tolist())
+    assert {0, 1, 11, 16} <= values and values <= set(range(19))  # nearest neighbour: ids only
+    brain = np.isin(np.asarray(label.data), range(1, 14))
+    assert np.asarray(image.data)[brain].mean() > np.asarray(image.data)[~brain].mean()
+    stamp = first.image.stat().st_mtime_ns
+    again = cache_subject(cohort, "sub-001", spec, tmp_path)
+    assert again == first and first.image.stat().st_mtime_ns == stamp
+
+
+# -- segmentation, end to end ----------------------------------------------------------------
+def test_segmentation_run_writes_a_verified_model_and_an_mlflow_run(seg_run, cohort):
+    from mlflow import MlflowClient
+
+    from napari_mrisynth.cohort import LABELS
+    from napari_mrisynth.models.card import read_card, sha256_file
+    from napari_mrisynth.models.registry import verify_weights
+
+    card, out = seg_run
+    assert card.path == out / "seg-test-1.0.0"
+    saved = read_card(card.path)
+    assert saved.weights["sha256"] == sha256_file(card.path / "model.safetensors")
+    assert verify_weights(saved) == saved.weights["sha256"]
+    assert [label.name for label in saved.labels] == [LABELS[v][0] for v in range(1, 19)]
+    assert saved.training["simulated"] is True and "NOT FOR CLINICAL USE" in saved.intended_use
+    splits = saved.training["splits"]
+    assert sorted(sum(splits.values(), [])) == [f"sub-{i:03d}" for i in range(1, 9)]
+    assert saved.input.spacing == (GRID,) * 3 and saved.inference["roi_size"] == [16, 16, 16]
+    test = saved.metrics["test"]
+    assert set(test["dice"]) <= {label.name for label in saved.labels}
+    assert 0.0 < test["dice_mean"] <= 1.0
+    assert test["dice"]["white_matter"] > 0.2  # held-out subjects, on their own scans
+
+    info = saved.training["mlflow"]
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    run = client.get_run(info["run_id"])
+    assert run.data.params["options.epochs"] == "3"
+    assert run.data.params["card.id"] == "seg-test" and run.data.params["world_size"] == "1"
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert len(client.get_metric_history(run.info.run_id, "val/dice_mean")) == 3
+    assert run.data.metrics["test/dice_mean"] == pytest.approx(test["dice_mean"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/card.json", "model/model.safetensors"} <= artifacts
+    assert client.list_artifacts(run.info.run_id, "reports")
+    version = client.get_model_version("seg-test", info["version"])
+    assert version.run_id == run.info.run_id and version.source.endswith("/model")
+
+
+def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, tmp_path):
+    import lightning.pytorch as pl
+    import torch
+
+    from napari_mrisynth.models.registry import load_weights
+    from napari_mrisynth.training.train import train_segmentation
+
+    base, out = seg_run
+    base_weights = load_weights(base)
+    seen = {}
+
+    class FirstStep(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if not seen:
+                seen.update({k: v.detach().clone() for k, v in module.network.state_dict().items()})
+
+    options = {**TINY_SEG, "epochs": 1, "callbacks": [FirstStep()]}
+    card = train_segmentation(cohort, out, id="seg-test-tuned", init="seg-test@1.0.0",
+                              tracking_uri=tracking_uri, experiment="tests", **options)  # fmt: skip
+    assert set(seen) == set(base_weights)
+    for key, value in base_weights.items():
+        assert torch.equal(seen[key], value), key
+    assert card.training["init"]["model"] == "seg-test@1.0.0"
+    assert card.training["init"]["reinitialised"] == []
+    assert card.architecture == base.architecture
+    tuned = load_weights(card)
+    assert any(not torch.equal(tuned[k], base_weights[k]) for k in base_weights)
+
+
+# -- classification ------------------------------------------------------------------------
+def test_classification_run_reports_auc_with_confidence_interval(cohort, tracking_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    from napari_mrisynth.training.train import train_classification
+
+    card = train_classification(cohort, tmp_path, id="cls-test", tracking_uri=tracking_uri,
+                                experiment="tests", **TINY_CLS)  # fmt: skip
+    assert [(label.value, label.name) for label in card.labels] == [(0, "control"), (1, "bvFTD")]
+    test = card.metrics["test"]
+    for name in ("auc", "accuracy", "sensitivity", "specificity"):
+        value, (low, high) = test[name]["value"], test[name]["ci95"]
+        assert 0.0 <= low <= value <= high <= 1.0, name
+    assert len(test["subjects"]) == len(card.training["splits"]["test"]) == 2
+    assert card.training["class_weights"] == [1.0, 1.0]  # 2 + 2 training subjects
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run_id = card.training["mlflow"]["run_id"]
+    assert len(client.get_metric_history(run_id, "val/auc")) == card.training["epochs"]
+    assert client.get_model_version("cls-test", card.training["mlflow"]["version"])
+
+
+def test_mixed_precision_needs_a_gpu(cohort, tmp_path):
+    from napari_mrisynth.training.train import train_classification
+
+    with pytest.raises(MrisynthError, match="needs a GPU"):
+        train_classification(cohort, tmp_path, **{**TINY_CLS, "precision": "16-mixed"})
+
+
+# -- command line and distributed ----------------------------------------------------------
+def _parser():
+    import argparse
+
+    from napari_mrisynth.training.commands import register
+
+    parser = argparse.ArgumentParser(prog="mrisynth")
+    register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_options_reach_the_training_function(tmp_path):
+    from napari_mrisynth.training.commands import options_from_args
+
+    args = _parser().parse_args([
+        "train", "segmentation", "--data", "cohort", "--out", str(tmp_path), "--devices", "4",
+        "--strategy", "ddp", "--num-nodes", "2", "--loss", "focal_tversky", "--channels", "8",
+        "16", "--split", "0.7", "0.15", "0.15", "--init", "seg-head-demo",
+    ])  # fmt: skip
+    options = options_from_args(args)
+    assert options["devices"] == 4 and options["strategy"] == "ddp" and options["num_nodes"] == 2
+    assert options["loss"] == "focal_tversky" and options["channels"] == [8, 16]
+    assert options["fractions"] == [0.7, 0.15, 0.15] and options["init"] == "seg-head-demo"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train", "classification", "--data", "c", "--out", "o",
+                              "--loss", "dicece"])  # fmt: skip
+
+
+def test_ddp_two_cpu_processes(cohort, tmp_path):
+    """Lightning's ddp strategy re-runs this script as rank 1; gloo joins the two."""
+    script = tmp_path / "train_ddp.py"
+    script.write_text(
+        textwrap.dedent("""
+        import argparse, json, sys
+        from napari_mrisynth.training.commands import options_from_args, register
+        from napari_mrisynth.training.train import train_segmentation
+
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(sys.argv[1:])
+        card = train_segmentation(args.data, args.out, **options_from_args(args))
+        if card is not None:
+            print("CARD", json.dumps(card.training))
+    """)
+    )
+    out = tmp_path / "models"
+    command = [sys.executable, str(script), "train", "segmentation", "--data", str(cohort),
+               "--out", str(out), "--id", "seg-ddp", "--architecture", "UNet", "--channels", "4",
+               "8", "--spacing", str(GRID), "--patch-size", "16", "--patches-per-volume", "2",
+               "--batch-size", "1", "--epochs", "2", "--accelerator", "cpu", "--devices", "2",
+               "--strategy", "ddp", "--no-progress", "--tracking-uri",
+               f"sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = [line for line in done.stdout.splitlines() if line.startswith("CARD ")]
+    assert len(printed) == 1  # rank 0 alone writes the model
+    training = json.loads(printed[0][5:])
+    assert training["world_size"] == 2 and training["strategy"] == "DDPStrategy"
+    # 4 training subjects x 2 patches, batch 1, 2 epochs: 8 batches on each rank
+    assert training["batches_per_rank"] == [8, 8]
+    assert [p.name for p in out.iterdir() if not p.name.startswith((".", "cache", "check", "rep"))
+            ] == ["seg-ddp-1.0.0"]  # fmt: skip
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(
+        training["mlflow"]["run_id"]
+    )
+    assert run.data.params["world_size"] == "2"
+    assert run.data.params["batches_per_rank"] == "[8, 8]"
