@@ -138,6 +138,20 @@ def test_save_refuses_weights_that_do_not_fit_the_card(tmp_path):
         save_model(wrong_outputs, state, tmp_path / "root")
 
 
+def test_save_makes_tensors_contiguous_and_refuses_non_tensors(tmp_path):
+    card = model_fixtures.tiny_card("segmentation")
+    state = dict(_seeded_state(card))
+    key = next(k for k, v in state.items() if v.ndim == 5)
+    transposed = state[key].transpose(3, 4).contiguous().transpose(3, 4)  # same shape
+    assert not transposed.is_contiguous() and torch.equal(transposed, state[key])
+    saved = save_model(card, {**state, key: transposed}, tmp_path / "a")
+    assert torch.equal(load_weights(saved)[key], state[key])
+
+    with pytest.raises(ModelError, match="state dict entry 'extra' is not a tensor"):
+        save_model(card, {**state, "extra": [1.0]}, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
 def test_save_stores_tied_weights_as_separate_tensors(tmp_path):
     card = model_fixtures.tiny_card("segmentation")
     state = dict(_seeded_state(card))
@@ -184,6 +198,12 @@ def test_unknown_models_and_wrong_tasks_are_named(tmp_path):
         find_model("cls-a", task="segmentation", roots=roots)
     with pytest.raises(ModelError, match=r"model seg-b has no version 1.0.0 \(found: 2.0.0\)"):
         find_model("seg-b@1.0.0", roots=roots)
+    by_folder = find_model(str(tmp_path / "seg-b-2.0.0"), task="segmentation")
+    assert by_folder.ref == "seg-b@2.0.0" and by_folder.path == tmp_path / "seg-b-2.0.0"
+    with pytest.raises(ModelError, match=r"cls-a@1.0.0 \(.*cls-a-1.0.0\) is a classification"):
+        find_model(f"{tmp_path}/cls-a-1.0.0", task="segmentation")
+    with pytest.raises(ModelError, match=f"{tmp_path / 'nowhere' / 'card.json'}: no model card"):
+        find_model(str(tmp_path / "nowhere"))
     with pytest.raises(ModelError, match="use ID or ID@VERSION"):
         find_model("seg-b@", roots=roots)
     with pytest.raises(ModelError, match="unknown task 'segment'"):
@@ -346,7 +366,7 @@ def test_default_model_prefers_the_flagged_card_then_the_best_metric(library, tm
     with pytest.raises(ModelError) as info:
         default_model("segmentation", roots=[tmp_path])
     assert "no segmentation model found" in str(info.value)
-    assert "`mrisynth train`" in str(info.value)
+    assert "`mrisynth train segmentation --data COHORT --out " in str(info.value)
 
 
 # -- verifying and loading -----------------------------------------------------------------
@@ -487,7 +507,11 @@ def cli_models(library, tmp_path, monkeypatch):
     """The library as the only env root, a user model, and an empty bundled folder."""
     user, _ = _isolate(monkeypatch, tmp_path, [library])
     model_fixtures.make_tiny_model(
-        user, "segmentation", id="user-seg", version="0.1.0", training={"simulated": False}
+        user,
+        "segmentation",
+        id="user-seg",
+        version="0.1.0",
+        training={"simulated": False, "mlflow": {"run_id": "0f3a9c1d2e"}},
     )
     return user
 
@@ -528,6 +552,9 @@ def test_cli_show_prints_the_whole_card(mrisynth, cli_models, library, capsys):
     assert "dice_mean                0.8600" in out
     assert "NOT FOR CLINICAL USE" in out
     assert f"location      env: {library / 'seg-accurate-1.0.0'}" in out
+
+    assert mrisynth(["models", "show", "user-seg"]) == 0
+    assert "run id        0f3a9c1d2e" in capsys.readouterr().out
 
     assert mrisynth(["models", "show", "cls-good", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -618,3 +645,9 @@ def test_models_commands_do_not_import_torch(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert any(line.startswith("tiny-cla-test") for line in lines)
     assert lines[-1] == "False False"
+
+
+def test_cli_models_without_an_action_prints_help(mrisynth, cli_models, capsys):
+    assert mrisynth(["models"]) == 2
+    out = capsys.readouterr().out
+    assert "list" in out and "search" in out and "verify" in out and "MRISYNTH_MODEL_PATH" in out

@@ -35,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=_list_command)
 
     show = actions.add_parser("show", help="a model's whole card")
-    show.add_argument("ref", metavar="ID[@VERSION]", help="model id (newest version) or id@ver")
+    show.add_argument(
+        "ref",
+        metavar="ID[@VERSION]",
+        help="model id (newest version), id@version or a model folder",
+    )
     _task_option(show)
     _json_option(show)
     show.set_defaults(func=_show_command)

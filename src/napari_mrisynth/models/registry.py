@@ -227,15 +227,23 @@ def model_location(card: ModelCard, *, roots: RootsArg = None) -> str:
 
 
 def find_model(ref: str, *, task: str | None = None, roots: RootsArg = None) -> ModelCard:
-    """The model named by ``"id"`` (its newest version) or ``"id@version"``.
+    """The model named by ``"id"`` (its newest version), ``"id@version"`` or a folder path.
+
+    A reference holding a path separator is a model folder (``./models/seg-head-1.0.0``),
+    read directly; ids never contain one.
 
     Raises
     ------
     ModelError
-        Unknown id or version (the message lists what is available for the task), or the
-        model is of another task.
+        Unknown id or version (the message lists what is available for the task), a folder
+        without a valid card, or a model of another task.
     """
     _check_task(task)
+    if "/" in ref or os.sep in ref:
+        card = read_card(Path(ref).expanduser())
+        if task is not None and card.task != task:
+            raise ModelError(f"model {card.ref} ({ref}) is a {card.task} model, not {task}")
+        return card
     model_id, version = parse_ref(ref)
     resolved = _resolve_roots(roots)
     cards = [card for _, card in _discover(resolved)]
@@ -271,8 +279,8 @@ def default_model(task: str, *, roots: RootsArg = None) -> ModelCard:
     if not candidates:
         raise ModelError(
             f"no {task} model found (searched {_describe_roots(resolved)}); train one with "
-            f"`mrisynth train` (see `mrisynth train --help`), which saves it in "
-            f"{user_models_dir()}, or add a model folder to ${ENV_VAR}"
+            f"`mrisynth train {task} --data COHORT --out {user_models_dir()}` (see "
+            f"`mrisynth train {task} --help`), or name a folder of models in ${ENV_VAR}"
         )
     key_metric = KEY_METRICS.get(task, "")
 
