@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "napari_mrisynth.io.commands",  # series, convert
     "napari_mrisynth.cohort.commands",  # cohort
     "napari_mrisynth.demo",  # demo
+    "napari_mrisynth.models.commands",  # models list|show|search|verify
+    "napari_mrisynth.models.inference_commands",  # segment, classify
 )
 
 
