@@ -186,6 +186,44 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
     assert any(not torch.equal(tuned[k], base_weights[k]) for k in base_weights)
 
 
+def test_init_with_another_label_count_reinitialises_only_the_output_layer(seg_run):
+    import torch
+
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.models.networks import build_network
+    from napari_mrisynth.models.registry import load_weights
+    from napari_mrisynth.training.train import load_initial_weights
+
+    base, _ = seg_run
+    architecture = {**base.architecture, "args": {**base.architecture["args"], "out_channels": 3}}
+    network = build_network(architecture)
+    record = load_initial_weights(network, base, 3)
+    base_weights, own = load_weights(base), network.state_dict()
+    assert record["reinitialised"] and all(3 in own[k].shape for k in record["reinitialised"])
+    assert all(k.startswith("model.2.") for k in record["reinitialised"])  # the last up stage
+    assert record["loaded"] == len(own) - len(record["reinitialised"])
+    for key in set(own) - set(record["reinitialised"]):
+        assert torch.equal(own[key], base_weights[key]), key
+    wider = {**base.architecture, "args": {**base.architecture["args"], "channels": [8, 16]}}
+    with pytest.raises(ModelError, match="do not fit"):
+        load_initial_weights(build_network(wider), base, 19)
+
+
+def test_focal_tversky_loss_matches_its_formula():
+    import torch
+
+    from napari_mrisynth.training.modules import FocalTverskyLoss
+
+    target = torch.zeros(1, 1, 2, 2, 2, dtype=torch.long)
+    target[0, 0, 0] = 1  # 4 voxels of label 1, 4 of background
+    perfect = torch.where(torch.cat([1 - target, target], 1).bool(), 50.0, -50.0)
+    loss = FocalTverskyLoss(alpha=0.3, beta=0.7, gamma=0.75, smooth=0.0)
+    assert float(loss(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+    half = torch.zeros(1, 2, 2, 2, 2)  # p = 0.5 everywhere: TP 2, FP 2, FN 2
+    expected = (1 - 2 / (2 + 0.3 * 2 + 0.7 * 2)) ** 0.75
+    assert float(loss(half, target)) == pytest.approx(expected, rel=1e-5)
+
+
 # -- classification ------------------------------------------------------------------------
 def test_classification_run_reports_auc_with_confidence_interval(cohort, tracking_uri, tmp_path):
     from mlflow import MlflowClient

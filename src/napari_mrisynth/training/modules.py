@@ -30,14 +30,16 @@ SEGMENTATION_LOSSES = ("dicece", "focal_tversky")
 class FocalTverskyLoss(nn.Module):
     """``mean((1 - TI) ** gamma)`` over samples and foreground classes (see module doc)."""
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75):
+    def __init__(
+        self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, smooth: float = 1e-5
+    ):
         super().__init__()
         from monai.losses import TverskyLoss
 
         self.gamma = gamma
         self.tversky = TverskyLoss(
             include_background=False, to_onehot_y=True, softmax=True, alpha=alpha, beta=beta,
-            reduction="none",
+            smooth_nr=smooth, smooth_dr=smooth, reduction="none",
         )  # fmt: skip
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -184,11 +184,12 @@ def resolve_init(ref: str, task: str, out: Path) -> ModelCard:
     return card
 
 
-def load_initial_weights(network: Any, base: ModelCard) -> dict[str, Any]:
+def load_initial_weights(network: Any, base: ModelCard, outputs: int) -> dict[str, Any]:
     """Copy a registry model's weights into ``network``.
 
-    Tensors whose shape differs are left freshly initialised; that is allowed only for the
-    output layer when the number of labels or classes differs from the base model's.
+    Tensors whose shape differs are left freshly initialised; that is allowed only when
+    ``outputs`` (labels + background, or classes) differs from the base model's, and only
+    for tensors that differ just where that count sits (the output layers).
 
     Returns
     -------
@@ -201,11 +202,18 @@ def load_initial_weights(network: Any, base: ModelCard) -> dict[str, Any]:
     own = network.state_dict()
     reinitialised = sorted(k for k in own if k not in source or source[k].shape != own[k].shape)
     unexpected = sorted(k for k in source if k not in own)
-    if unexpected or (reinitialised and _same_outputs(network, base)):
+    key = _output_count_key(base.architecture)
+    base_outputs = int(base.architecture["args"][key])
+    misfits = unexpected + [
+        k for k in reinitialised
+        if outputs == base_outputs or not _output_sized(own[k].shape, source.get(k), outputs,
+                                                         base_outputs)
+    ]  # fmt: skip
+    if misfits:
         raise ModelError(
             f"--init {base.ref}: its weights do not fit this network (differ: "
-            f"{', '.join((reinitialised + unexpected)[:5])}); fine-tuning keeps the base "
-            "architecture and changes only the output layer"
+            f"{', '.join(misfits[:5])}); fine-tuning keeps the base architecture and changes "
+            "only the output layer"
         )
     network.load_state_dict({k: v for k, v in source.items() if k not in reinitialised},
                             strict=False)  # fmt: skip
@@ -213,9 +221,12 @@ def load_initial_weights(network: Any, base: ModelCard) -> dict[str, Any]:
             "loaded": len(own) - len(reinitialised), "reinitialised": reinitialised}  # fmt: skip
 
 
-def _same_outputs(network: Any, base: ModelCard) -> bool:
-    key = _output_count_key(base.architecture)
-    return getattr(network, "_mrisynth_outputs", None) == base.architecture["args"][key]
+def _output_sized(shape: Any, base: Any, outputs: int, base_outputs: int) -> bool:
+    """True when ``shape`` differs from the base tensor only where the output count sits
+    (an output layer: a convolution's out or in channels, a bias, a norm)."""
+    if base is None or len(shape) != len(base.shape):
+        return False
+    return all(a == b or (a, b) == (outputs, base_outputs) for a, b in zip(shape, base.shape, strict=True))
 
 
 def _read_simulated(data: Path) -> bool:
@@ -333,8 +344,9 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         module = ClassificationModule(architecture, class_weights, lr=opts.lr,
                                       weight_decay=opts.weight_decay)  # fmt: skip
         monitor, mode = "val/loss", "min"
-    module.network._mrisynth_outputs = out_channels
-    init_record = load_initial_weights(module.network, base) if base is not None else None
+    init_record = None
+    if base is not None:
+        init_record = load_initial_weights(module.network, base, out_channels)
 
     from napari_mrisynth.training.modules import CohortDataModule
 
