@@ -226,7 +226,8 @@ def _output_sized(shape: Any, base: Any, outputs: int, base_outputs: int) -> boo
     (an output layer: a convolution's out or in channels, a bias, a norm)."""
     if base is None or len(shape) != len(base.shape):
         return False
-    return all(a == b or (a, b) == (outputs, base_outputs) for a, b in zip(shape, base.shape, strict=True))
+    pairs = zip(shape, base.shape, strict=True)
+    return all(a == b or (a, b) == (outputs, base_outputs) for a, b in pairs)
 
 
 def _read_simulated(data: Path) -> bool:
