@@ -280,6 +280,26 @@ def test_cli_options_reach_the_training_function(tmp_path):
                               "--loss", "dicece"])  # fmt: skip
 
 
+def test_train_command_needs_neither_torch_nor_lightning_to_build():
+    code = (
+        "import argparse, sys\n"
+        "from napari_mrisynth.training.commands import register\n"
+        "parser = argparse.ArgumentParser()\n"
+        "register(parser.add_subparsers())\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'mlflow', 'monai') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_missing_training_extra_says_how_to_install(monkeypatch, cohort, tmp_path):
+    from napari_mrisynth.training.train import train_segmentation
+
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    with pytest.raises(ImportError, match=r"pip install 'napari-mrisynth\[train\]'"):
+        train_segmentation(cohort, tmp_path)
+
+
 def test_ddp_two_cpu_processes(cohort, tmp_path):
     """Lightning's ddp strategy re-runs this script as rank 1; gloo joins the two."""
     script = tmp_path / "train_ddp.py"

@@ -172,7 +172,7 @@ class SegmentationModule(_CountsBatches):
         per_label = sums / counts.clamp_min(1)
         seen = counts > 0
         mean = per_label[seen].mean() if bool(seen.any()) else torch.tensor(0.0)
-        self.log("val/dice_mean", mean, prog_bar=True, rank_zero_only=False)
+        self.log("val/dice_mean", mean, prog_bar=True)
         for index in range(per_label.shape[0]):
             name = self.label_names.get(index + 1, str(index + 1))
             if bool(seen[index]):
