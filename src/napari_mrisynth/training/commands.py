@@ -127,8 +127,15 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.batch_size < 1 or args.num_nodes < 1 or args.num_workers < 0:
         raise SystemExit("mrisynth train: --epochs, --batch-size, --num-nodes must be >= 1, "
                          "--num-workers >= 0")  # fmt: skip
+    from napari_mrisynth.training import MISSING_EXTRA
+
     train = train_segmentation if args.task == "segmentation" else train_classification
-    card = train(args.data, args.out, **options_from_args(args))
+    try:
+        card = train(args.data, args.out, **options_from_args(args))
+    except ImportError as exc:
+        if str(exc) == MISSING_EXTRA:
+            raise SystemExit(f"mrisynth train: {exc}") from exc
+        raise
     if card is None:  # a non-zero rank of a distributed run
         return 0
     test = card.metrics.get("test", {})
