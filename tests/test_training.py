@@ -186,6 +186,17 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
     assert any(not torch.equal(tuned[k], base_weights[k]) for k in base_weights)
 
 
+def test_an_existing_model_version_is_refused_before_training(seg_run, cohort, tracking_uri):
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.training.train import train_segmentation
+
+    card, out = seg_run
+    stamp = (card.path / "card.json").stat().st_mtime_ns
+    with pytest.raises(ModelError, match="already exists"):
+        train_segmentation(cohort, out, id="seg-test", tracking_uri=tracking_uri, **TINY_SEG)
+    assert (card.path / "card.json").stat().st_mtime_ns == stamp
+
+
 def test_init_with_another_label_count_reinitialises_only_the_output_layer(seg_run):
     import torch
 

@@ -305,6 +305,9 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         opts.id
         or ("seg-head-" if task == "segmentation" else "cls-bvftd-") + architecture["name"].lower()
     )
+    if (out / f"{model_id}-{opts.version}").exists() and not opts.overwrite:
+        raise ModelError(f"{out / f'{model_id}-{opts.version}'}: model {model_id}@{opts.version} "
+                         "already exists; give it a new --version, or --overwrite")  # fmt: skip
 
     # subjects onto the model grid, once (another rank or a rerun reads the cache)
     needed = splits["train"] + splits["val"]
