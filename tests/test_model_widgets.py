@@ -172,6 +172,11 @@ def test_segment_adds_labels_on_the_scan_with_card_names_colours_and_volumes(
         row = labels.features[labels.features["index"] == spec.value]
         assert row["name"].tolist() == [spec.name]
     assert labels.colormap.color_dict[0][3] == 0  # background transparent
+    # the status bar names the label under the cursor
+    value = int(np.bincount(np.asarray(labels.data).ravel()).argmax())
+    where = np.argwhere(np.asarray(labels.data) == value)[0]
+    status = labels.get_status(labels.data_to_world(where), world=True)["value"]
+    assert status == f"{value}; name: {seg_card.label_names.get(value, 'background')}"
     # the table: one row per card label, mL = voxels x voxel volume (from the layer's scale)
     data = np.asarray(labels.data)
     voxel_ml = float(np.prod(labels.scale)) / 1000.0
@@ -341,13 +346,18 @@ def test_a_card_that_does_not_match_its_weights_is_a_clear_error(
 @pytest.mark.gui
 @pytest.mark.parametrize("widget_name", [SEGMENT, CLASSIFY])
 def test_screenshot_of_the_docked_widget(viewer, widget_name, subject_nifti, tmp_path):
+    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     image = _open(viewer, subject_nifti[0])
-    widget = _dock(viewer, widget_name)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name)
     widget.run()
     assert widget.last_error is None, widget.status.text()
-    viewer.window._qt_window.resize(1400, 900)
+    window = viewer.window._qt_window
+    window.resize(1400, 1000)
+    QApplication.processEvents()
+    window.resizeDocks([dock], [480], Qt.Orientation.Horizontal)
+    QApplication.processEvents()
     viewer.layers.selection.active = image
     viewer.dims.set_point(
         0, float(image.translate[0] + image.scale[0] * image.data.shape[0] * 0.55)
@@ -358,5 +368,5 @@ def test_screenshot_of_the_docked_widget(viewer, widget_name, subject_nifti, tmp
     target.mkdir(parents=True, exist_ok=True)
     path = target / f"napari_{widget_name.lower()}.png"
     shot = viewer.screenshot(path, canvas_only=False, flash=False)
-    assert shot.shape[0] >= 800 and shot.shape[1] >= 1200
+    assert shot.shape[0] >= 900 and shot.shape[1] >= 1200
     assert shot[..., :3].std() > 10

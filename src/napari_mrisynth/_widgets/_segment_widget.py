@@ -114,7 +114,9 @@ def layer_source_volume(layer: Any, task: str) -> Volume:
             f"{layer.name} has {layer.ndim} dimensions (shape {shape}), e.g. a time series or "
             f"several channels; {task} needs one 3D volume"
         )
-    return layer_volume(layer)
+    volume = layer_volume(layer)
+    volume.metadata.setdefault("name", layer.name)  # so that the core's messages name it
+    return volume
 
 
 class _ProgressRelay(QObject):
@@ -170,6 +172,12 @@ class ModelWidget(QWidget):
         self.device = QComboBox()
         self.device.setToolTip("auto: CUDA, then Apple MPS, then the CPU (announced)")
         self.device.addItems(DEVICE_CHOICES)
+        for combo in (self.image, self.model, self.device):
+            # long layer and model names must not widen the dock: they are elided instead
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            combo.setMinimumContentsLength(12)
 
         self.form = QFormLayout()
         self.form.addRow("Image", self.image)
