@@ -200,6 +200,58 @@ def test_segment_adds_labels_on_the_scan_with_card_names_colours_and_volumes(
 
 
 @pytest.mark.gui
+def test_segment_layer_is_what_the_core_computes_on_the_file(viewer, model_root, subject_nifti):
+    from napari_mrisynth.models.inference import segment
+    from napari_mrisynth.volume import napari_layer_kwargs
+
+    _, seg_card, _ = model_root
+    path, truth = subject_nifti
+    image = _open(viewer, path)
+    widget = _dock(viewer, SEGMENT)
+    widget.device.setCurrentText("cpu")
+    widget.run()
+    assert widget.last_error is None, widget.status.text()
+    assert "CPU (as chosen)" in widget.status.text()
+    shown = np.asarray(viewer.layers[f"{image.name} · {seg_card.title}"].data)
+    # the CLI's path: the file on its own (stored) grid, then displayed like any volume
+    direct = segment(path, seg_card, device="cpu").labels
+    assert direct.same_geometry(truth)
+    expected, _ = napari_layer_kwargs(direct, labels=True)
+    assert shown.shape == expected.shape
+    assert np.mean(shown == np.asarray(expected)) > 0.999
+
+
+@pytest.mark.gui
+def test_segment_a_lazy_dicom_series(viewer, model_root, subject_nifti, tmp_path):
+    from napari_mrisynth.io.dicom_write import write_dicom_series
+
+    _, seg_card, _ = model_root
+    _, truth = subject_nifti
+    write_dicom_series(truth, tmp_path / "dicom")
+    image = _open(viewer, tmp_path / "dicom")
+    assert not isinstance(image.data, np.ndarray)  # dask: read in the worker, not here
+    widget = _dock(viewer, SEGMENT)
+    widget.run()
+    assert widget.last_error is None, widget.status.text()
+    labels = viewer.layers[f"{image.name} · {seg_card.title}"]
+    _assert_same_geometry(labels, image, truth)
+
+
+@pytest.mark.gui
+def test_image_choice_follows_the_layer_list(viewer, subject_nifti):
+    widget = _dock(viewer, SEGMENT)
+    assert widget.image.count() == 0 and not widget.run_button.isEnabled()
+    image = _open(viewer, subject_nifti[0])
+    viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="not an image")
+    assert [widget.image.itemText(i) for i in range(widget.image.count())] == [image.name]
+    assert widget.run_button.isEnabled()
+    image.name = "renamed T1"
+    assert widget.image.currentText() == "renamed T1"
+    viewer.layers.remove(image)
+    assert widget.image.count() == 0 and not widget.run_button.isEnabled()
+
+
+@pytest.mark.gui
 def test_segment_again_replaces_its_layer_and_keeps_the_others(viewer, subject_nifti):
     image = _open(viewer, subject_nifti[0])
     widget = _dock(viewer, SEGMENT)
