@@ -260,7 +260,9 @@ class ModelWidget(QWidget):
             self.report_error(exc)
         for card in cards:
             self.model.addItem(f"{card.title} ({card.ref})", card)
-            self.model.setItemData(self.model.count() - 1, card.intended_use, Qt.ToolTipRole)
+            self.model.setItemData(
+                self.model.count() - 1, card.intended_use, Qt.ItemDataRole.ToolTipRole
+            )
         refs = [card.ref for card in cards]
         if default in refs:
             self.model.setCurrentIndex(refs.index(default))
