@@ -721,6 +721,22 @@ def _bias_field(rng: np.random.Generator, shape: tuple[int, ...], amplitude: flo
     return np.exp(log_field)
 
 
+def template_head(h: int) -> tuple[Volume, Volume]:
+    """The simulator's un-deformed head in MNI152 (LPS) space: T1 intensity and labels.
+
+    This is the model space of napari-mrisynth's segmentation and classification models:
+    the MNI152 2009c brain with the simulated CSF rim, skull, scalp, orbits and neck, on an
+    identity-direction grid of ``h`` mm (1 or 2). Simulated, not a real head.
+    """
+    if h not in (1, 2):
+        raise ValueError(f"the head model exists at 1 or 2 mm, not {h!r}")
+    model = _model(h)
+    meta = {"modality": "MR", "simulated": True, "space": "mrisynth-head-mni152-2009c"}
+    t1 = Volume(model.intensity, [float(h)] * 3, model.origin, np.eye(3),
+                {**meta, "name": "template head (simulated)"})  # fmt: skip
+    return t1, t1.with_data(model.labels, name="template labels (simulated)")
+
+
 def sample_subject(diagnosis: str = "bvFTD", spacing: float = 2.0) -> SimulatedSubject:
     """A fixed simulated subject for napari's sample data and demos (seed 0, severity 0.8).
 
