@@ -64,14 +64,17 @@ class ModelGrid:
 
 
 @functools.lru_cache(maxsize=8)
-def default_model_grid(spacing: float = 2.0, multiple: int = 16) -> ModelGrid:
+def default_model_grid(spacing: float = 2.0, multiple: int | None = None) -> ModelGrid:
     """The box the demo models see: the reference head's cranium, axis-aligned (LPS).
 
     It holds every brain label and the skull and scalp around them, from the vertex down to
     20 mm below the lowest brain voxel (cerebellum); the neck below is left out. Each side
     is padded to a multiple of ``multiple`` voxels around the cranium's centre (at 2 mm:
-    96 x 112 x 96 voxels (z, y, x), 192 x 224 x 192 mm).
+    96 x 112 x 96 voxels (z, y, x), 192 x 224 x 192 mm). By default ``multiple`` is 16 up
+    to 2 mm, 8 up to 4 mm and 4 for coarser test grids, so a coarse box stays a tight box.
     """
+    if multiple is None:
+        multiple = 16 if spacing <= 2.0 else 8 if spacing <= 4.0 else 4
     from napari_mrisynth.cohort.labels import BRAIN_LABELS
     from napari_mrisynth.preprocess.reference import reference_head
 
