@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "napari_mrisynth.demo",  # demo
     "napari_mrisynth.models.commands",  # models list|show|search|verify
     "napari_mrisynth.models.inference_commands",  # segment, classify
+    "napari_mrisynth.training.commands",  # train segmentation|classification
 )
 
 
