@@ -106,9 +106,15 @@ def cache_subject(
     cache_root: str | Path,
     *,
     source: str = "nifti",
-    labels: bool = True,
+    labels: bool | None = True,
 ) -> CachedSubject:
     """Bring one subject onto the model grid, or reuse what an earlier call cached.
+
+    Parameters
+    ----------
+    labels : bool or None
+        Bring the label map too (it must exist); None: when it exists, so that a
+        classification run shares the cache of a segmentation run on the same cohort.
 
     Returns
     -------
@@ -120,6 +126,8 @@ def cache_subject(
     from napari_mrisynth.preprocess import prepare, to_model_grid
 
     image_source = subject_image(cohort, subject, source)
+    if labels is None:
+        labels = (Path(cohort) / subject / "anat" / f"{subject}_labels.nii.gz").exists()
     label_source = subject_labels(cohort, subject) if labels else None
     inputs = [image_source] + ([label_source] if label_source else [])
     folder = Path(cache_root) / cache_key(spec, inputs)
@@ -157,7 +165,7 @@ def cache_subjects(
     cache_root: str | Path,
     *,
     source: str = "nifti",
-    labels: bool = True,
+    labels: bool | None = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[CachedSubject]:
     """:func:`cache_subject` for every subject, reporting ``progress(done, total)``."""

@@ -318,7 +318,8 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
 
         bar = tqdm(total=len(needed), unit="subject", desc="model grid")
     cached = tdata.cache_subjects(
-        data, needed, spec, out / "cache", source=opts.source, labels=task == "segmentation",
+        data, needed, spec, out / "cache", source=opts.source,
+        labels=True if task == "segmentation" else None,
         progress=(lambda done, total: bar.update(done - bar.n)) if bar else None,
     )  # fmt: skip
     if bar:
@@ -515,24 +516,13 @@ def _log_run(
         "world_size": training["world_size"], "batches_per_rank": training["batches_per_rank"],
         "init": (training["init"] or {}).get("model"),
     })  # fmt: skip
-    for name, value in _flat_numbers(metrics, "test").items():
+    from napari_mrisynth.reports.report import flatten_metrics
+
+    for name, value in flatten_metrics(metrics, "test/").items():
         client.log_metric(run_id, name, value)
     client.log_artifacts(run_id, str(card.path), "model")
     if report_dir.exists():
         client.log_artifacts(run_id, str(report_dir), "reports")
-
-
-def _flat_numbers(node: Any, prefix: str) -> dict[str, float]:
-    if isinstance(node, dict):
-        if "value" in node and isinstance(node["value"], (int, float)):
-            return {prefix: float(node["value"])}
-        flat: dict[str, float] = {}
-        for key, value in node.items():
-            flat.update(_flat_numbers(value, f"{prefix}/{key}"))
-        return flat
-    if isinstance(node, (int, float)) and not isinstance(node, bool) and np.isfinite(node):
-        return {prefix: float(node)}
-    return {}
 
 
 def _test_device(opts: TrainOptions) -> Any:
@@ -561,21 +551,19 @@ def _test_metrics(
         for subject in test:
             result = segment(subject_image(data, subject, opts.source), card, device=device)
             truth = load_volume(subject_labels(data, subject)).compute()
-            pairs.append((result.labels, truth))
+            pairs.append((truth, result.labels))
         summary = segmentation_summary(pairs, card.label_names)
-        segmentation_report(summary, report_dir, subjects=test, title=card.title)
-        return summary
-    from napari_mrisynth.reports.metrics import binary_summary
+        report = segmentation_report(summary, None, report_dir, model_ref=card.ref,
+                                     subjects=test, title=card.title)  # fmt: skip
+        return report["metrics"]
     from napari_mrisynth.reports.report import classification_report
 
-    positive = CLASSES[1][0]
+    names = [name for name, _ in CLASSES]
     y_true, scores = [], []
     for subject in test:
         result = classify(subject_image(data, subject, opts.source), card, device=device)
-        y_true.append(int(diagnosis[subject] == positive))
-        scores.append(float(result.probabilities[positive]))
-    summary = binary_summary(np.asarray(y_true), np.asarray(scores))
-    summary["subjects"] = {s: {"diagnosis": diagnosis[s], "p_" + positive: p}
-                           for s, p in zip(test, scores, strict=True)}  # fmt: skip
-    classification_report(np.asarray(y_true), np.asarray(scores), report_dir, title=card.title)
-    return summary
+        y_true.append(int(diagnosis[subject] == names[1]))
+        scores.append(float(result.probabilities[names[1]]))
+    report = classification_report(np.asarray(y_true), np.asarray(scores), names, report_dir,
+                                   model_ref=card.ref, subjects=test, title=card.title)  # fmt: skip
+    return {**report["metrics"], "subjects": report["subjects"]}
