@@ -126,11 +126,16 @@ def _require_lightning() -> Any:
     return pl
 
 
-def model_spec(spacing: float) -> InputSpec:
-    """The input spec of a new model: the default model grid at ``spacing`` mm."""
+def model_spec(spacing: float, *, brain_mask: bool = False) -> InputSpec:
+    """The input spec of a new model: the default model grid at ``spacing`` mm.
+
+    Classifiers see the brain only (the reference brain mask, dilated, after alignment):
+    scalp, fat and neck vary between scanners and carry no diagnosis.
+    """
     from napari_mrisynth.preprocess import default_model_grid
 
-    return InputSpec(**default_model_grid(spacing=spacing).to_input_spec_fields())
+    fields = default_model_grid(spacing=spacing).to_input_spec_fields()
+    return InputSpec(**fields, brain_mask=brain_mask)
 
 
 def architecture_dict(task: str, name: str, out_channels: int, opts: TrainOptions) -> dict:
@@ -300,7 +305,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     else:
         architecture = architecture_dict(task, opts.architecture or default_arch, out_channels,
                                          opts)  # fmt: skip
-        spec = model_spec(opts.spacing)
+        spec = model_spec(opts.spacing, brain_mask=task == "classification")
     model_id = (
         opts.id
         or ("seg-head-" if task == "segmentation" else "cls-bvftd-") + architecture["name"].lower()
