@@ -126,6 +126,11 @@ def test_default_model_grid_covers_the_cranium_not_the_neck():
     assert head[:, 2].max() <= high[2]  # the vertex with its scalp
     assert brain[:, 2].min() - low[2] == pytest.approx(20.0, abs=2.0)  # ~20 mm below the brain
     assert low[2] - head[:, 2].min() > 60.0  # most of the neck is left out
+    # voxel centres on the reference's: its brain reaches the grid whole, voxel for voxel
+    steps = (low - ref.t1.origin) / 2.0
+    assert np.allclose(steps, np.round(steps))
+    brain_on_grid = to_model_grid(ref.brain_mask, grid, IDENTITY, order=0)
+    assert brain_on_grid.sum() == np.asarray(ref.brain_mask.data).sum()
     # the grid and an InputSpec say the same thing, and the affine is a Volume's affine
     spec = InputSpec(**grid.to_input_spec_fields())
     assert ModelGrid.from_input_spec(spec) == grid
@@ -465,7 +470,7 @@ def test_prepare_brings_a_scan_onto_the_model_grid(brain_mask):
         f"correlation with the reference brain on the model grid: {r:.3f} "
         f"(without alignment {r0:.3f})"
     )
-    assert r > 0.75 and r > r0 + 0.1
+    assert r > 0.7 and r > r0 + 0.15
     white = to_model_grid(reference_head(2.0).labels, grid, IDENTITY, order=0) == 11
     assert 0.6 < float(np.median(prepared.image[white])) < 1.0  # white matter below fat
     if brain_mask:

@@ -72,6 +72,8 @@ def default_model_grid(spacing: float = 2.0, multiple: int | None = None) -> Mod
     is padded to a multiple of ``multiple`` voxels around the cranium's centre (at 2 mm:
     96 x 112 x 96 voxels (z, y, x), 192 x 224 x 192 mm). By default ``multiple`` is 16 up
     to 2 mm, 8 up to 4 mm and 4 for coarser test grids, so a coarse box stays a tight box.
+    Its voxel centres lie on the reference head's voxel centres (1 mm lattice below 2 mm,
+    else the 2 mm one).
     """
     if multiple is None:
         multiple = 16 if spacing <= 2.0 else 8 if spacing <= 4.0 else 4
@@ -91,6 +93,11 @@ def default_model_grid(spacing: float = 2.0, multiple: int | None = None) -> Mod
     extent = hi_xyz - lo_xyz
     counts = np.ceil((extent / spacing + 1) / multiple).astype(int) * multiple
     origin = centre - spacing * (counts - 1) / 2.0
+    # Voxel centres on the reference's own lattice (at most half a voxel off centre): the
+    # reference labels then reach the grid by nearest neighbour without ties.
+    lattice = reference_head(spacing if spacing < 2.0 else 2.0).t1
+    steps = np.round((origin - lattice.origin) / lattice.spacing)
+    origin = lattice.origin + lattice.spacing * steps
     return ModelGrid(
         (float(spacing),) * 3,
         tuple(int(n) for n in counts[::-1]),
