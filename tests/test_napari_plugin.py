@@ -40,8 +40,11 @@ def test_widget_modules_do_not_import_torch():
         "import sys\n"
         "import napari_mrisynth._widgets._reader, napari_mrisynth._widgets._writer\n"
         "import napari_mrisynth._widgets._sample, napari_mrisynth._widgets._series_widget\n"
-        "import napari_mrisynth._widgets._info_widget\n"
+        "import napari_mrisynth._widgets._info_widget, napari_mrisynth._widgets._segment_widget\n"
+        "import napari_mrisynth._widgets._classify_widget\n"
+        "import napari_mrisynth._widgets._correct_widget\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'lightning' not in sys.modules and 'mlflow' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
