@@ -1,6 +1,7 @@
 """The README's main job: `mrisynth demo`, with and without a display."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,16 @@ def test_headless_demo_runs_the_pipeline(tmp_path):
     assert "simulated, not clinical" in result.stdout
     assert (out / "participants.tsv").is_file()
     assert (out / "sub-001_from_dicom.nii.gz").is_file()
-    rows = [line for line in result.stdout.splitlines() if line.strip().startswith("sub-")]
+    atrophy = result.stdout.split("4/6")[1].split("5/6")[0]
+    rows = [line for line in atrophy.splitlines() if line.strip().startswith("sub-")]
     assert len(rows) == 2 and {"bvFTD", "control"} == {r.split()[1] for r in rows}
+    # The bundled demo models segment and classify a fresh install's data at once.
+    assert (out / "sub-001_seg.nii.gz").is_file()
+    dice = float(re.search(r"brain mask Dice against the simulated ground truth: ([\d.]+)",
+                           result.stdout).group(1))  # fmt: skip
+    assert dice > 0.85, result.stdout
+    verdicts = [line for line in result.stdout.splitlines() if "P(bvFTD) = " in line]
+    assert len(verdicts) == 2
 
 
 @pytest.mark.gui

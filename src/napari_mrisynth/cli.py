@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "napari_mrisynth.models.commands",  # models list|show|search|verify
     "napari_mrisynth.models.inference_commands",  # segment, classify
     "napari_mrisynth.training.commands",  # train segmentation|classification
+    "napari_mrisynth.reports.commands",  # report classifier|segmenter
 )
 
 

@@ -2,7 +2,8 @@
 
 With a display: napari opens with the plugin's widgets docked and a simulated bvFTD subject
 loaded. Without one: it says so and runs the same data through the headless pipeline
-(simulated cohort -> DICOM series discovery -> exact load -> NIfTI -> regional volumes).
+(simulated cohort -> DICOM series discovery -> exact load -> NIfTI -> regional volumes ->
+segmentation and bvFTD classification with the bundled demo models).
 """
 
 from __future__ import annotations
@@ -91,26 +92,26 @@ def run_headless(out: Path, subjects: int) -> int:
     from napari_mrisynth.volume import orientation_code
 
     start = time.perf_counter()
-    print(f"1/4 building a simulated cohort of {subjects} subjects in {out} (2 mm) ...")
+    print(f"1/6 building a simulated cohort of {subjects} subjects in {out} (2 mm) ...")
     root = build_cohort(out, subjects=subjects, seed=0, spacing=2.0)
     participants = _read_participants(root / "participants.tsv")
     first = participants[0]["participant_id"]
 
     dicom_dir = root / first / "dicom"
-    print(f"2/4 scanning {dicom_dir}")
+    print(f"2/6 scanning {dicom_dir}")
     scan = scan_folder(dicom_dir)
     for series in scan.series:
         print(f"    {series.describe()}")
     for skipped in scan.skipped:
         print(f"    skipped {skipped.path.name}: {skipped.reason}")
 
-    print("3/4 loading the series with exact geometry and writing NIfTI")
+    print("3/6 loading the series with exact geometry and writing NIfTI")
     volume = load_volume(dicom_dir)
     nifti = save_volume(volume, out / f"{first}_from_dicom.nii.gz")
     print(f"    {volume}")
     print(f"    orientation {orientation_code(volume.direction)}, written {nifti}")
 
-    print("4/4 atrophy measured from the ground-truth labels (% of brain volume)")
+    print("4/6 atrophy measured from the ground-truth labels (% of brain volume)")
     shown = (*BVFTD_LABELS, LABEL_IDS["frontal_gm"], LABEL_IDS["lateral_ventricles"])
     header = "".join(LABELS[k][0].replace("_gm", "")[:14].rjust(15) for k in shown)
     print("    " + "subject".ljust(9) + "diagnosis".ljust(10) + "severity".rjust(9) + header)
@@ -122,8 +123,56 @@ def run_headless(out: Path, subjects: int) -> int:
         cells = "".join(f"{100 * counts[k] / brain:15.2f}" for k in shown)
         severity = float(row["severity"])
         print("    " + sid.ljust(9) + row["diagnosis"].ljust(10) + f"{severity:9.2f}" + cells)
+    run_models(root, participants, out)
     print(f"done in {time.perf_counter() - start:.1f} s; all data here is simulated, not clinical.")
     return 0
+
+
+def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> None:
+    """Segment the first subject's DICOM series and classify every subject."""
+    import warnings
+
+    import numpy as np
+
+    from napari_mrisynth.cohort import BRAIN_LABELS
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.io.files import load_volume, save_volume
+    from napari_mrisynth.models.inference import classify, segment
+
+    first = participants[0]["participant_id"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = segment(root / first / "dicom")
+        except ModelError as exc:
+            print(f"5/6 no segmentation model: {exc}")
+            return
+    for warning in caught:
+        print(f"    note: {warning.message}")
+    mask = save_volume(result.labels, out / f"{first}_seg.nii.gz")
+    truth = np.asarray(load_volume(root / first / "anat" / f"{first}_labels.nii.gz").data)
+    found = np.asarray(result.labels.data)
+    brain_t, brain_f = np.isin(truth, BRAIN_LABELS), np.isin(found, BRAIN_LABELS)
+    dice = 2 * np.count_nonzero(brain_t & brain_f) / (brain_t.sum() + brain_f.sum())
+    print(
+        f"5/6 segmented {first}'s DICOM series with {result.card.ref} on {result.device} in "
+        f"{sum(result.timings.values()):.2f} s -> {mask}"
+    )
+    print(f"    brain mask Dice against the simulated ground truth: {dice:.3f}")
+    try:
+        classify(root / first / "anat" / f"{first}_T1w.nii.gz")
+    except ModelError as exc:
+        print(f"6/6 no classification model: {exc}")
+        return
+    print("6/6 bvFTD classifier (P(bvFTD) per subject)")
+    for row in participants:
+        sid = row["participant_id"]
+        verdict = classify(root / sid / "anat" / f"{sid}_T1w.nii.gz")
+        print(
+            f"    {sid.ljust(9)}{row['diagnosis'].ljust(10)}P(bvFTD) = "
+            f"{verdict.probabilities.get('bvFTD', float('nan')):.3f} -> {verdict.predicted}"
+            f"  ({verdict.card.ref})"
+        )
 
 
 def _read_participants(path: Path) -> list[dict[str, str]]:
