@@ -174,9 +174,12 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
             if not seen:
                 seen.update({k: v.detach().clone() for k, v in module.network.state_dict().items()})
 
-    options = {**TINY_SEG, "epochs": 1, "callbacks": [FirstStep()]}
+    # Another seed would draw another split; fine-tuning keeps the base model's held-out set.
+    options = {**TINY_SEG, "epochs": 1, "callbacks": [FirstStep()], "seed": 99}
     card = train_segmentation(cohort, out, id="seg-test-tuned", init="seg-test@1.0.0",
                               tracking_uri=tracking_uri, experiment="tests", **options)  # fmt: skip
+    assert card.training["splits"] == base.training["splits"]
+    assert card.training["splits_from"] == "seg-test@1.0.0"
     assert set(seen) == set(base_weights)
     for key, value in base_weights.items():
         assert torch.equal(seen[key], value), key

@@ -264,6 +264,21 @@ def _software() -> dict[str, str]:
     return {"lightning": lightning.__version__, "mlflow": mlflow.__version__}
 
 
+def inherited_splits(base: ModelCard | None, data: Path, participants: list[dict]) -> dict | None:
+    """The base model's split when fine-tuning on the cohort it was trained on.
+
+    A new seeded split would put some of the base model's training subjects into the test
+    set, and the fine-tuned model's test figures would no longer be held out.
+    """
+    if base is None or not base.training.get("splits"):
+        return None
+    if Path(str(base.training.get("data", ""))).resolve() != data.resolve():
+        return None
+    ids = {row["participant_id"] for row in participants}
+    splits = {k: [s for s in v if s in ids] for k, v in base.training["splits"].items()}
+    return splits if splits.get("train") and splits.get("val") else None
+
+
 # -- the run ---------------------------------------------------------------------------------
 def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | None:
     pl = _require_lightning()
@@ -283,6 +298,8 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     diagnosis = {row["participant_id"]: row.get("diagnosis", "") for row in participants}
 
     base = resolve_init(opts.init, task, out) if opts.init else None
+    inherited = inherited_splits(base, data, participants)
+    splits = inherited or splits
     if task == "segmentation":
         from napari_mrisynth.cohort import LABELS
 
@@ -399,6 +416,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         "participants": len(participants),
         "simulated": simulated,
         "splits": splits,
+        "splits_from": base.ref if inherited else None,
         "split_fractions": list(opts.fractions),
         "seed": opts.seed,
         "epochs": int(trainer.current_epoch),
