@@ -73,6 +73,31 @@ def browser_view(viewer, qapp, folder: Path) -> None:
     _save(viewer, "napari_series_browser.png")
 
 
+def model_views(viewer, qapp, scan: Path) -> None:
+    """Segment and Classify docks with the bundled demo models on a simulated 1 mm head."""
+    from napari_mrisynth.cohort.labels import LABEL_IDS
+
+    (image,) = viewer.open(str(scan), plugin=PLUGIN)
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    segment.threaded = False
+    segment.run()
+    _settle(viewer, qapp)
+    labels = viewer.layers[-1]
+    insula = np.argwhere(np.asarray(labels.data) == LABEL_IDS["insula_gm"])
+    world = labels.data_to_world(insula.mean(0).astype(float))
+    viewer.dims.set_point(0, float(world[0]))
+    labels.opacity = 0.55
+    viewer.layers.selection.active = image
+    _settle(viewer, qapp)
+    _save(viewer, "napari_segment.png")
+    labels.visible = False
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify")
+    classify.threaded = False
+    classify.run()
+    _settle(viewer, qapp)
+    _save(viewer, "napari_classify.png")
+
+
 def main() -> int:
     import napari
     from qtpy.QtWidgets import QApplication
@@ -96,6 +121,16 @@ def main() -> int:
         viewer = napari.Viewer(show=True)
         viewer.window.resize(1400, 960)
         browser_view(viewer, qapp, folder)
+        viewer.close()
+        from napari_mrisynth.cohort import simulate_subject
+        from napari_mrisynth.io.dicom_write import write_dicom_series
+
+        subject = simulate_subject("sub-demo", "bvFTD", 20261123, 1.0, severity=0.9)
+        scan = tmp / "sub-demo-dicom"
+        write_dicom_series(subject.t1, scan, description="SIMULATED T1 MPRAGE", series_number=2)
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(1400, 960)
+        model_views(viewer, qapp, scan)
         viewer.close()
     return 0
 

@@ -156,7 +156,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
     dice = 2 * np.count_nonzero(brain_t & brain_f) / (brain_t.sum() + brain_f.sum())
     print(
         f"5/6 segmented {first}'s DICOM series with {result.card.ref} on {result.device} in "
-        f"{sum(result.timings.values()):.2f} s -> {mask}"
+        f"{result.seconds:.2f} s -> {mask}"
     )
     print(f"    brain mask Dice against the simulated ground truth: {dice:.3f}")
     try:

@@ -42,6 +42,11 @@ class Segmentation:
     alignment: Any = None
 
     @property
+    def seconds(self) -> float:
+        """Wall time of the whole call (the stages; ``prepare.*`` entries detail ``prepare``)."""
+        return total_seconds(self.timings)
+
+    @property
     def volumes_ml(self) -> dict[str, float]:
         """Volume of every label of the card, in millilitres (0 when absent)."""
         return {row["name"]: row["ml"] for row in self.table()}
@@ -87,6 +92,11 @@ class Classification:
     def __post_init__(self) -> None:
         self.predicted = max(self.probabilities, key=self.probabilities.__getitem__)
 
+    @property
+    def seconds(self) -> float:
+        """Wall time of the whole call (the stages; ``prepare.*`` entries detail ``prepare``)."""
+        return total_seconds(self.timings)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -97,6 +107,11 @@ class Classification:
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "simulated_training_data": bool(self.card.training.get("simulated", False)),
         }
+
+
+def total_seconds(timings: dict[str, float]) -> float:
+    """Sum of the top-level stages of a timings dict (sub-stages contain a dot)."""
+    return float(sum(v for k, v in timings.items() if "." not in k))
 
 
 # -- models, cached so that a batch does not reload them ----------------------------------

@@ -110,7 +110,7 @@ def run_segment(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record))
         else:
-            total = sum(result.timings.values())
+            total = result.seconds
             brain = sum(row["ml"] for row in result.table() if row["name"] in _brain_names())
             print(
                 f"{source}: {path} ({result.card.ref}, {result.device}, {total:.2f} s; "
