@@ -137,6 +137,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
     from napari_mrisynth.cohort import BRAIN_LABELS
     from napari_mrisynth.errors import ModelError
     from napari_mrisynth.io.files import load_volume, save_volume
+    from napari_mrisynth.models.device import CpuFallbackWarning
     from napari_mrisynth.models.inference import classify, segment
 
     first = participants[0]["participant_id"]
@@ -159,6 +160,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
         f"{result.seconds:.2f} s -> {mask}"
     )
     print(f"    brain mask Dice against the simulated ground truth: {dice:.3f}")
+    warnings.simplefilter("ignore", CpuFallbackWarning)  # announced once above
     try:
         classify(root / first / "anat" / f"{first}_T1w.nii.gz")
     except ModelError as exc:
