@@ -82,7 +82,6 @@ def time_ours(task: str, model, path: Path, device: str, runs: int) -> dict:
 def time_monai(card, network, path: Path, device: str, runs: int) -> dict:
     """The usual MONAI recipe with the same network and spacing (no registration)."""
     import torch
-    from monai.data import decollate_batch
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
         Compose,
@@ -115,10 +114,15 @@ def time_monai(card, network, path: Path, device: str, runs: int) -> dict:
         data = pre({"image": str(path)})
         x = data["image"][None].to(device)
         with torch.inference_mode():
-            logits = sliding_window_inference(x, roi, 2, network, overlap=0.25, mode="gaussian")
+            if card.task == "segmentation":
+                logits = sliding_window_inference(x, roi, 2, network, overlap=0.25, mode="gaussian")
+            else:  # a classifier takes the whole grid: pad or crop the resampled scan to it
+                from monai.transforms import ResizeWithPadOrCrop
+
+                logits = network(ResizeWithPadOrCrop(roi)(x[0])[None])
         data["pred"] = torch.softmax(logits[0].float(), 0)
         if card.task == "segmentation":
-            inverted = [post(item) for item in decollate_batch([data])][0]
+            inverted = post(data)
             labels = inverted["pred"].argmax(0).to(torch.uint8).cpu().numpy()
             assert labels.ndim == 3
         _sync(device)
