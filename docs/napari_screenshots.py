@@ -83,8 +83,8 @@ def model_views(viewer, qapp, scan: Path) -> None:
     segment.run()
     _settle(viewer, qapp)
     labels = viewer.layers[-1]
-    insula = np.argwhere(np.asarray(labels.data) == LABEL_IDS["insula_gm"])
-    world = labels.data_to_world(insula.mean(0).astype(float))
+    region = np.argwhere(np.asarray(labels.data) == LABEL_IDS["anterior_temporal_gm"])
+    world = labels.data_to_world(region.mean(0).astype(float))
     viewer.dims.set_point(0, float(world[0]))
     labels.opacity = 0.55
     viewer.layers.selection.active = image
