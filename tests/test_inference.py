@@ -23,12 +23,19 @@ from napari_mrisynth.models import inference
 from napari_mrisynth.models.device import CpuFallbackWarning, choose_device
 from napari_mrisynth.volume import Volume, reorient_to_axes
 
+#: The tiny models outrank the bundled demo models as the default of their task here.
+DEFAULT = {"default": True}
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    seg = model_fixtures.make_tiny_model(root, "segmentation", id="tiny-seg", spacing=8.0)
-    cls = model_fixtures.make_tiny_model(root, "classification", id="tiny-cls", spacing=8.0)
+    seg = model_fixtures.make_tiny_model(
+        root, "segmentation", id="tiny-seg", spacing=8.0, training=DEFAULT
+    )
+    cls = model_fixtures.make_tiny_model(
+        root, "classification", id="tiny-cls", spacing=8.0, training=DEFAULT
+    )
     return root, seg, cls
 
 
@@ -84,7 +91,9 @@ def test_same_head_stored_in_another_orientation_gives_the_same_mask(subject):
     back = reorient_to_axes(labels, subject.t1.direction)
     assert back.same_geometry(reference)
     agreement = float(np.mean(np.asarray(back.data) == np.asarray(reference.data)))
-    assert agreement > 0.97, agreement
+    # A random network changes label at almost every voxel, so sub-voxel registration
+    # differences between the two storage orders show; a flip or shift would agree far less.
+    assert agreement > 0.93, agreement
 
 
 def test_outside_the_model_box_is_background(subject, models):

@@ -76,9 +76,13 @@ def model_root(tmp_path_factory):
     """One tiny segmentation and one tiny classification model, saved once per module."""
     pytest.importorskip("napari_mrisynth.preprocess")  # written beside this; skip until it lands
     root = tmp_path_factory.mktemp("models")
-    seg = model_fixtures.make_tiny_model(root, "segmentation", spacing=8.0)
-    cls = model_fixtures.make_tiny_model(root, "classification", spacing=8.0)
+    seg = model_fixtures.make_tiny_model(root, "segmentation", spacing=8.0, training=DEFAULT)
+    cls = model_fixtures.make_tiny_model(root, "classification", spacing=8.0, training=DEFAULT)
     return root, seg, cls
+
+
+#: The tiny models outrank the bundled demo models as the default of their task here.
+DEFAULT = {"default": True}
 
 
 @pytest.fixture(scope="module")
