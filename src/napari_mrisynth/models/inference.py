@@ -228,22 +228,10 @@ def segment(
 
     from napari_mrisynth.preprocess import from_model_grid
 
-    timings: dict[str, float] = {}
-    step = _stepper(progress, timings)
-    loaded = get_model(model, "segmentation", device)
-    card, device = loaded.card, loaded.device
-    step("model")
-    volume = resolve_source(source, series=series)
-    name = _source_name(source, volume)
-    prepared = _prepare(volume, card, device, name)
-    timings.update({f"prepare.{k}": v for k, v in prepared.timings.items()})
-    step("prepare")
-    logits = _run_network(loaded.network, prepared.image, card, device)
-    if logits.shape[1] != card.out_channels:
-        raise ModelError(
-            f"model {card.ref}: network gives {logits.shape[1]} channels, card expects "
-            f"{card.out_channels}"
-        )
+    run = _Run.start("segmentation", source, model, device, series, progress)
+    card, device, volume, name = run.loaded.card, run.loaded.device, run.volume, run.name
+    prepared, timings, step = run.prepared, run.timings, run.step
+    logits = run.logits
     probabilities = torch.softmax(logits[0], dim=0)
     step("infer")
     dtype = np.uint8 if card.out_channels <= 256 else np.uint16
@@ -282,22 +270,10 @@ def classify(
 
     from napari_mrisynth.preprocess import from_model_grid
 
-    timings: dict[str, float] = {}
-    step = _stepper(progress, timings)
-    loaded = get_model(model, "classification", device)
-    card, device = loaded.card, loaded.device
-    step("model")
-    volume = resolve_source(source, series=series)
-    name = _source_name(source, volume)
-    prepared = _prepare(volume, card, device, name)
-    timings.update({f"prepare.{k}": v for k, v in prepared.timings.items()})
-    step("prepare")
-    logits = _run_network(loaded.network, prepared.image, card, device)[0]
-    if logits.shape[0] != card.out_channels:
-        raise ModelError(
-            f"model {card.ref}: network gives {logits.shape[0]} outputs, card expects "
-            f"{card.out_channels}"
-        )
+    run = _Run.start("classification", source, model, device, series, progress)
+    card, device, volume, name = run.loaded.card, run.loaded.device, run.volume, run.name
+    prepared, timings, step = run.prepared, run.timings, run.step
+    logits = run.logits[0]
     probabilities = torch.softmax(logits, dim=0).cpu().numpy()
     by_name = {label.name: float(probabilities[label.value]) for label in card.labels}
     step("infer")
@@ -306,7 +282,7 @@ def classify(
         target = int(np.argmax(probabilities))
         positive = [label.value for label in card.labels if label.name.lower() == "bvftd"]
         target = positive[0] if positive else target
-        heat = saliency_map(loaded.network, prepared.image, target, card, device)
+        heat = saliency_map(run.loaded.network, prepared.image, target, card, device)
         on_source = from_model_grid(
             heat[None], prepared.grid, prepared.alignment, volume, reduce=None, device=device
         )[0]
@@ -320,6 +296,46 @@ def classify(
         step("inverse")
     return Classification(by_name, card, str(device), timings, name, saliency_volume,
                           prepared.alignment)  # fmt: skip
+
+
+@dataclass
+class _Run:
+    """What segment and classify share: the model, the scan, its preparation and logits."""
+
+    loaded: Any
+    volume: Volume
+    name: str
+    prepared: Any
+    logits: Any
+    timings: dict[str, float]
+    step: Callable[[str], None]
+
+    @classmethod
+    def start(
+        cls,
+        task: str,
+        source: Volume | str | Path,
+        model: str | ModelCard | None,
+        device: Any,
+        series: str | int | None,
+        progress: Progress | None,
+    ) -> _Run:
+        timings: dict[str, float] = {}
+        step = _stepper(progress, timings)
+        loaded = get_model(model, task, device)
+        step("model")
+        volume = resolve_source(source, series=series)
+        name = _source_name(source, volume)
+        prepared = _prepare(volume, loaded.card, loaded.device, name)
+        timings.update({f"prepare.{k}": v for k, v in prepared.timings.items()})
+        step("prepare")
+        logits = _run_network(loaded.network, prepared.image, loaded.card, loaded.device)
+        if logits.shape[1] != loaded.card.out_channels:
+            raise ModelError(
+                f"model {loaded.card.ref}: network gives {logits.shape[1]} outputs, card "
+                f"expects {loaded.card.out_channels}"
+            )
+        return cls(loaded, volume, name, prepared, logits, timings, step)
 
 
 def saliency_map(network: Any, image: np.ndarray, target: int, card: ModelCard, device: Any):
