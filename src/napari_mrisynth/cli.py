@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "napari_mrisynth.models.inference_commands",  # segment, classify
     "napari_mrisynth.training.commands",  # train segmentation|classification
     "napari_mrisynth.reports.commands",  # report classifier|segmenter
+    "napari_mrisynth.evaluation.commands",  # evaluate, audit
 )
 
 

@@ -1,0 +1,279 @@
+"""``mrisynth evaluate`` (generative metrics with real-vs-real floors) and ``mrisynth audit``
+(memorization: the nearest training scan of every synthetic one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from napari_mrisynth.errors import MrisynthError
+
+_DEVICE_HELP = "auto (cuda -> mps -> cpu, the default), cuda, cuda:N, mps or cpu"
+MISSING_MLFLOW = "logging to MLflow needs MLflow: pip install 'napari-mrisynth[train]'"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="FID, KID, IS, MS-SSIM and MMD of a synthetic set against a real one",
+        description=(
+            "Compare a folder of synthetic volumes with a folder of real ones. Each metric "
+            "is shown beside its floor: the same metric between two halves of the real set "
+            "(FID, KID, MMD), or the real set's own value (IS, MS-SSIM)."
+        ),
+    )
+    evaluate.add_argument("--real", type=Path, required=True, help="folder of real volumes")
+    evaluate.add_argument("--synthetic", type=Path, required=True, help="folder of synthetic ones")
+    evaluate.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout)")
+    evaluate.add_argument(
+        "--features",
+        default="seg-head-demo",
+        help="feature extractor: a segmentation model id[@version] (SegResNet encoder, "
+        "default seg-head-demo) or medicalnet:PATH[:DEPTH] (local MedicalNet weights, depth "
+        "10, 18, 34 or 50; default 10)",
+    )
+    evaluate.add_argument(
+        "--metrics", default="fid,kid,is,ms_ssim,mmd", help="comma-separated subset to compute"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="real-set halves, subsets, pairs")
+    evaluate.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    evaluate.add_argument("--tracking-uri", help="log the metrics to this MLflow store")
+    evaluate.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log to MLflow (the local store unless --tracking-uri)",
+    )
+    evaluate.add_argument("--experiment", default="evaluation", help="MLflow experiment")
+    evaluate.set_defaults(func=run_evaluate)
+
+    audit = subparsers.add_parser(
+        "audit",
+        help="memorization audit: the nearest training scan of every synthetic one",
+        description=(
+            "For every synthetic volume, its most similar training volume (correlation "
+            "inside the brain mask after alignment to the model grid) and whether it is "
+            "closer than real subjects get to each other."
+        ),
+    )
+    audit.add_argument("--train", type=Path, required=True, help="folder of training volumes")
+    audit.add_argument("--synthetic", type=Path, required=True, help="folder of synthetic ones")
+    audit.add_argument("--json", metavar="FILE", help="write the audit as JSON ('-': stdout)")
+    audit.add_argument(
+        "--threshold", type=float, help="flag above this similarity (default: from the data)"
+    )
+    audit.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    audit.set_defaults(func=run_audit)
+
+
+def _device(requested: str, command: str) -> Any:
+    from napari_mrisynth.models.device import CpuFallbackWarning, choose_device
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CpuFallbackWarning)
+        device = choose_device(requested)
+    for warning in caught:
+        print(f"mrisynth {command}: note: {warning.message}", file=sys.stderr)
+    return device
+
+
+def extractor_from_option(option: str, device: Any) -> Any:
+    """``seg-head-demo`` / ``model@1.0.0`` / ``medicalnet:PATH[:DEPTH]`` -> FeatureExtractor."""
+    from napari_mrisynth.evaluation.features import FeatureExtractor
+
+    if option.startswith("medicalnet:"):
+        rest = option[len("medicalnet:") :]
+        path, depth = rest, 10
+        head, sep, tail = rest.rpartition(":")
+        if sep and tail.isdigit():
+            path, depth = head, int(tail)
+        if not path:
+            raise MrisynthError("--features medicalnet:PATH[:DEPTH] needs a weights file")
+        return FeatureExtractor.medicalnet(path, depth, device=device)
+    return FeatureExtractor.segmentation_encoder(option, device=device)
+
+
+def _write_json(data: dict[str, Any], target: str | None) -> None:
+    if not target:
+        return
+    text = json.dumps(data, indent=2) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    path = Path(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise MrisynthError(f"{path}: cannot write the report ({exc})") from exc
+
+
+def _bar(total_desc: str) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=total_desc, unit="step", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, progress
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}"
+
+
+def evaluation_table(report: Any) -> str:
+    """The report as a plain-text table: metric, value, floor, how to read it."""
+    from napari_mrisynth.evaluation.evaluate import TITLES
+
+    rows = [("metric", "value", "real-vs-real floor", "how to read it")]
+    for name, entry in report.metrics.items():
+        value = _number(entry["value"])
+        if "std" in entry and entry["std"]:
+            value += f" ± {entry['std']:.2g}"
+        rows.append((TITLES[name], value, _number(entry["floor"]), entry["reading"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + "  "
+        + row[3]
+        for row in rows
+    ]
+    reasons = {e["floor_reason"] for e in report.metrics.values() if e.get("floor_reason")}
+    extractor = report.extractor.get("model")
+    lines.append(
+        f"{report.n_synthetic} synthetic vs {report.n_real} real volumes"
+        + (
+            f"; features: {extractor} ({report.extractor.get('feature_dim')} values)"
+            if extractor
+            else ""
+        )
+    )
+    lines += [f"no floor: {reason}" for reason in sorted(reasons)]
+    return "\n".join(lines)
+
+
+def log_evaluation_to_mlflow(data: dict[str, Any], tracking_uri: str | None, experiment: str):
+    """One MLflow run with every metric (``fid``, ``fid_floor``...), parameters and the JSON."""
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param
+    except ImportError as exc:
+        raise MrisynthError(MISSING_MLFLOW) from exc
+    import time
+
+    from napari_mrisynth.training.tracking import default_tracking_uri, local_artifact_location
+
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found is not None
+        else client.create_experiment(
+            experiment, artifact_location=local_artifact_location(uri, experiment)
+        )
+    )
+    extractor = data["extractor"].get("model", "")
+    run = client.create_run(
+        experiment_id,
+        run_name=f"evaluate {extractor}".strip(),
+        tags={"mrisynth.report": "generative-evaluation"},
+    )
+    now = int(time.time() * 1000)
+    metrics = []
+    for name, entry in data["metrics"].items():
+        metrics.append(Metric(name, float(entry["value"]), now, 0))
+        if entry.get("floor") is not None:
+            metrics.append(Metric(f"{name}_floor", float(entry["floor"]), now, 0))
+    params = {
+        "n_real": data["n_real"],
+        "n_synthetic": data["n_synthetic"],
+        "seed": data["seed"],
+        "extractor": extractor,
+        "extractor_sha256": data["extractor"].get("weights_sha256", ""),
+    }
+    client.log_batch(
+        run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()]
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "evaluation.json"
+        path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return uri, run.info.run_id
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from napari_mrisynth.evaluation import evaluate_sets, load_folder
+
+    wanted = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    real = load_folder(args.real)
+    synthetic = load_folder(args.synthetic)
+    device = _device(args.device, "evaluate")
+    extractor = None
+    if {"fid", "kid"} & set(wanted):
+        extractor = extractor_from_option(args.features, device)
+    bar, progress = _bar("evaluate")
+    with bar:
+        report = evaluate_sets(
+            real, synthetic, extractor=extractor, seed=args.seed, device=device,
+            metrics=wanted, progress=progress,
+        )  # fmt: skip
+    data = report.to_json()
+    data["folders"] = {"real": str(args.real), "synthetic": str(args.synthetic)}
+    if args.tracking_uri or args.mlflow:
+        uri, run_id = log_evaluation_to_mlflow(data, args.tracking_uri, args.experiment)
+        data["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
+    table = evaluation_table(report)
+    if "mlflow" in data:
+        table += f"\nMLflow run {data['mlflow']['run_id']} ({data['mlflow']['tracking_uri']})"
+    print(table, file=sys.stderr if args.json == "-" else sys.stdout)
+    _write_json(data, args.json)
+    return 0
+
+
+def audit_table(report: Any) -> str:
+    rows = [("synthetic", "nearest training", "similarity", "")]
+    for entry in report.entries:
+        rows.append((entry["synthetic"], entry["nearest"], f"{entry['similarity']:.4f}",
+                     "FLAGGED" if entry["flagged"] else ""))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]  # fmt: skip
+    values = [row["similarity"] for row in report.real_nn]
+    if values:
+        lines.append(
+            f"training set nearest-neighbour similarity: min {min(values):.4f}, "
+            f"max {max(values):.4f} ({len(values)} volumes)"
+        )
+    lines.append(f"threshold {report.threshold:.4f} ({report.rule})")
+    lines.append(report.summary())
+    return "\n".join(lines)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from napari_mrisynth.evaluation import audit_memorization, load_folder
+
+    train = load_folder(args.train)
+    synthetic = load_folder(args.synthetic)
+    device = _device(args.device, "audit")
+    bar, progress = _bar("audit")
+    with bar:
+        report = audit_memorization(
+            train, synthetic, threshold=args.threshold, progress=progress, device=device
+        )
+    data = report.to_json()
+    data["folders"] = {"train": str(args.train), "synthetic": str(args.synthetic)}
+    print(audit_table(report), file=sys.stderr if args.json == "-" else sys.stdout)
+    _write_json(data, args.json)
+    return 0
