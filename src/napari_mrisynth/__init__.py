@@ -19,4 +19,14 @@ __all__ = [
     "Volume",
     "VolumeFileError",
     "__version__",
+    "generate",
 ]
+
+
+def __getattr__(name: str):
+    # ``from napari_mrisynth import generate`` without importing torch at package import.
+    if name == "generate":
+        from napari_mrisynth.synthesis.generate import generate
+
+        return generate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,8 @@ COMMAND_MODULES = (
     "napari_mrisynth.demo",  # demo
     "napari_mrisynth.models.commands",  # models list|show|search|verify
     "napari_mrisynth.models.inference_commands",  # segment, classify
-    "napari_mrisynth.training.commands",  # train segmentation|classification
+    "napari_mrisynth.training.commands",  # train segmentation|classification|vae|gan|ldm
+    "napari_mrisynth.synthesis.commands",  # generate
     "napari_mrisynth.reports.commands",  # report classifier|segmenter
     "napari_mrisynth.evaluation.commands",  # evaluate, audit
 )

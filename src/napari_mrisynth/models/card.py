@@ -24,8 +24,9 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_SCHEMA_VERSION = 1
 
-#: Tasks a card can declare. The generative families (#4) add theirs here.
-TASKS = ("segmentation", "classification")
+#: Tasks a card can declare. Generators (VAE, GAN, latent diffusion) are all "generation";
+#: their family is the architecture's and ``inference["family"]``.
+TASKS = ("segmentation", "classification", "generation")
 
 #: Model ids: lower-case words joined by hyphens, e.g. ``seg-head-demo``.
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -117,7 +118,7 @@ class ModelCard:
     ----------
     id, version : str
         ``seg-head-demo`` and ``1.0.0``; together they name one immutable set of weights.
-    task : {"segmentation", "classification"}
+    task : {"segmentation", "classification", "generation"}
     title, description : str
     architecture : dict
         ``{"name": <class in monai.networks.nets>, "args": {...}}``: enough to rebuild the
@@ -194,6 +195,8 @@ class ModelCard:
         """Network output channels: background + labels, or one per class."""
         if self.task == "segmentation":
             return max(label.value for label in self.labels) + 1
+        if self.task == "generation":
+            return 1
         return len(self.labels)
 
     def metric(self, name: str) -> float | None:

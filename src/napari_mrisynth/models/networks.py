@@ -20,7 +20,9 @@ ARCHITECTURES = (
 
 
 def build_network(architecture: dict[str, Any]) -> Any:
-    """Instantiate ``monai.networks.nets.<name>(**args)`` from a card's ``architecture``.
+    """Instantiate ``monai.networks.nets.<name>(**args)`` from a card's ``architecture``,
+    or one of the generator families of :mod:`napari_mrisynth.synthesis.networks` (each
+    assembled from MONAI's generative networks).
 
     Raises
     ------
@@ -29,11 +31,16 @@ def build_network(architecture: dict[str, Any]) -> Any:
     """
     import monai.networks.nets as nets
 
+    from napari_mrisynth.synthesis.networks import GENERATORS
+
     name = architecture.get("name")
-    if name not in ARCHITECTURES:
-        raise ModelError(f"architecture {name!r} is not one of {', '.join(ARCHITECTURES)}")
+    if name not in ARCHITECTURES and name not in GENERATORS:
+        known = ", ".join((*ARCHITECTURES, *GENERATORS))
+        raise ModelError(f"architecture {name!r} is not one of {known}")
     args = dict(architecture.get("args", {}))
     try:
+        if name in GENERATORS:
+            return GENERATORS[name](**args)
         return getattr(nets, name)(**args)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build {name} with {args}: {exc}") from exc

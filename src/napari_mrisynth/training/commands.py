@@ -1,5 +1,6 @@
-"""``mrisynth train segmentation|classification``: train a model on a cohort, track it in
-MLflow and write it to a model registry folder."""
+"""``mrisynth train segmentation|classification|vae|gan|ldm``: train a model on a cohort,
+track it in MLflow and write it to a model registry folder (the generator families' options
+are in :mod:`napari_mrisynth.synthesis.commands`)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,12 @@ def _add_common(parser: argparse.ArgumentParser, architectures: tuple, default: 
         metavar="MODEL_ID",
         help="fine-tune from a registry model (id[@version] or its folder)",
     )
+    add_runtime_options(parser)
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how a run executes and is tracked (shared by every ``train`` task)."""
+    add = parser.add_argument
     add("--accelerator", default="auto", help="auto, cpu, gpu (Lightning)")
     add("--devices", type=_devices, default=1, help="devices per node, or 'auto'")
     add("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp... (Lightning)")
@@ -86,13 +93,12 @@ def _add_common(parser: argparse.ArgumentParser, architectures: tuple, default: 
     add("--experiment", default="mrisynth", help="MLflow experiment")
     add("--overwrite", action="store_true", help="replace an existing id@version in --out")
     add("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a segmentation or classification model (Lightning, MONAI, MLflow)",
+        help="train a segmentation, classification or generative model (Lightning, MONAI, MLflow)",
         description=(
             "Train on a cohort with subject-level stratified splits, track the run in MLflow "
             "and write the best checkpoint as a registry model with a full card and test "
@@ -111,6 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument("--patience", type=int, default=10,
                              help="early stopping: epochs without a better val/loss")  # fmt: skip
         sub.set_defaults(func=run)
+    from napari_mrisynth.synthesis.commands import register_training
+
+    register_training(tasks)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
