@@ -1,0 +1,503 @@
+"""Synthesize dock widget: synthetic T1 volumes from a registry generator, beside a real scan.
+
+The widget gathers the request on the GUI thread (generator card, condition, n, seed,
+device, sampler settings, and the voxels and geometry of the real scan to compare with),
+runs :func:`napari_mrisynth.synthesis.generate.generate` -- and
+:func:`napari_mrisynth.preprocess.prepare` for the real scan, so that it lands on the SAME
+model grid with the same intensity scale -- in a napari thread worker, and adds the results
+as image layers on the GUI thread: real first, then one layer per synthetic volume, in
+napari's grid mode with contrast, gamma and colormap linked. The worker never touches a
+layer or a Qt object; its progress reaches the progress bar through a queued Qt signal.
+``MRISYNTH_NO_THREADS=1`` runs the same code synchronously (deterministic tests).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox
+
+from napari_mrisynth.errors import ModelError, MrisynthError
+from napari_mrisynth.models.card import ModelCard
+from napari_mrisynth.volume import Volume
+
+from ._layer_data import LayerData, image_layer_data
+from ._segment_widget import ModelWidget, _expected_errors_returned, layer_source_volume
+
+if TYPE_CHECKING:
+    import napari
+
+#: Model-grid intensities of generators and prepared scans: 0 background, 1 = the head's
+#: 99.5th percentile, at most 1.5 (see :func:`napari_mrisynth.preprocess.prepare`).
+INTENSITY_RANGE = (0.0, 1.5)
+
+#: One look for every layer of a comparison; these attributes stay linked.
+DISPLAY = {"contrast_limits": (0.0, 1.2), "gamma": 1.0, "colormap": "gray"}
+LINKED = ("contrast_limits", "gamma", "colormap")
+
+#: Condition choices: what the user reads -> what generate() takes.
+CONDITIONS = {"bvFTD": "bvftd", "control": "control"}
+
+#: Age spin box value meaning "not given" (shown as its special text).
+NO_AGE = 17
+NO_SEX = "not given"
+MAX_N = 16
+
+_FAMILY_NAMES = {"vae": "VAE", "gan": "GAN", "ldm": "LDM"}
+
+
+@dataclass
+class SynthesisRequest:
+    """Everything a synthesis run needs, read on the GUI thread."""
+
+    card: ModelCard
+    n: int
+    condition: str
+    age: float | None = None
+    sex: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    steps: int | None = None
+    guidance: float | None = None
+    compare: Volume | None = None
+    compare_name: str = ""
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~napari_mrisynth.synthesis.generate.generate`."""
+        return {
+            "condition": self.condition,
+            "age": self.age,
+            "sex": self.sex,
+            "seed": self.seed,
+            "device": self.device,
+            "steps": self.steps,
+            "guidance": self.guidance,
+        }
+
+
+@dataclass
+class SynthesisRun:
+    """What a run made: layer data for the real scan (if any) and every synthetic volume."""
+
+    request: SynthesisRequest
+    synthetic: list[LayerData]
+    provenance: list[dict[str, Any]]
+    real: LayerData | None = None
+    seconds: float = 0.0
+    device: str = "cpu"
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def generator_label(card: ModelCard) -> str:
+    """Combo box text: family, id@version and test FID when the card has it."""
+    family = str(card.inference.get("family", "?"))
+    text = f"{_FAMILY_NAMES.get(family, family.upper())} · {card.ref}"
+    fid = card.metric("fid")
+    return text if fid is None else f"{text} · FID {fid:.3g}"
+
+
+def generator_summary(card: ModelCard) -> str:
+    """What a user should know before showing a generator's volumes to anyone."""
+    lines = [card.description] if card.description else []
+    spacing = " × ".join(f"{s:g}" for s in card.input.spacing)
+    shape = " × ".join(str(s) for s in card.input.shape)
+    conditions = ", ".join(card.inference.get("conditions", ["diagnosis"]))
+    lines.append(f"{card.ref} · grid {shape} voxels at {spacing} mm · conditions: {conditions}")
+    quality = []
+    for name, label in (("fid", "FID"), ("kid", "KID"), ("ms_ssim", "MS-SSIM")):
+        value = card.metric(name)
+        if value is not None:
+            quality.append(f"test {label} {value:.3g}")
+    if quality:
+        lines.append(", ".join(quality))
+    if card.training.get("trained") is False:
+        lines.append("Untrained weights: noise-like output, for testing only.")
+    if card.training.get("simulated", False):
+        lines.append("Trained on simulated data: research only, not for clinical use.")
+    return "\n".join(lines)
+
+
+def condition_text(condition: dict[str, Any]) -> str:
+    """``bvFTD``, ``control, F, 70 y`` from a provenance condition."""
+    parts = [str(condition["diagnosis"])]
+    if condition.get("sex"):
+        parts.append(str(condition["sex"]))
+    if condition.get("age") is not None:
+        parts.append(f"{condition['age']:g} y")
+    return ", ".join(parts)
+
+
+def synthetic_name(provenance: dict[str, Any]) -> str:
+    """``synthetic bvFTD · seed 7 · #0``."""
+    condition = condition_text(provenance["condition"])
+    return f"synthetic {condition} · seed {provenance['seed']} · #{provenance['index']}"
+
+
+def real_name(layer_name: str) -> str:
+    """Name of a real scan brought onto a generator's grid."""
+    return f"real · {layer_name} (model grid)"
+
+
+def grid_shape(panels: int) -> tuple[int, int]:
+    """Rows and columns for ``panels`` viewboxes: one row up to three, else near square."""
+    columns = panels if panels <= 3 else math.ceil(math.sqrt(panels))
+    return math.ceil(panels / columns), columns
+
+
+def _comparison_layer_data(volume: Volume, name: str, metadata: dict[str, Any]) -> LayerData:
+    data, kwargs, layer_type = image_layer_data(volume, name=name)
+    kwargs.update(DISPLAY)
+    kwargs["metadata"].update(metadata)
+    return data, kwargs, layer_type
+
+
+def synthesize(
+    request: SynthesisRequest, progress: Callable[[int, int, str], None] | None = None
+) -> SynthesisRun:
+    """Prepare the real scan (if any) and generate the synthetic volumes (no Qt, no layers).
+
+    The real scan goes first, so a scan the generator's grid cannot take fails before
+    minutes of sampling.
+    """
+    from napari_mrisynth.synthesis.generate import generate
+
+    began = time.perf_counter()
+    stages: dict[str, float] = {}
+    real = None
+    if request.compare is not None:
+        from napari_mrisynth.preprocess import prepare
+
+        prepared = prepare(request.compare, request.card.input, source=request.compare_name)
+        volume = prepared.grid.volume(prepared.image, modality="MR")
+        origin = {"source_layer": request.compare_name, "model_grid_of": request.card.ref}
+        real = _comparison_layer_data(volume, real_name(request.compare_name), {"prepared": origin})
+        stages["prepare"] = time.perf_counter() - began
+        if progress is not None:
+            progress(0, 1, "prepare")
+
+    def sampled(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done, total, "sample")
+
+    clock = time.perf_counter()
+    synthetics = generate(request.card, request.n, progress=sampled, **request.generate_kwargs())
+    stages["generate"] = time.perf_counter() - clock
+    layers = [
+        _comparison_layer_data(s.volume, synthetic_name(s.provenance), {"provenance": s.provenance})
+        for s in synthetics
+    ]
+    return SynthesisRun(
+        request,
+        layers,
+        [s.provenance for s in synthetics],
+        real,
+        seconds=time.perf_counter() - began,
+        device=str(synthetics[0].provenance.get("device", "cpu")),
+        stages=stages,
+    )
+
+
+class SynthesizeWidget(ModelWidget):
+    """Dock widget: generate synthetic T1 volumes and show them beside a real scan.
+
+    Each synthetic volume becomes an image layer named ``"synthetic <condition> · seed <s> ·
+    #<i>"`` on its generator's model grid, with its provenance in ``layer.metadata``. The
+    scan chosen under *Compare with* is brought onto the same grid (alignment, resampling,
+    the generators' intensity scale) as ``"real · <layer> (model grid)"``. The viewer goes
+    into grid mode (real first), with contrast, gamma and colormap linked; other layers are
+    hidden, never removed. A new run replaces the previous run's layers.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose image layers are offered for comparison and where results go.
+    """
+
+    task = "generation"
+    run_label = "Generate"
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        self._run_layers: list[Any] = []
+        super().__init__(napari_viewer)
+        self.image.setToolTip(
+            "A real 3D T1 scan to show beside the synthetic volumes, on the same model grid"
+        )
+
+    # -- the form ----------------------------------------------------------------------------
+    def build_controls(self) -> None:
+        # the inherited "Image" row becomes "Compare with", below the generation options
+        taken = self.form.takeRow(0)
+        taken.labelItem.widget().deleteLater()
+        self.condition = QComboBox()
+        self.condition.addItems(list(CONDITIONS))
+        self.age = QSpinBox()
+        self.age.setRange(NO_AGE, 100)
+        self.age.setSpecialValueText("not given")
+        self.age.setSuffix(" y")
+        self.age.setValue(NO_AGE)
+        self.sex = QComboBox()
+        self.sex.addItems([NO_SEX, "F", "M"])
+        self.n = QSpinBox()
+        self.n.setRange(1, MAX_N)
+        self.n.setValue(3)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("Volume i uses noise seeded by (seed, i): same seed, same volumes")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1000)
+        self.steps.setToolTip("DDIM sampling steps (latent diffusion)")
+        self.guidance = QDoubleSpinBox()
+        self.guidance.setRange(0.0, 20.0)
+        self.guidance.setSingleStep(0.5)
+        self.guidance.setDecimals(2)
+        self.guidance.setToolTip("Classifier-free guidance scale (latent diffusion; 1 = none)")
+        rows = [
+            ("Condition", self.condition),
+            ("Age", self.age),
+            ("Sex", self.sex),
+            ("Volumes (n)", self.n),
+            ("Seed", self.seed),
+        ]
+        for offset, (label, widget) in enumerate(rows):
+            self.form.insertRow(2 + offset, label, widget)
+        self.form.addRow("DDIM steps", self.steps)
+        self.form.addRow("Guidance", self.guidance)
+        self.form.addRow("Compare with", self.image)
+
+    # -- choices -----------------------------------------------------------------------------
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        self.refresh_models()
+
+    def refresh_layers(self, event: Any = None) -> None:
+        """Offer "none" and every 3D-capable image layer that is not this widget's output."""
+        current = self.image.currentData()
+        ours = {id(layer) for layer in self._run_layers}
+        images = [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and id(layer) not in ours
+        ]
+        self.image.blockSignals(True)
+        self.image.clear()
+        self.image.addItem("none", None)
+        for layer in images:
+            self.image.addItem(layer.name, layer)
+        if current is not None and any(current is layer for layer in images):
+            self.image.setCurrentIndex(1 + next(i for i, x in enumerate(images) if x is current))
+        self.image.blockSignals(False)
+        self._update_run_button()
+
+    def refresh_models(self) -> None:
+        """List the generators, best test FID first; keep the current choice."""
+        from napari_mrisynth.synthesis.generate import rank_generators
+
+        current = self.model.currentData()
+        self.model.blockSignals(True)
+        self.model.clear()
+        try:
+            cards = [card for card, _ in rank_generators("fid")]
+        except MrisynthError as exc:
+            cards = []
+            self.report_error(exc)
+        for card in cards:
+            self.model.addItem(generator_label(card), card)
+        refs = [card.ref for card in cards]
+        if current is not None and current.ref in refs:
+            self.model.setCurrentIndex(refs.index(current.ref))
+        self.model.blockSignals(False)
+        self._show_card()
+        if not cards and self.worker is None:
+            self.status.setText(
+                "No generator found. Train one (mrisynth train ldm|gan|vae) or point "
+                "MRISYNTH_MODEL_PATH at a folder of models, then press ↻."
+            )
+        self._update_run_button()
+
+    def _show_card(self, index: int = -1) -> None:
+        card = self.model.currentData()
+        self.card_info.setText(generator_summary(card) if card is not None else "")
+        self.card_info.setToolTip(card.intended_use if card is not None else "")
+        conditions = card.inference.get("conditions", ["diagnosis"]) if card else []
+        for name, widget in (("age", self.age), ("sex", self.sex)):
+            enabled = name in conditions
+            widget.setEnabled(enabled)
+            tip = "" if enabled else f"This generator was not trained with {name}"
+            widget.setToolTip(tip)
+            if not enabled:  # a disabled input gives nothing
+                if widget is self.age:
+                    self.age.setValue(NO_AGE)
+                else:
+                    self.sex.setCurrentText(NO_SEX)
+        ldm = card is not None and card.inference.get("family") == "ldm"
+        self.steps.setEnabled(ldm)
+        self.guidance.setEnabled(ldm)
+        if ldm:
+            self.steps.setValue(int(card.inference.get("steps", 50)))
+            self.guidance.setValue(float(card.inference.get("guidance", 1.0)))
+
+    def _update_run_button(self) -> None:
+        self.run_button.setEnabled(self.worker is None and self.model.currentData() is not None)
+
+    # -- running -----------------------------------------------------------------------------
+    def request(self) -> SynthesisRequest:
+        """The run the form describes (GUI thread: reads the compare layer, copies nothing).
+
+        Raises
+        ------
+        ModelError
+            No generator is chosen (none found).
+        InputError
+            The compare layer is not one 3D grey-level image.
+        """
+        card = self.model.currentData()
+        if card is None:
+            raise ModelError(
+                "No generator found: train one (mrisynth train ldm|gan|vae) or point "
+                "MRISYNTH_MODEL_PATH at a folder of models, then press ↻."
+            )
+        layer = self.image.currentData()
+        compare = None if layer is None else layer_source_volume(layer, "comparison")
+        ldm = card.inference.get("family") == "ldm"
+        return SynthesisRequest(
+            card=card,
+            n=self.n.value(),
+            condition=CONDITIONS[self.condition.currentText()],
+            age=None if self.age.value() == NO_AGE else float(self.age.value()),
+            sex=None if self.sex.currentText() == NO_SEX else self.sex.currentText(),
+            seed=self.seed.value(),
+            device=self.device.currentText() or "auto",
+            steps=self.steps.value() if ldm else None,
+            guidance=self.guidance.value() if ldm else None,
+            compare=compare,
+            compare_name="" if layer is None else layer.name,
+        )
+
+    def run(self) -> Any:
+        """Generate: in a worker thread, or here when not threaded.
+
+        Returns
+        -------
+        worker or None
+            The started napari worker when threaded; ``None`` otherwise (the result, or the
+            error, is then already shown).
+        """
+        self.last_error = None
+        self.status.setStyleSheet("")
+        try:
+            request = self.request()
+        except MrisynthError as exc:
+            self._show_failed()
+            self.report_error(exc)
+            return None
+        self._requested_device = request.device
+        self._started = time.perf_counter()
+        self.progress.setRange(0, 0)  # busy until the first report
+        self.progress.setFormat("loading …")
+        what = f"{request.n} × {self.condition.currentText()} from {request.card.ref}"
+        self.status.setText(f"Generating {what} …")
+        self.run_button.setEnabled(False)
+        args = (synthesize, request, self._relay)
+        if not self.threaded:
+            try:
+                outcome = _expected_errors_returned(*args)
+            except Exception as exc:
+                self._crashed(exc)
+                raise
+            finally:
+                self._finish()
+            self._done(outcome)
+            return None
+        self.worker = create_worker(
+            _expected_errors_returned, *args, _progress={"desc": f"synthesis: {what}"}
+        )
+        self.worker.returned.connect(self._done)
+        self.worker.errored.connect(self._crashed)
+        self.worker.finished.connect(self._finish)
+        self.worker.start()
+        return self.worker
+
+    def _on_progress(self, done: int, total: int, stage: str) -> None:
+        if stage == "prepare":
+            self.progress.setRange(0, 0)
+            self.progress.setFormat("real scan on the model grid; sampling …")
+            return
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"sampling %p% ({done}/{total} volume-steps)")
+
+    def _done(self, outcome: Any) -> None:
+        if isinstance(outcome, MrisynthError):
+            self._show_failed()
+            self.report_error(outcome)
+            return
+        self.last_result = outcome
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat(f"done in {outcome.seconds:.1f} s")
+        hidden = self.show_result(outcome)
+        count = len(outcome.synthetic)
+        per_volume = outcome.stages.get("generate", outcome.seconds) / max(count, 1)
+        parts = [
+            f"{count} synthetic volume(s) from {outcome.request.card.ref} in "
+            f"{outcome.seconds:.1f} s ({per_volume:.2f} s per volume) "
+            f"{self.device_note(outcome.device)}."
+        ]
+        if outcome.real is not None:
+            parts.append(f"{outcome.request.compare_name} is shown on the same model grid.")
+        if hidden:
+            parts.append(f"{hidden} other layer(s) hidden for the side-by-side view.")
+        self.status.setText(" ".join(parts))
+
+    def show_result(self, result: SynthesisRun, layer: Any = None) -> int:
+        """Replace the previous run's layers; real first, linked, in grid mode.
+
+        Returns the number of other layers hidden so that the grid shows the comparison.
+        """
+        from napari.experimental import link_layers
+
+        self.clear_run_layers()
+        added = []
+        for data, kwargs, _ in [x for x in (result.real, *result.synthetic) if x is not None]:
+            added.append(self.viewer.add_image(data, **kwargs))
+            added[-1].contrast_limits_range = INTENSITY_RANGE
+            added[-1].contrast_limits = DISPLAY["contrast_limits"]
+        self._run_layers = added
+        if len(added) > 1:
+            link_layers(added, LINKED)
+        hidden = 0
+        for other in self.viewer.layers:
+            if other not in added and other.visible:
+                other.visible = False
+                hidden += 1
+        grid = self.viewer.canvas.grid
+        grid.shape = grid_shape(len(added))
+        grid.stride = 1
+        grid.enabled = True
+        self.viewer.dims.ndisplay = 2
+        first = added[0]
+        for axis, (start, step, size) in enumerate(
+            zip(first.translate, first.scale, first.data.shape, strict=True)
+        ):
+            self.viewer.dims.set_point(axis, start + step * (size - 1) / 2)
+        self.viewer.layers.selection.active = first
+        self.viewer.reset_view()
+        self.refresh_layers()
+        return hidden
+
+    def clear_run_layers(self) -> None:
+        """Unlink and remove the previous run's layers (only those this widget added)."""
+        from napari.experimental import unlink_layers
+
+        present = [layer for layer in self._run_layers if layer in self.viewer.layers]
+        self._run_layers = []
+        if len(present) > 1:
+            unlink_layers(present)
+        for layer in present:
+            self.viewer.layers.remove(layer)
