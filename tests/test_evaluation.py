@@ -19,8 +19,14 @@ from napari_mrisynth.evaluation import (
     load_folder,
 )
 from napari_mrisynth.evaluation import metrics as m
-from napari_mrisynth.evaluation.common_grid import bring_to_common_grid, model_input_spec
+from napari_mrisynth.evaluation.common_grid import (
+    in_model_space,
+    model_input_spec,
+    prepare_for,
+)
 from napari_mrisynth.io.files import save_volume
+from napari_mrisynth.preprocess import ModelGrid, prepare
+from napari_mrisynth.volume import Volume
 
 
 # -- data, built once ------------------------------------------------------------------------
@@ -36,16 +42,21 @@ def raw():
 
 @pytest.fixture(scope="module")
 def real(raw):
-    """The same heads aligned onto the 2 mm model grid, as a generator's outputs lie."""
-    common = bring_to_common_grid(raw)
-    return [common.grid.volume(image, name=f"real-{i}") for i, image in enumerate(common.images)]
+    """The same heads aligned onto the 4 mm model grid, as a 4 mm generator's outputs lie
+    (in model space: features need no registration, image metrics run on 48x56x48)."""
+    spec = model_input_spec(4.0)
+    grid = ModelGrid.from_input_spec(spec)
+    return [
+        grid.volume(prepare(v, spec).image, name=f"real-{i}", space=spec.space)
+        for i, v in enumerate(raw)
+    ]
 
 
 @pytest.fixture(scope="module")
 def blurred(real):
-    """The same heads, blurred (sigma 3 voxels = 6 mm): a clearly different distribution."""
+    """The same heads, blurred (sigma 1.5 voxels = 6 mm): a clearly different distribution."""
     return [
-        v.with_data(ndi.gaussian_filter(np.asarray(v.data, np.float32), 3.0), name=f"blur-{i}")
+        v.with_data(ndi.gaussian_filter(np.asarray(v.data, np.float32), 1.5), name=f"blur-{i}")
         for i, v in enumerate(real)
     ]
 
@@ -244,14 +255,30 @@ def test_medicalnet_weights_load_in_their_format(tmp_path, real):
         FeatureExtractor.medicalnet(path, 18)
 
 
+def test_volumes_in_model_space_are_resampled_without_registration(real):
+    spec = model_input_spec()
+    # a 4 mm head of model space, as a 4 mm generator writes it: no registration
+    prepared = prepare_for(real[0], spec)
+    assert prepared.alignment.method == "identity"
+    assert prepared.image.shape == tuple(spec.shape)
+    on_grid = ModelGrid.from_input_spec(spec).volume(prepared.image)
+    assert prepare_for(on_grid, spec).alignment.method == "identity"
+    outside = Volume(np.asarray(real[0].data), real[0].spacing, real[0].origin + 1.0)
+    assert not in_model_space(outside, spec)
+
+
 # -- folders and the command line --------------------------------------------------------------
 def test_load_folder_names_sorted_files_and_refuses_bad_ones(tmp_path, real):
     for i, volume in enumerate(real[:2]):
         save_volume(volume, tmp_path / "set" / f"b-{i}.nii.gz")
     save_volume(real[2], tmp_path / "set" / "a.mha")
     (tmp_path / "set" / "notes.txt").write_text("ignored")
+    sidecar = {"synthetic": True, "grid": {"space": "mrisynth-head-mni152-2009c"}}
+    (tmp_path / "set" / "b-1.json").write_text(json.dumps(sidecar))
     volumes = load_folder(tmp_path / "set")
     assert [v.metadata["name"] for v in volumes] == ["a", "b-0", "b-1"]
+    assert volumes[2].metadata["space"] == "mrisynth-head-mni152-2009c"
+    assert "space" not in volumes[1].metadata
     (tmp_path / "empty").mkdir()
     with pytest.raises(EvaluationError, match="no volume files"):
         load_folder(tmp_path / "empty")
@@ -260,12 +287,13 @@ def test_load_folder_names_sorted_files_and_refuses_bad_ones(tmp_path, real):
         load_folder(tmp_path / "set")
 
 
-def test_cli_evaluate_aligns_scans_and_writes_the_report(tmp_path, raw, capsys):
+def test_cli_evaluate_aligns_scans_and_writes_the_report(tmp_path, raw, blurred, capsys):
     for i, volume in enumerate(raw[:2]):
         save_volume(volume, tmp_path / "real" / f"r{i}.nii.gz")
-    for i, volume in enumerate(raw[2:]):
-        data = ndi.gaussian_filter(np.asarray(volume.data, np.float32), 1.5)
-        save_volume(volume.with_data(data), tmp_path / "synthetic" / f"s{i}.nii.gz")
+    for i, volume in enumerate(blurred[2:]):  # a generator's outputs and their sidecars
+        save_volume(volume, tmp_path / "synthetic" / f"s{i}.nii.gz")
+        sidecar = {"synthetic": True, "grid": {"space": volume.metadata["space"]}}
+        (tmp_path / "synthetic" / f"s{i}.json").write_text(json.dumps(sidecar))
     out = tmp_path / "evaluation.json"
     args = ["evaluate", "--real", str(tmp_path / "real"), "--synthetic",
             str(tmp_path / "synthetic"), "--metrics", "fid,kid", "--device", "cpu",

@@ -6,7 +6,8 @@ The rule, the same for the image metrics (MS-SSIM, MMD) and the memorization aud
   scans prepared by :func:`~napari_mrisynth.preprocess.prepare` do: use the voxels as they
   are, intensities scaled to [0, 1] by robust percentiles (0.5 and 99.5 over the head);
 * otherwise bring each onto the default 2 mm model grid with ``prepare`` (affine alignment
-  to the template head, resampling, the same percentile scaling).
+  to the template head, resampling, the same percentile scaling); a volume that is already
+  in model space (a generator's output) is resampled without registration.
 
 The brain mask is the reference head's dilated brain mask on that grid
 (:func:`~napari_mrisynth.preprocess.reference_on_grid`) when the grid lies in model space.
@@ -64,6 +65,33 @@ def model_input_spec(spacing: float = MODEL_GRID_SPACING_MM) -> Any:
     return InputSpec(**default_model_grid(spacing).to_input_spec_fields())
 
 
+def _on_grid(volume: Volume, spec: Any) -> bool:
+    from napari_mrisynth.preprocess import ModelGrid
+
+    grid = ModelGrid.from_input_spec(spec)
+    return volume.shape == tuple(grid.shape) and np.allclose(volume.affine, grid.affine, atol=1e-4)
+
+
+def in_model_space(volume: Volume, spec: Any) -> bool:
+    """True for a volume on the spec's grid, or one that says it lies in the spec's space
+    (``metadata["space"]``: a generator's output, whose sidecar names its grid's space)."""
+    return volume.metadata.get("space") == spec.space or _on_grid(volume, spec)
+
+
+def prepare_for(volume: Volume, spec: Any, *, device: Any = None, alignment: Any = None) -> Any:
+    """``prepare(volume, spec)``, skipping the registration when it is known or not needed.
+
+    A volume already in model space (see :func:`in_model_space`) gets the identity
+    alignment: it is only resampled, never registered.
+    """
+    from napari_mrisynth.preprocess import Alignment, prepare
+
+    if alignment is None and in_model_space(volume, spec):
+        alignment = Alignment.identity()
+    name = volume.metadata.get("source") or volume.metadata.get("name")
+    return prepare(volume, spec, device=device, source=name, alignment=alignment)
+
+
 def share_one_grid(volumes: Sequence[Volume]) -> bool:
     """True when every volume has the first one's shape and geometry."""
     return all(v.same_geometry(volumes[0]) for v in volumes[1:])
@@ -96,7 +124,6 @@ def bring_to_common_grid(
     volumes: Sequence[Volume],
     *,
     device: Any = None,
-    names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CommonGrid:
     """Put ``volumes`` on one grid by the rule in this module's docstring.
@@ -104,7 +131,7 @@ def bring_to_common_grid(
     Volumes that share a grid outside model space (the reference brain mask misses it)
     get the bright voxels of their mean image as the mask instead.
     """
-    from napari_mrisynth.preprocess import default_model_grid, prepare, reference_on_grid
+    from napari_mrisynth.preprocess import default_model_grid, reference_on_grid
 
     total = len(volumes)
     if share_one_grid(volumes):
@@ -124,8 +151,7 @@ def bring_to_common_grid(
     for done, volume in enumerate(volumes, 1):
         key = volume_digest(volume)
         if key not in done_before:
-            name = names[done - 1] if names else None
-            prepared = prepare(volume, spec, device=device, source=name)
+            prepared = prepare_for(volume, spec, device=device)
             done_before[key] = (np.clip(prepared.image, 0.0, 1.0), prepared.alignment)
         images.append(done_before[key][0])
         alignments.append(done_before[key][1])

@@ -167,7 +167,7 @@ def evaluate_sets(
     grid_info: dict[str, Any] = {}
     if needs_images:
         clock = time.perf_counter()
-        common = bring_to_common_grid(volumes, device=device, names=names, progress=steps.step)
+        common = bring_to_common_grid(volumes, device=device, progress=steps.step)
         timings["common_grid"] = time.perf_counter() - clock
         grid_info = common.describe()
         if common.method != "as-is":

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.errors import ModelError
-from napari_mrisynth.evaluation.common_grid import volume_digest
+from napari_mrisynth.evaluation.common_grid import prepare_for, volume_digest
 from napari_mrisynth.volume import Volume
 
 #: The bundled models used when none is named.
@@ -32,26 +32,6 @@ DEFAULT_IS_CLASSIFIER = "cls-bvftd-demo"
 MEDICALNET_DEPTHS = (10, 18, 34, 50)
 
 Progress = Callable[[int, int], None]
-
-
-def _on_grid(volume: Volume, spec: Any) -> bool:
-    from napari_mrisynth.preprocess import ModelGrid
-
-    grid = ModelGrid.from_input_spec(spec)
-    return volume.shape == tuple(grid.shape) and np.allclose(volume.affine, grid.affine, atol=1e-4)
-
-
-def prepare_for(volume: Volume, spec: Any, *, device: Any = None, alignment: Any = None) -> Any:
-    """``prepare(volume, spec)``, skipping the registration when it is known or not needed.
-
-    A volume already on the spec's grid (a generator's output) gets the identity alignment.
-    """
-    from napari_mrisynth.preprocess import Alignment, prepare
-
-    if alignment is None and _on_grid(volume, spec):
-        alignment = Alignment.identity()
-    name = volume.metadata.get("source") or volume.metadata.get("name")
-    return prepare(volume, spec, device=device, source=name, alignment=alignment)
 
 
 class FeatureExtractor:
@@ -114,8 +94,7 @@ class FeatureExtractor:
             "layers": "every encoder level, global average pooled, concatenated",
             "grid": {"spacing_mm": list(card.input.spacing), "shape": list(card.input.shape)},
         }
-        extractor = cls(network, card.input, encode, info, loaded.device)
-        return extractor
+        return cls(network, card.input, encode, info, loaded.device)
 
     @classmethod
     def medicalnet(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from napari_mrisynth.errors import MrisynthError, VolumeFileError
 from napari_mrisynth.volume import Volume
@@ -34,7 +36,9 @@ def volume_files(path: str | Path) -> list[Path]:
 def load_folder(path: str | Path) -> list[Volume]:
     """Every ``*.nii.gz``, ``*.nii``, ``*.mha`` and ``*.nrrd`` in a folder, sorted by name.
 
-    Each volume's ``metadata["name"]`` is its file name without the suffix.
+    Each volume's ``metadata["name"]`` is its file name without the suffix. A JSON sidecar
+    of the same name written by ``mrisynth generate`` (its ``grid.space``) marks the volume
+    as lying in model space, so it is resampled without registration.
 
     Raises
     ------
@@ -56,5 +60,23 @@ def load_folder(path: str | Path) -> list[Volume]:
         if volume.data.size == 0:
             raise VolumeFileError(file, "holds no voxels")
         volume.metadata["name"] = _stem(file)
+        volume.metadata.update(_sidecar_facts(file.with_name(f"{_stem(file)}.json")))
         volumes.append(volume)
     return volumes
+
+
+def _sidecar_facts(path: Path) -> dict[str, Any]:
+    """``space`` and ``synthetic`` from a generator's provenance sidecar, if there is one."""
+    if not path.is_file():
+        return {}
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"{path}: unreadable JSON sidecar ({exc})") from exc
+    facts: dict[str, Any] = {}
+    grid = sidecar.get("grid") if isinstance(sidecar, dict) else None
+    if isinstance(grid, dict) and isinstance(grid.get("space"), str):
+        facts["space"] = grid["space"]
+    if isinstance(sidecar, dict) and sidecar.get("synthetic") is True:
+        facts["synthetic"] = True
+    return facts

@@ -114,7 +114,7 @@ def audit_memorization(
         )
     volumes = train + synthetic
     names = [volume_name(v, i) for i, v in enumerate(volumes)]
-    common = bring_to_common_grid(volumes, device=device, names=names, progress=progress)
+    common = bring_to_common_grid(volumes, device=device, progress=progress)
     rows = standardised_in_mask(common.images, common.brain_mask.astype(bool))
     n_train = len(train)
     train_rows, syn_rows = rows[:n_train], rows[n_train:]
