@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QLabel
 
 import generator_fixtures
 from napari_mrisynth._widgets._synthesize_widget import (
@@ -137,6 +138,8 @@ def test_generators_are_listed_with_family_ref_and_fid(viewer, generators):
     assert "Untrained" in widget.card_info.text()
     assert widget.device.itemText(0) == "auto" and widget.device.findText("cpu") >= 0
     assert widget.image.itemText(0) == "none" and widget.image.count() == 1
+    shown = {label.text() for label in widget.findChildren(QLabel) if not label.isHidden()}
+    assert "Compare with" in shown and "Image" not in shown
     # latent diffusion: DDIM steps and guidance, defaults from the card
     _choose_model(widget, cards["ldm"].ref)
     assert widget.steps.isEnabled() and widget.steps.value() == 5

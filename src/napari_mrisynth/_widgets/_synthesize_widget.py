@@ -232,8 +232,9 @@ class SynthesizeWidget(ModelWidget):
     # -- the form ----------------------------------------------------------------------------
     def build_controls(self) -> None:
         # the inherited "Image" row becomes "Compare with", below the generation options
-        taken = self.form.takeRow(0)
-        taken.labelItem.widget().deleteLater()
+        label = self.form.takeRow(0).labelItem.widget()
+        label.hide()  # out of the layout but still a child until deleted
+        label.deleteLater()
         self.condition = QComboBox()
         self.condition.addItems(list(CONDITIONS))
         self.age = QSpinBox()
@@ -443,14 +444,18 @@ class SynthesizeWidget(ModelWidget):
         self.progress.setFormat(f"done in {outcome.seconds:.1f} s")
         hidden = self.show_result(outcome)
         count = len(outcome.synthetic)
-        per_volume = outcome.stages.get("generate", outcome.seconds) / max(count, 1)
+        # sampling time per volume, as recorded in each volume's provenance
+        per_volume = sum(p["seconds"] for p in outcome.provenance) / max(count, 1)
         parts = [
             f"{count} synthetic volume(s) from {outcome.request.card.ref} in "
             f"{outcome.seconds:.1f} s ({per_volume:.2f} s per volume) "
             f"{self.device_note(outcome.device)}."
         ]
         if outcome.real is not None:
-            parts.append(f"{outcome.request.compare_name} is shown on the same model grid.")
+            parts.append(
+                f"{outcome.request.compare_name} is shown on the same model grid (aligned, "
+                f"resampled and normalised in {outcome.stages.get('prepare', 0.0):.1f} s)."
+            )
         if hidden:
             parts.append(f"{hidden} other layer(s) hidden for the side-by-side view.")
         self.status.setText(" ".join(parts))
