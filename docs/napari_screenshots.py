@@ -3,6 +3,11 @@
 Usage (from the repository root)::
 
     xvfb-run -a -s "-screen 0 1400x1000x24" python docs/napari_screenshots.py
+    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/napari_screenshots.py synthesize
+
+Name views (sample, browser, models, synthesize) to regenerate only those. The Synthesize
+view uses the generator ``ldm-bvftd-demo`` when the registry has it (point
+``MRISYNTH_MODEL_PATH`` at its folder), else the best-ranked generator found.
 """
 
 from __future__ import annotations
@@ -98,42 +103,94 @@ def model_views(viewer, qapp, scan: Path) -> None:
     _save(viewer, "napari_classify.png")
 
 
-def main() -> int:
+#: Generator shown in the Synthesize screenshot when the registry has it.
+SYNTHESIZE_MODEL = "ldm-bvftd-demo"
+
+
+def synthesize_views(viewer, qapp) -> None:
+    """Synthesize dock: three synthetic bvFTD volumes beside a simulated subject, grid mode."""
+    from qtpy.QtCore import Qt
+
+    from napari_mrisynth._widgets._layer_data import image_layer_data
+    from napari_mrisynth.cohort import simulate_subject
+    from napari_mrisynth.synthesis.generate import rank_generators
+
+    ranked = [card for card, _ in rank_generators("fid")]
+    if not ranked:
+        print("no generator in the registry: Synthesize screenshot skipped")
+        return
+    card = next((c for c in ranked if c.id == SYNTHESIZE_MODEL), ranked[0])
+    subject = simulate_subject("sub-compare", "bvFTD", 20261129, 2.0, severity=0.9)
+    data, kwargs, _ = image_layer_data(subject.t1, name="simulated bvFTD T1")
+    viewer.add_image(data, **kwargs)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Synthesize")
+    viewer.window._qt_window.resizeDocks([dock], [430], Qt.Orientation.Horizontal)
+    widget.threaded = False
+    refs = [widget.model.itemData(i).ref for i in range(widget.model.count())]
+    widget.model.setCurrentIndex(refs.index(card.ref))
+    widget.image.setCurrentIndex(widget.image.findText("simulated bvFTD T1"))
+    widget.n.setValue(3)
+    widget.seed.setValue(7)
+    widget.run()
+    print("synthesize:", widget.status.text())
+    _settle(viewer, qapp)
+    _save(viewer, "napari_synthesize.png")
+
+
+#: Views main() can regenerate, in order.
+VIEWS = ("sample", "browser", "models", "synthesize")
+
+
+def main(views: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
     sys.path.insert(0, str(ROOT / "tests"))
     import dicom_corpus
 
+    views = views or list(VIEWS)
+    unknown = sorted(set(views) - set(VIEWS))
+    if unknown:
+        print(f"unknown view(s) {', '.join(unknown)}: choose from {', '.join(VIEWS)}")
+        return 2
     IMAGES.mkdir(parents=True, exist_ok=True)
+
+    def fresh_viewer():
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(1400, 960)
+        return viewer
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        corpus = dicom_corpus.build_corpus(tmp / "corpus")
-        folder = tmp / "export"
-        for name in ("axial", "sagittal", "oblique", "gap", "tilt"):
-            shutil.copytree(corpus[name].folder, folder / name)
-        (folder / "notes.txt").write_text("not an image\n")
-        viewer = napari.Viewer(show=True)
-        viewer.window.resize(1400, 960)
-        qapp = QApplication.instance()
-        sample_views(viewer, qapp)
-        viewer.close()
-        viewer = napari.Viewer(show=True)
-        viewer.window.resize(1400, 960)
-        browser_view(viewer, qapp, folder)
-        viewer.close()
-        from napari_mrisynth.cohort import simulate_subject
-        from napari_mrisynth.io.dicom_write import write_dicom_series
+        if "sample" in views:
+            viewer = fresh_viewer()
+            sample_views(viewer, QApplication.instance())
+            viewer.close()
+        if "browser" in views:
+            corpus = dicom_corpus.build_corpus(tmp / "corpus")
+            folder = tmp / "export"
+            for name in ("axial", "sagittal", "oblique", "gap", "tilt"):
+                shutil.copytree(corpus[name].folder, folder / name)
+            (folder / "notes.txt").write_text("not an image\n")
+            viewer = fresh_viewer()
+            browser_view(viewer, QApplication.instance(), folder)
+            viewer.close()
+        if "models" in views:
+            from napari_mrisynth.cohort import simulate_subject
+            from napari_mrisynth.io.dicom_write import write_dicom_series
 
-        subject = simulate_subject("sub-demo", "bvFTD", 20261123, 1.0, severity=0.9)
-        scan = tmp / "sub-demo-dicom"
-        write_dicom_series(subject.t1, scan, description="SIMULATED T1 MPRAGE", series_number=2)
-        viewer = napari.Viewer(show=True)
-        viewer.window.resize(1400, 960)
-        model_views(viewer, qapp, scan)
-        viewer.close()
+            subject = simulate_subject("sub-demo", "bvFTD", 20261123, 1.0, severity=0.9)
+            scan = tmp / "sub-demo-dicom"
+            write_dicom_series(subject.t1, scan, description="SIMULATED T1 MPRAGE", series_number=2)
+            viewer = fresh_viewer()
+            model_views(viewer, QApplication.instance(), scan)
+            viewer.close()
+        if "synthesize" in views:
+            viewer = fresh_viewer()
+            synthesize_views(viewer, QApplication.instance())
+            viewer.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
