@@ -69,8 +69,9 @@ def test_copies_are_flagged_and_a_new_subject_is_not(audit):
 def test_threshold_comes_from_the_training_sets_own_neighbours(audit, train):
     report, calls = audit
     assert len(report.real_nn) == len(train)
-    values = [row["similarity"] for row in report.real_nn]
-    assert all(row["nearest"] != row["train"] for row in report.real_nn)
+    values = report.real_nn
+    assert [row["similarity"] for row in report.real_nn_pairs] == values
+    assert all(row["nearest"] != row["train"] for row in report.real_nn_pairs)
     assert report.threshold == pytest.approx((1.0 + max(values)) / 2.0)
     assert "half the smallest" in report.rule
     # one template: different simulated heads correlate highly, yet well below a copy
@@ -89,6 +90,8 @@ def test_an_explicit_threshold_and_volumes_on_one_grid(train, synthetic):
     assert report.common_grid["method"] == "as-is"
     assert [e["flagged"] for e in report.entries] == [True, True, True, False]
     assert report.rule == "given" and report.threshold == 0.999
+    single = audit_memorization(on_grid[:1], on_grid[3:], threshold=0.95).to_json()
+    assert single["n_train"] == 1 and single["real_nn"] == [] and single["flagged"] == 0
     with pytest.raises(EvaluationError, match="two training volumes"):
         audit_memorization(on_grid[:1], on_grid[3:])
 
@@ -109,7 +112,7 @@ def test_cli_audit_prints_the_table_and_writes_json(tmp_path, train, synthetic, 
     assert entries["copy-of-0"]["flagged"] and entries["copy-of-0"]["nearest"] == "train-0"
     assert not entries["new-subject"]["flagged"]
     assert data["threshold"] < entries["copy-of-0"]["similarity"]
-    assert len(data["real_nn"]) == 3
+    assert len(data["real_nn"]) == len(data["real_nn_pairs"]) == 3
 
     (tmp_path / "synthetic" / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")
     assert main(args) == 1

@@ -250,7 +250,7 @@ def audit_table(report: Any) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]  # fmt: skip
-    values = [row["similarity"] for row in report.real_nn]
+    values = report.real_nn
     if values:
         lines.append(
             f"training set nearest-neighbour similarity: min {min(values):.4f}, "

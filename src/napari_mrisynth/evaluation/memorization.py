@@ -35,9 +35,13 @@ class AuditReport:
 
     entries: list[dict[str, Any]]
     threshold: float
-    real_nn: list[dict[str, Any]]
+    real_nn: list[float]
     rule: str
     common_grid: dict[str, Any] = field(default_factory=dict)
+    #: Per training volume: ``train``, its nearest other training volume ``nearest``, and
+    #: ``similarity`` (the values of ``real_nn``, in the same order).
+    real_nn_pairs: list[dict[str, Any]] = field(default_factory=list)
+    n_train: int = 0
 
     @property
     def flagged(self) -> list[dict[str, Any]]:
@@ -47,14 +51,15 @@ class AuditReport:
         return f"{len(self.flagged)} of {len(self.entries)} flagged"
 
     def to_json(self) -> dict[str, Any]:
-        values = [row["similarity"] for row in self.real_nn]
+        values = list(self.real_nn)
         return {
             "kind": "memorization-audit",
             "similarity": "Pearson correlation inside the reference brain mask (dilated)",
             "threshold": self.threshold,
             "rule": self.rule,
             "entries": [dict(entry) for entry in self.entries],
-            "real_nn": [dict(row) for row in self.real_nn],
+            "real_nn": values,
+            "real_nn_pairs": [dict(row) for row in self.real_nn_pairs],
             "real_nn_summary": {
                 "min": min(values) if values else None,
                 "median": float(np.median(values)) if values else None,
@@ -62,7 +67,7 @@ class AuditReport:
             },
             "flagged": len(self.flagged),
             "n_synthetic": len(self.entries),
-            "n_train": len(self.real_nn),
+            "n_train": self.n_train,
             "common_grid": dict(self.common_grid),
         }
 
@@ -100,7 +105,9 @@ def audit_memorization(
     -------
     AuditReport
         ``entries``: ``synthetic``, ``nearest``, ``similarity``, ``flagged`` and ``margin``
-        (similarity minus threshold: positive when flagged).
+        (similarity minus threshold: positive when flagged); ``real_nn``: each training
+        volume's similarity to its nearest other training volume (names in
+        ``real_nn_pairs``).
     """
     from napari_mrisynth.evaluation.common_grid import bring_to_common_grid
 
@@ -121,17 +128,17 @@ def audit_memorization(
     n_train = len(train)
     train_rows, syn_rows = rows[:n_train], rows[n_train:]
 
-    real_nn = []
+    pairs = []
     if n_train >= 2:
         within = train_rows @ train_rows.T
         np.fill_diagonal(within, -np.inf)
         for i, row in enumerate(within):
             j = int(np.argmax(row))
-            real_nn.append({"train": names[i], "nearest": names[j],
+            pairs.append({"train": names[i], "nearest": names[j],
                             "similarity": min(float(row[j]), 1.0)})  # fmt: skip
     rule = "given"
     if threshold is None:
-        r_max = max(row["similarity"] for row in real_nn)
+        r_max = max(row["similarity"] for row in pairs)
         threshold = (1.0 + r_max) / 2.0
         rule = THRESHOLD_RULE
     threshold = float(threshold)
@@ -150,4 +157,5 @@ def audit_memorization(
                 "margin": similarity - threshold,
             }
         )
-    return AuditReport(entries, threshold, real_nn, rule, common.describe())
+    real_nn = [row["similarity"] for row in pairs]
+    return AuditReport(entries, threshold, real_nn, rule, common.describe(), pairs, n_train)
