@@ -9,6 +9,7 @@ they are marked ``gui``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ from napari_mrisynth.synthesis.conditions import ConditionError
 PLUGIN = "napari-mrisynth"
 SYNTHESIZE = "Synthesize"
 CONDITIONED = ("diagnosis", "age", "sex")
+GENERATE_MODULE = "napari_mrisynth.synthesis.generate"
 
 
 # -- without a viewer -----------------------------------------------------------------------
@@ -322,7 +324,7 @@ def test_bad_input_gives_clear_errors_and_keeps_every_layer(
     broken.mkdir(parents=True)
     data = json.loads(card_file.read_text())
     data["id"] = "tiny-vae-broken"
-    data["architecture"]["args"]["channels"] = [16, 16, 16]
+    data["architecture"]["args"]["channels"] = [6, 6, 6]
     (broken / "card.json").write_text(json.dumps(data))
     for weights in Path(cards["vae"].path).glob("*.safetensors"):
         (broken / weights.name).write_bytes(weights.read_bytes())
@@ -330,6 +332,15 @@ def test_bad_input_gives_clear_errors_and_keeps_every_layer(
     widget.refresh_models()
     _choose_model(widget, "tiny-vae-broken@1.0.0")
     _run_expecting(viewer, widget, ModelError, "tiny-vae-broken")
+
+    # an error inside generation (e.g. the GPU runs out of memory)
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    _choose_model(widget, cards["ldm"].ref)
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.import_module(GENERATE_MODULE), "generate", out_of_memory)
+        _run_expecting(viewer, widget, ModelError, "tiny-ldm@1.0.0", "out of memory")
 
     # no generator at all
     monkeypatch.setenv("MRISYNTH_MODEL_PATH", str(tmp_path / "empty"))

@@ -186,7 +186,17 @@ def synthesize(
             progress(done, total, "sample")
 
     clock = time.perf_counter()
-    synthetics = generate(request.card, request.n, progress=sampled, **request.generate_kwargs())
+    ref = request.card.ref
+    try:
+        synthetics = generate(
+            request.card, request.n, progress=sampled, **request.generate_kwargs()
+        )
+    except ModelError as exc:
+        if request.card.id in str(exc):
+            raise
+        raise ModelError(f"{ref}: {exc}") from exc
+    except RuntimeError as exc:  # torch's own: out of memory, a device gone away
+        raise ModelError(f"{ref}: generation failed on {request.device}: {exc}") from exc
     stages["generate"] = time.perf_counter() - clock
     layers = [
         _comparison_layer_data(s.volume, synthetic_name(s.provenance), {"provenance": s.provenance})
