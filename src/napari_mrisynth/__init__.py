@@ -26,7 +26,7 @@ __all__ = [
 def __getattr__(name: str):
     # ``from napari_mrisynth import generate`` without importing torch at package import.
     if name == "generate":
-        from napari_mrisynth.synthesis.generate import generate
+        from napari_mrisynth.synthesis import generate
 
         return generate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,15 @@ from typing import Any
 
 from napari_mrisynth.synthesis.conditions import Condition, ConditionError
 
+# The function shadows its module's name in the package (``synthesis.generate`` is the
+# function); generate.py imports torch only when it runs.
+from napari_mrisynth.synthesis.generate import (
+    Synthetic,
+    generate,
+    list_generators,
+    rank_generators,
+)
+
 __all__ = [
     "Condition",
     "ConditionError",
@@ -21,18 +30,10 @@ __all__ = [
     "train_generator",
 ]
 
-_LAZY = {
-    "generate": "napari_mrisynth.synthesis.generate",
-    "Synthetic": "napari_mrisynth.synthesis.generate",
-    "list_generators": "napari_mrisynth.synthesis.generate",
-    "rank_generators": "napari_mrisynth.synthesis.generate",
-    "train_generator": "napari_mrisynth.synthesis.train",
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    if name == "train_generator":  # Lightning and MLflow: the train extra
+        from napari_mrisynth.synthesis.train import train_generator
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return train_generator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
