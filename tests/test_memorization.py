@@ -11,8 +11,9 @@ import pytest
 from napari_mrisynth.cli import main
 from napari_mrisynth.cohort.simulate import simulate_subject
 from napari_mrisynth.evaluation import EvaluationError, audit_memorization
-from napari_mrisynth.evaluation.common_grid import bring_to_common_grid
+from napari_mrisynth.evaluation.common_grid import model_input_spec
 from napari_mrisynth.io.files import save_volume
+from napari_mrisynth.preprocess import Alignment, ModelGrid, prepare
 
 
 def _subject(seed: int, name: str):
@@ -84,8 +85,13 @@ def test_threshold_comes_from_the_training_sets_own_neighbours(audit, train):
 
 
 def test_an_explicit_threshold_and_volumes_on_one_grid(train, synthetic):
-    common = bring_to_common_grid(train[:3] + synthetic[3:])
-    on_grid = [common.grid.volume(image, name=f"v{i}") for i, image in enumerate(common.images)]
+    # resampled onto the model grid without registration (fast; poses left as they are)
+    spec = model_input_spec()
+    grid = ModelGrid.from_input_spec(spec)
+    on_grid = [
+        grid.volume(prepare(v, spec, alignment=Alignment.identity()).image, name=f"v{i}")
+        for i, v in enumerate(train[:3] + synthetic[3:])
+    ]
     report = audit_memorization(on_grid[:3], on_grid[:3] + on_grid[3:], threshold=0.999)
     assert report.common_grid["method"] == "as-is"
     assert [e["flagged"] for e in report.entries] == [True, True, True, False]
