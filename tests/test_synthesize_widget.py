@@ -14,10 +14,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel
 
 import generator_fixtures
@@ -263,10 +265,17 @@ def test_generate_in_a_worker_thread_beside_the_sample(viewer, generators, qtbot
     widget.n.setValue(3)
     stages = []
     widget._relay.progressed.connect(lambda done, total, stage: stages.append(stage))
+    # the GUI thread keeps serving its event loop while the worker prepares and samples
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
     worker = widget.run()
     assert worker is not None and not widget.run_button.isEnabled()
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
+    timer.stop()
+    assert len(ticks) >= 5, ticks
     qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=5_000)
     assert widget.last_error is None, widget.status.text()
     assert stages[0] == "prepare" and stages[-1] == "sample"
