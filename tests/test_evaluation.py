@@ -263,6 +263,9 @@ def test_volumes_in_model_space_are_resampled_without_registration(real):
     assert prepared.image.shape == tuple(spec.shape)
     on_grid = ModelGrid.from_input_spec(spec).volume(prepared.image)
     assert prepare_for(on_grid, spec).alignment.method == "identity"
+    # on the default model grid of its own voxel size, metadata or not
+    bare = Volume(np.asarray(real[0].data), real[0].spacing, real[0].origin)
+    assert in_model_space(bare, spec)
     outside = Volume(np.asarray(real[0].data), real[0].spacing, real[0].origin + 1.0)
     assert not in_model_space(outside, spec)
 

@@ -73,9 +73,19 @@ def _on_grid(volume: Volume, spec: Any) -> bool:
 
 
 def in_model_space(volume: Volume, spec: Any) -> bool:
-    """True for a volume on the spec's grid, or one that says it lies in the spec's space
-    (``metadata["space"]``: a generator's output, whose sidecar names its grid's space)."""
-    return volume.metadata.get("space") == spec.space or _on_grid(volume, spec)
+    """True for a volume already in the model space of ``spec``: on the spec's grid, on the
+    default model grid of its own voxel size (a generator's grid), or saying so in
+    ``metadata["space"]`` (set from a generator's sidecar)."""
+    from napari_mrisynth.models.card import InputSpec
+    from napari_mrisynth.preprocess import default_model_grid
+
+    if volume.metadata.get("space") == spec.space or _on_grid(volume, spec):
+        return True
+    spacing = volume.spacing
+    if not np.allclose(spacing, spacing[0]) or spec.space != InputSpec.space:
+        return False
+    own = InputSpec(**default_model_grid(float(spacing[0])).to_input_spec_fields())
+    return _on_grid(volume, own)
 
 
 def prepare_for(volume: Volume, spec: Any, *, device: Any = None, alignment: Any = None) -> Any:
