@@ -245,6 +245,10 @@ def evaluate_sets(
 
     if "ms_ssim" in wanted:
         clock = time.perf_counter()
+        try:
+            settings = m.ms_ssim_settings(images_syn[0].shape)
+        except ValueError as exc:
+            raise EvaluationError(f"{exc}; leave ms_ssim out of the metrics") from exc
         pairs_syn = m.random_pairs(n_syn, MAX_MS_SSIM_PAIRS, seed)
         value = float(np.mean(m.ms_ssim_pairs(images_syn, pairs_syn)))
         floor = None
@@ -252,7 +256,6 @@ def evaluate_sets(
             pairs_real = m.random_pairs(n_real, MAX_MS_SSIM_PAIRS, seed)
             floor = float(np.mean(m.ms_ssim_pairs(images_real, pairs_real)))
         timings["ms_ssim"] = time.perf_counter() - clock
-        settings = m.ms_ssim_settings(images_syn[0].shape)
         results["ms_ssim"] = _entry(
             "ms_ssim", value, floor, floor_reason, pairs=len(pairs_syn), **settings
         )
