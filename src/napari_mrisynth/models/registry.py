@@ -47,7 +47,9 @@ ENV_VAR = "MRISYNTH_MODEL_PATH"
 DATA_DIR_ENV_VAR = "MRISYNTH_DATA_DIR"
 
 #: The metric that ranks models of each task when none is named.
-KEY_METRICS = {"segmentation": "dice_mean", "classification": "auc"}
+KEY_METRICS = {"segmentation": "dice_mean", "classification": "auc", "generation": "fid"}
+#: Key metrics where lower is better.
+LOWER_IS_BETTER = frozenset({"fid", "kid", "mmd"})
 
 #: safetensors refuses headers larger than this; so do we, before reading them.
 _MAX_HEADER_BYTES = 100_000_000
@@ -268,8 +270,9 @@ def find_model(ref: str, *, task: str | None = None, roots: RootsArg = None) -> 
 def default_model(task: str, *, roots: RootsArg = None) -> ModelCard:
     """The model to use for a task when none is named.
 
-    A card whose ``training.default`` is true wins; among equals, the highest test key
-    metric (``dice_mean`` for segmentation, ``auc`` for classification), then the newest
+    A card whose ``training.default`` is true wins; among equals, the best test key
+    metric (highest ``dice_mean`` for segmentation and ``auc`` for classification, lowest
+    ``fid`` for generation), then the newest
     version, then the earlier root. All roots count, ``$MRISYNTH_MODEL_PATH`` included: a
     folder put there is one the user chose.
     """
@@ -284,8 +287,11 @@ def default_model(task: str, *, roots: RootsArg = None) -> ModelCard:
         )
     key_metric = KEY_METRICS.get(task, "")
 
+    sign = -1.0 if key_metric in LOWER_IS_BETTER else 1.0
+
     def preference(card: ModelCard) -> tuple:
         metric = card.metric(key_metric) if key_metric else None
+        metric = None if metric is None else sign * metric
         return (
             card.training.get("default") is True,
             metric is not None,

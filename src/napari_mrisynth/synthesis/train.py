@@ -28,10 +28,13 @@ from napari_mrisynth.synthesis.conditions import CONDITION_NAMES, Condition, enc
 
 FAMILIES = ("vae", "gan", "ldm")
 ARCHITECTURE_NAMES = {"vae": "ConditionalVAE", "gan": "ConditionalGAN", "ldm": "LatentDiffusion"}
-TITLES = {
-    "vae": "conditional VAE (MONAI AutoencoderKL encoder/decoder)",
-    "gan": "conditional GAN (AutoencoderKL-style decoder, PatchDiscriminator, DiffAugment, R1)",
-    "ldm": "latent diffusion (AutoencoderKL + DiffusionModelUNet, DDIM)",
+TITLES = {"vae": "conditional VAE", "gan": "conditional GAN", "ldm": "latent diffusion"}
+DETAILS = {
+    "vae": "MONAI AutoencoderKL encoder and decoder, both seeing the condition",
+    "gan": "AutoencoderKL-style decoder generator and PatchDiscriminator critic, hinge loss, "
+    "DiffAugment, R1 penalty, generator EMA",
+    "ldm": "AutoencoderKL (stage 1) and DiffusionModelUNet (stage 2), DDIM sampling, "
+    "classifier-free guidance",
 }
 #: Classes a generator can be asked for (the card's labels).
 CLASSES = (LabelSpec(0, "control", (60, 160, 230)), LabelSpec(1, "bvFTD", (220, 20, 10)))
@@ -347,9 +350,10 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         id=model_id,
         version=opts.version,
         task="generation",
-        title=f"{TITLES[family]}, bvFTD/control T1 at {opts.spacing:g} mm",
+        title=f"{TITLES[family]}, bvFTD/control T1, {opts.spacing:g} mm",
         description=(
-            f"{TITLES[family]} conditioned on {', '.join(opts.conditions)}, trained with "
+            f"{TITLES[family].capitalize()} ({DETAILS[family]}) conditioned on "
+            f"{', '.join(opts.conditions)}, trained with "
             f"napari-mrisynth on {len(splits['train'])} {'simulated ' if simulated else ''}"
             f"subjects of {data.name} at {spec.spacing[0]:g} mm (grid {tuple(spec.shape)}); "
             f"{len(splits['test'])} held-out subjects are the real set its metrics use."
