@@ -7,7 +7,8 @@ Usage (from the repository root)::
 
 Name views (sample, browser, models, synthesize) to regenerate only those. The Synthesize
 view uses the generator ``ldm-bvftd-demo`` when the registry has it (point
-``MRISYNTH_MODEL_PATH`` at its folder), else the best-ranked generator found.
+``MRISYNTH_MODEL_PATH`` at its folder), else the best-ranked latent diffusion model, else
+the best-ranked generator found.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def synthesize_views(viewer, qapp) -> None:
     if not ranked:
         print("no generator in the registry: Synthesize screenshot skipped")
         return
-    card = next((c for c in ranked if c.id == SYNTHESIZE_MODEL), ranked[0])
+    ldm = [c for c in ranked if c.inference.get("family") == "ldm"]
+    card = next((c for c in ranked if c.id == SYNTHESIZE_MODEL), (ldm or ranked)[0])
     subject = simulate_subject("sub-compare", "bvFTD", 20261129, 2.0, severity=0.9)
     data, kwargs, _ = image_layer_data(subject.t1, name="simulated bvFTD T1")
     viewer.add_image(data, **kwargs)

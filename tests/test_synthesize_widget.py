@@ -146,10 +146,11 @@ def test_generators_are_listed_with_family_ref_and_fid(viewer, generators):
     assert "Compare with" in shown and "Image" not in shown
     # latent diffusion: DDIM steps and guidance, defaults from the card
     _choose_model(widget, cards["ldm"].ref)
-    assert widget.steps.isEnabled() and widget.steps.value() == 5
-    assert widget.guidance.isEnabled() and widget.guidance.value() == 1.0
+    for spin, default in ((widget.steps, 5), (widget.guidance, 1.0)):
+        assert spin.isEnabled() and not spin.isHidden() and spin.value() == default
     _choose_model(widget, cards["vae"].ref)
-    assert not widget.steps.isEnabled() and not widget.guidance.isEnabled()
+    assert widget.steps.isHidden() and widget.guidance.isHidden()
+    assert widget.request().steps is None and widget.request().guidance is None
 
 
 @pytest.mark.gui

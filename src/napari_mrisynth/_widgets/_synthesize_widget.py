@@ -347,8 +347,9 @@ class SynthesizeWidget(ModelWidget):
                 else:
                     self.sex.setCurrentText(NO_SEX)
         ldm = card is not None and card.inference.get("family") == "ldm"
-        self.steps.setEnabled(ldm)
-        self.guidance.setEnabled(ldm)
+        for widget in (self.steps, self.guidance):  # latent diffusion only
+            widget.setEnabled(ldm)
+            self.form.setRowVisible(widget, ldm)
         if ldm:
             self.steps.setValue(int(card.inference.get("steps", 50)))
             self.guidance.setValue(float(card.inference.get("guidance", 1.0)))
