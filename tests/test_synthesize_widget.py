@@ -132,9 +132,9 @@ def _assert_on_grid(layer, card):
 
 # -- the model list -------------------------------------------------------------------------
 @pytest.mark.gui
-def test_generators_are_listed_with_family_ref_and_fid(viewer, generators):
-    _, cards = generators
-    widget = _dock(viewer)
+def test_generators_are_listed_with_family_ref_and_fid(viewer, generators, tmp_path, monkeypatch):
+    root, cards = generators
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, SYNTHESIZE)
     labels = [widget.model.itemText(i) for i in range(widget.model.count())]
     assert labels[0] == "LDM · tiny-ldm@1.0.0 · FID 0.123"  # the only one with a FID: first
     assert sorted(labels[1:]) == ["GAN · tiny-gan-aged@1.0.0", "VAE · tiny-vae@1.0.0"]
@@ -151,6 +151,13 @@ def test_generators_are_listed_with_family_ref_and_fid(viewer, generators):
     _choose_model(widget, cards["vae"].ref)
     assert widget.steps.isHidden() and widget.guidance.isHidden()
     assert widget.request().steps is None and widget.request().guidance is None
+    # a generator saved while the dock is open is listed when the dock is shown again
+    late = generator_fixtures.make_tiny_generator(tmp_path, "vae", model_id="tiny-vae-late")
+    monkeypatch.setenv("MRISYNTH_MODEL_PATH", os.pathsep.join([str(root), str(tmp_path)]))
+    dock.hide()
+    dock.show()
+    assert widget.model.findText(f"VAE · {late.ref}") >= 0
+    assert widget.model.currentData().ref == cards["vae"].ref  # the choice is kept
 
 
 @pytest.mark.gui
