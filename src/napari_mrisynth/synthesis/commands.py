@@ -135,6 +135,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--batch-size", type=int, help="volumes per forward pass")
     add("--steps", type=int, help="DDIM steps (latent diffusion; default: the card's)")
     add("--guidance", type=float, help="classifier-free guidance scale (latent diffusion)")
+    add(
+        "--precision",
+        choices=("32", "bf16", "16"),
+        default="32",
+        help="float32 (default, exact) or bfloat16/float16 autocast (GPU throughput)",
+    )
     add("--json", action="store_true", help="print the provenance records as JSON")
     add("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(func=run_generate)
@@ -169,6 +175,7 @@ def run_generate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             steps=args.steps,
             guidance=args.guidance,
+            precision=args.precision,
             progress=progress if bar is not None else None,
         )
     except ValueError as exc:
