@@ -148,6 +148,9 @@ def test_generators_are_listed_with_family_ref_and_fid(viewer, generators, tmp_p
     _choose_model(widget, cards["ldm"].ref)
     for spin, default in ((widget.steps, 5), (widget.guidance, 1.0)):
         assert spin.isEnabled() and not spin.isHidden() and spin.value() == default
+    widget.steps.setValue(12)
+    widget.refresh_models()  # the same model again: the user's steps stay
+    assert widget.steps.value() == 12
     _choose_model(widget, cards["vae"].ref)
     assert widget.steps.isHidden() and widget.guidance.isHidden()
     assert widget.request().steps is None and widget.request().guidance is None

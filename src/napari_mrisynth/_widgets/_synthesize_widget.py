@@ -49,6 +49,11 @@ NO_AGE = 17
 NO_SEX = "not given"
 MAX_N = 16
 
+NO_GENERATOR = (
+    "No generator found: train one (mrisynth train ldm|gan|vae) or point "
+    "MRISYNTH_MODEL_PATH at a folder of models, then press ↻."
+)
+
 _FAMILY_NAMES = {"vae": "VAE", "gan": "GAN", "ldm": "LDM"}
 
 
@@ -234,6 +239,7 @@ class SynthesizeWidget(ModelWidget):
 
     def __init__(self, napari_viewer: napari.Viewer):
         self._run_layers: list[Any] = []
+        self._card_ref: str | None = None  # whose sampler defaults the form holds
         super().__init__(napari_viewer)
         self.image.setToolTip(
             "A real 3D T1 scan to show beside the synthetic volumes, on the same model grid"
@@ -287,7 +293,7 @@ class SynthesizeWidget(ModelWidget):
         self.refresh_models()
 
     def refresh_layers(self, event: Any = None) -> None:
-        """Offer "none" and every 3D-capable image layer that is not this widget's output."""
+        """Offer "none" and every image layer that is not this widget's output."""
         current = self.image.currentData()
         ours = {id(layer) for layer in self._run_layers}
         images = [
@@ -325,10 +331,9 @@ class SynthesizeWidget(ModelWidget):
         self.model.blockSignals(False)
         self._show_card()
         if not cards and self.worker is None:
-            self.status.setText(
-                "No generator found. Train one (mrisynth train ldm|gan|vae) or point "
-                "MRISYNTH_MODEL_PATH at a folder of models, then press ↻."
-            )
+            self.status.setText(NO_GENERATOR)
+        elif cards and self.status.text() == NO_GENERATOR:
+            self.status.setText("")
         self._update_run_button()
 
     def _show_card(self, index: int = -1) -> None:
@@ -350,9 +355,10 @@ class SynthesizeWidget(ModelWidget):
         for widget in (self.steps, self.guidance):  # latent diffusion only
             widget.setEnabled(ldm)
             self.form.setRowVisible(widget, ldm)
-        if ldm:
+        if ldm and card.ref != self._card_ref:  # a new model: its own defaults
             self.steps.setValue(int(card.inference.get("steps", 50)))
             self.guidance.setValue(float(card.inference.get("guidance", 1.0)))
+        self._card_ref = None if card is None else card.ref
 
     def _update_run_button(self) -> None:
         self.run_button.setEnabled(self.worker is None and self.model.currentData() is not None)
@@ -370,10 +376,7 @@ class SynthesizeWidget(ModelWidget):
         """
         card = self.model.currentData()
         if card is None:
-            raise ModelError(
-                "No generator found: train one (mrisynth train ldm|gan|vae) or point "
-                "MRISYNTH_MODEL_PATH at a folder of models, then press ↻."
-            )
+            raise ModelError(NO_GENERATOR)
         layer = self.image.currentData()
         compare = None if layer is None else layer_source_volume(layer, "comparison")
         ldm = card.inference.get("family") == "ldm"
