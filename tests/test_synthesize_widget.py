@@ -30,6 +30,7 @@ from napari_mrisynth._widgets._synthesize_widget import (
 )
 from napari_mrisynth.errors import InputError, ModelError
 from napari_mrisynth.synthesis.conditions import ConditionError
+from napari_mrisynth.synthesis.generate import generate
 
 PLUGIN = "napari-mrisynth"
 SYNTHESIZE = "Synthesize"
@@ -240,6 +241,10 @@ def test_synthetic_and_real_side_by_side_on_one_model_grid(viewer, generators, s
     assert "per volume" in widget.status.text() and "CPU" in widget.status.text()
     assert widget.progress.value() == widget.progress.maximum()
     first = [np.asarray(layer.data).copy() for layer in synthetic]
+    # the voxels are generate()'s own for these settings, unflipped (the grid is LPS already)
+    direct = generate(card, 2, condition="bvftd", seed=7, device="cpu")
+    for layer, item in zip(synthetic, direct, strict=True):
+        np.testing.assert_allclose(np.asarray(layer.data), np.asarray(item.volume.data), atol=1e-5)
 
     # the same seed again: identical voxels; the previous run's layers are replaced
     widget.run()
