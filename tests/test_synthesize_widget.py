@@ -29,6 +29,7 @@ from napari_mrisynth._widgets._synthesize_widget import (
     synthetic_name,
 )
 from napari_mrisynth.errors import InputError, ModelError
+from napari_mrisynth.models.registry import default_model
 from napari_mrisynth.synthesis.conditions import ConditionError
 from napari_mrisynth.synthesis.generate import generate
 
@@ -64,11 +65,11 @@ def test_names_and_grid_shapes():
 @pytest.fixture(scope="module")
 def generators(tmp_path_factory):
     """Tiny untrained generators: an LDM with a test FID, a VAE, and a GAN that takes
-    age and sex."""
+    age and sex; the VAE and the GAN are flagged default, the LDM is not."""
     root = tmp_path_factory.mktemp("generators")
     cards = {
         "ldm": generator_fixtures.make_tiny_generator(
-            root, "ldm", metrics={"test": {"fid": 0.123}}
+            root, "ldm", metrics={"test": {"fid": 0.123}}, default=False
         ),
         "vae": generator_fixtures.make_tiny_generator(root, "vae"),
         "gan": generator_fixtures.make_tiny_generator(
@@ -140,6 +141,9 @@ def test_generators_are_listed_with_family_ref_and_fid(viewer, generators, tmp_p
     assert labels[0] == "LDM · tiny-ldm@1.0.0 · FID 0.123"  # the only one with a FID: first
     assert sorted(labels[1:]) == ["GAN · tiny-gan-aged@1.0.0", "VAE · tiny-vae@1.0.0"]
     assert generator_label(cards["vae"]) == "VAE · tiny-vae@1.0.0"
+    # preselected: the registry's default generator (flagged default; then by name)
+    assert widget.model.currentData().ref == default_model("generation").ref
+    assert widget.model.currentData().ref in (cards["gan"].ref, cards["vae"].ref)
     assert "Untrained" in widget.card_info.text()
     assert widget.device.itemText(0) == "auto" and widget.device.findText("cpu") >= 0
     assert widget.image.itemText(0) == "none" and widget.image.count() == 1

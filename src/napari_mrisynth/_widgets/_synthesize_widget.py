@@ -312,7 +312,9 @@ class SynthesizeWidget(ModelWidget):
         self._update_run_button()
 
     def refresh_models(self) -> None:
-        """List the generators, best test FID first; keep the current choice."""
+        """List the generators, best test FID first; keep the current choice, else take the
+        registry's default generator (as ``mrisynth generate`` does)."""
+        from napari_mrisynth.models.registry import default_model
         from napari_mrisynth.synthesis.generate import rank_generators
 
         current = self.model.currentData()
@@ -320,14 +322,18 @@ class SynthesizeWidget(ModelWidget):
         self.model.clear()
         try:
             cards = [card for card, _ in rank_generators("fid")]
+            if current is not None:
+                chosen = current.ref
+            else:
+                chosen = default_model(self.task).ref if cards else None
         except MrisynthError as exc:
-            cards = []
+            cards, chosen = [], None
             self.report_error(exc)
         for card in cards:
             self.model.addItem(generator_label(card), card)
         refs = [card.ref for card in cards]
-        if current is not None and current.ref in refs:
-            self.model.setCurrentIndex(refs.index(current.ref))
+        if chosen in refs:
+            self.model.setCurrentIndex(refs.index(chosen))
         self.model.blockSignals(False)
         self._show_card()
         if not cards and self.worker is None:
