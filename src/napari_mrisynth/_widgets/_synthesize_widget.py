@@ -313,7 +313,7 @@ class SynthesizeWidget(ModelWidget):
 
     def refresh_models(self) -> None:
         """List the generators, best test FID first; keep the current choice, else take the
-        registry's default generator (as ``mrisynth generate`` does)."""
+        registry's default generator (flagged default, else the lowest test FID)."""
         from napari_mrisynth.models.registry import default_model
         from napari_mrisynth.synthesis.generate import rank_generators
 
