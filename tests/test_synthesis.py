@@ -54,6 +54,8 @@ def trained(cohort, tracking_uri, tmp_path_factory):
             experiment="tests",
             progress=False,
             accelerator="cpu",
+            # the VAE also learns age and sex from participants.tsv
+            conditions=("diagnosis", "age", "sex") if family == "vae" else ("diagnosis",),
             **TINY[family],
         )
     return cards, out
@@ -74,7 +76,8 @@ def test_every_family_trains_into_the_registry_with_its_card(trained, tracking_u
         assert card.task == "generation" and card.inference["family"] == family
         assert found[card.id].weights["sha256"] == verify_weights(card)
         assert card.input.spacing == (8.0, 8.0, 8.0)
-        assert card.training["conditions"] == ["diagnosis"]
+        wanted = ["diagnosis", "age", "sex"] if family == "vae" else ["diagnosis"]
+        assert card.training["conditions"] == card.inference["conditions"] == wanted
         assert card.training["simulated"] is True
         test_subjects = set(card.training["splits"]["test"])
         assert test_subjects and not test_subjects & set(card.training["splits"]["train"])
@@ -117,6 +120,10 @@ def test_trained_generator_is_deterministic_per_seed_and_index(trained, family):
     assert np.abs(other.volume.data - a[0].volume.data).max() > 1e-3
     control = generate(card, 1, condition="control", seed=11)[0]
     assert np.abs(control.volume.data - a[0].volume.data).max() > 1e-4
+    if family == "vae":  # trained on age and sex too
+        old = generate(card, 1, condition="bvftd", age=80, sex="M", seed=11)[0]
+        assert old.provenance["condition"] == {"diagnosis": "bvFTD", "age": 80.0, "sex": "M"}
+        assert np.abs(old.volume.data - a[0].volume.data).max() > 1e-4
 
 
 def test_untrained_generators_write_nifti_dicom_and_provenance(tmp_path):

@@ -83,6 +83,12 @@ def register_training(tasks: argparse._SubParsersAction) -> None:
             help="subject fractions, stratified",
         )
         add("--seed", type=int, default=0)
+        add(
+            "--init",
+            metavar="MODEL_ID",
+            help="continue from a registry generator of this family (its architecture, grid "
+            "and split; for ldm, --autoencoder-epochs 0 keeps its autoencoder)",
+        )
         add("--source", choices=("nifti", "dicom"), default="nifti")
         add_runtime_options(sub)
         sub.set_defaults(func=run_training, family=family)

@@ -29,20 +29,32 @@ def comparison_figure(
     title: str = "real vs synthetic",
     examples: int = 3,
 ) -> Path:
-    """One row per (class, real/synthetic), ``examples`` volumes per row, three views each;
-    all on one grey scale (0 to 1.2 of the normalised intensity)."""
+    """Rows: each class's real volumes, then its synthetic ones (see :func:`volume_rows_figure`)."""
+    rows = []
+    for name in real:
+        rows.append((f"{name}\nreal", list(real[name])))
+        rows.append((f"{name}\nsynthetic", list(synthetic.get(name, []))))
+    return volume_rows_figure(rows, path, title=title, examples=examples)
+
+
+def volume_rows_figure(
+    rows: Sequence[tuple[str, Sequence[Volume]]],
+    path: str | Path,
+    *,
+    title: str = "",
+    examples: int = 3,
+) -> Path:
+    """One row per (label, volumes), ``examples`` volumes per row, three views each (axial,
+    coronal, sagittal); all on one grey scale (0 to 1.2 of the normalised intensity)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for name in real:
-        rows.append((f"{name}\nreal", list(real[name])[:examples]))
-        rows.append((f"{name}\nsynthetic", list(synthetic.get(name, []))[:examples]))
     cols = examples * 3
-    figure, axes = plt.subplots(len(rows), cols, figsize=(1.35 * cols, 1.5 * len(rows)),
-                                squeeze=False)  # fmt: skip
+    figure, axes = plt.subplots(
+        len(rows), cols, figsize=(1.35 * cols, 1.5 * len(rows)), squeeze=False
+    )
     for r, (label, volumes) in enumerate(rows):
         for e in range(examples):
             views = _views(volumes[e]) if e < len(volumes) else [None] * 3
@@ -55,7 +67,8 @@ def comparison_figure(
                 if view is not None:
                     ax.imshow(view, cmap="gray", vmin=0.0, vmax=1.2, interpolation="nearest")
         axes[r][0].set_ylabel(label, fontsize=8)
-    figure.suptitle(title, fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

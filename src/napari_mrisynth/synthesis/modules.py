@@ -5,7 +5,8 @@
 - :class:`GANModule`: hinge loss, DiffAugment on everything the critic sees, lazy R1
   penalty on real volumes, and an exponential moving average of the generator.
 - :class:`DiffusionModule`: epsilon-prediction on (precomputed) scaled latents, with the
-  condition dropped to the null vector at random for classifier-free guidance.
+  condition dropped to the null vector at random for classifier-free guidance, and an
+  exponential moving average of the UNet (the weights that sample).
 """
 
 from __future__ import annotations
@@ -193,12 +194,31 @@ class DiffusionModule(pl.LightningModule):
         *,
         diffusion_lr: float = 2.5e-4,
         condition_dropout: float = 0.15,
+        ema_decay: float = 0.999,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["network"])
         self.network = network
         self.network.autoencoder.requires_grad_(False)
         self.scheduler = network.scheduler("ddpm")
+        self.ema = copy.deepcopy(network.unet).requires_grad_(False)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # warm-up: early steps average over fewer steps (Karras et al. / diffusers' EMA)
+        step = self.global_step
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in zip(
+                self.ema.parameters(), self.network.unet.parameters(), strict=True
+            ):
+                ema.lerp_(live, 1.0 - decay)
+
+    def generation_state(self) -> dict[str, torch.Tensor]:
+        """The network's weights with the averaged UNet in place of the live one."""
+        state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        for k, v in self.ema.state_dict().items():
+            state[f"unet.{k}"] = v.detach().cpu()
+        return state
 
     def _loss(self, latents: torch.Tensor, c: torch.Tensor, drop: bool) -> torch.Tensor:
         noise = torch.randn_like(latents)

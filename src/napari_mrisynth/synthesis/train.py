@@ -59,6 +59,7 @@ class GenerativeOptions:
     sample_steps: int = 50
     guidance: float = 1.0
     evaluate_per_class: int = 6
+    init: str | None = None
     fractions: Sequence[float] = (0.6, 0.2, 0.2)
     seed: int = 0
     source: str = "nifti"
@@ -217,8 +218,28 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         }
     except (MrisynthError, ValueError) as exc:
         raise MrisynthError(f"{data / 'participants.tsv'}: {exc}") from exc
-    spec = generation_spec(family, opts)
-    architecture = architecture_for(family, spec.shape, opts)
+    base = None
+    if opts.init:
+        from napari_mrisynth.training.train import inherited_splits, resolve_init
+
+        base = resolve_init(opts.init, "generation", out)
+        if base.inference.get("family") != family:
+            raise ModelError(
+                f"--init {opts.init}: {base.ref} is a "
+                f"{base.inference.get('family')} generator, not {family}"
+            )
+        if list(base.inference.get("conditions", ["diagnosis"])) != list(opts.conditions):
+            raise ModelError(
+                f"--init {opts.init}: {base.ref} was trained on "
+                f"{base.inference.get('conditions')}, not {list(opts.conditions)}"
+            )
+        splits = inherited_splits(base, data, participants) or splits
+    if base is not None:
+        spec = base.input
+        architecture = json.loads(json.dumps(base.architecture))
+    else:
+        spec = generation_spec(family, opts)
+        architecture = architecture_for(family, spec.shape, opts)
     model_id = opts.id or f"{family}-bvftd-{opts.spacing:g}mm"
     if (out / f"{model_id}-{opts.version}").exists() and not opts.overwrite:
         raise ModelError(
@@ -273,6 +294,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
             lr=opts.lr or 1e-3,
             kl_weight=0.02 if opts.kl_weight is None else opts.kl_weight,
         )
+        _load_init(module.network, base)
         trainer = _trainer(pl, opts, logger, opts.epochs, out)
         trainer.fit(module, train_loader, val_loader)
         network = module.network
@@ -282,6 +304,8 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         from napari_mrisynth.synthesis.modules import GANModule
 
         module = GANModule(architecture, lr=opts.lr or 2e-4)
+        if _load_init(module.network, base):
+            module.ema.load_state_dict(module.network.generator.state_dict())
         trainer = _trainer(pl, opts, logger, opts.epochs, out)
         trainer.fit(module, train_loader, val_loader)
         state = module.generation_state()
@@ -293,20 +317,26 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         from napari_mrisynth.synthesis.modules import DiffusionModule, VAEModule
 
         network = build_network(architecture)
-        stage1 = VAEModule(
-            architecture,
-            lr=opts.lr or 1e-3,
-            network=network,
-            kl_weight=1e-6 if opts.kl_weight is None else opts.kl_weight,
-        )
-        trainer = _trainer(pl, opts, logger, opts.autoencoder_epochs, out)
-        trainer.fit(stage1, train_loader, val_loader)
-        stages["autoencoder"] = _stage_record(trainer, stage1.hparams)
+        _load_init(network, base)
+        if opts.autoencoder_epochs > 0 or base is None:
+            stage1 = VAEModule(
+                architecture,
+                lr=opts.lr or 1e-3,
+                network=network,
+                kl_weight=1e-6 if opts.kl_weight is None else opts.kl_weight,
+            )
+            trainer = _trainer(pl, opts, logger, max(1, opts.autoencoder_epochs), out)
+            trainer.fit(stage1, train_loader, val_loader)
+            stages["autoencoder"] = _stage_record(trainer, stage1.hparams)
+        else:  # the base model's autoencoder and latent scale, unchanged
+            stages["autoencoder"] = {"from": base.ref}
         network.eval()
         with torch.no_grad():
             mu_train = network.autoencoder.encode(x_train)[0]
             mu_val = network.autoencoder.encode(x_val)[0]
-        network.scale_factor.fill_(1.0 / float(mu_train.flatten().std()))
+        if "autoencoder" in stages and "from" not in stages["autoencoder"]:
+            network.scale_factor.fill_(1.0 / float(mu_train.flatten().std()))
+        network.unet.train()  # the frozen autoencoder stays in eval mode
         stage2 = DiffusionModule(network, diffusion_lr=opts.lr or 2.5e-4)
         trainer = _trainer(pl, opts, logger, opts.epochs, out)
         trainer.fit(
@@ -316,7 +346,8 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         )
         stages["diffusion"] = _stage_record(trainer, stage2.hparams)
         stages["scale_factor"] = float(network.scale_factor)
-        state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+        state = stage2.generation_state()
+        network.load_state_dict(state)
     if not trainer.is_global_zero:
         return None
 
@@ -332,6 +363,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         "stages": stages,
         "checkpoint": "last (generators: validation loss does not rank sample quality)",
         "options": opts.record(),
+        "init": None if base is None else {"model": base.ref, "sha256": base.weights.get("sha256")},
         "world_size": int(trainer.world_size),
         "strategy": type(trainer.strategy).__name__,
         "source": opts.source,
@@ -402,6 +434,16 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
     write_card(card, card.path)
     client.log_artifact(run_id, str(card.path / "card.json"), "model")
     return card
+
+
+def _load_init(network: Any, base: ModelCard | None) -> bool:
+    """Copy a registry generator's weights into ``network`` (same architecture, strict)."""
+    if base is None:
+        return False
+    from napari_mrisynth.models.registry import load_weights
+
+    network.load_state_dict(load_weights(base), strict=True)
+    return True
 
 
 def _stage_record(trainer: Any, hparams: Any) -> dict[str, Any]:
