@@ -85,7 +85,9 @@ def test_every_family_trains_into_the_registry_with_its_card(trained, tracking_u
         assert run.data.params["card.family"] == family
         assert card.training["mlflow"]["version"] is not None
     stages = cards["ldm"].training["stages"]
-    assert {"autoencoder", "diffusion"} <= set(stages) and stages["scale_factor"] > 0
+    assert {"autoencoder", "diffusion"} <= set(stages)
+    assert len(stages["latent_normalisation"]["latent_scale"]) == 2  # TINY ldm: 2 channels
+    assert cards["ldm"].architecture["args"]["prediction_type"] == "v_prediction"
     assert stages["autoencoder"]["global_steps"] == 2 and stages["diffusion"]["global_steps"] == 2
 
 

@@ -55,6 +55,13 @@ def register_training(tasks: argparse._SubParsersAction) -> None:
         add("--epochs", type=int, default=100, help="epochs (LDM: of the diffusion model)")
         if family == "ldm":
             add("--autoencoder-epochs", type=int, default=100, help="epochs of stage 1")
+            add(
+                "--autoencoder",
+                metavar="MODEL_ID",
+                help="take stage 1 (the autoencoder) from a registry latent diffusion model and "
+                "train a new diffusion model on its latents (its grid and split; with "
+                "--autoencoder-epochs 0 the autoencoder is not trained further)",
+            )
             add("--sample-steps", type=int, default=50, help="DDIM steps recorded as default")
             add(
                 "--guidance",

@@ -183,7 +183,10 @@ class LatentDiffusion(nn.Module):
     """Latent diffusion: AutoencoderKL + DiffusionModelUNet, DDIM sampling, CFG.
 
     ``scale_factor`` (a buffer, saved with the weights) scales the autoencoder's latents to
-    unit standard deviation, as Rombach et al. and Pinaya et al. do.
+    unit standard deviation, as Rombach et al. and Pinaya et al. do; with
+    ``latent_normalisation="channel"`` each latent channel is instead shifted to zero mean
+    and scaled to unit standard deviation (``latent_shift``, ``latent_scale``), so that the
+    diffusion model does not have to find the latents' offset from pure noise.
     """
 
     family = "ldm"
@@ -205,10 +208,15 @@ class LatentDiffusion(nn.Module):
         beta_start: float = 0.0015,
         beta_end: float = 0.0205,
         prediction_type: str = "epsilon",
+        latent_normalisation: str = "global",
         spatial_dims: int = 3,
     ) -> None:
         super().__init__()
         from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+
+        if latent_normalisation not in ("global", "channel"):
+            raise ValueError(f"latent_normalisation {latent_normalisation!r}: global or channel")
+        self.latent_normalisation = latent_normalisation
 
         self.shape = tuple(int(s) for s in shape)
         self.latent_channels = int(latent_channels)
@@ -238,6 +246,9 @@ class LatentDiffusion(nn.Module):
             num_head_channels=num_head_channels,
         )
         self.register_buffer("scale_factor", torch.tensor(1.0))
+        if latent_normalisation == "channel":  # per-channel mean and scale (SD3's shift)
+            self.register_buffer("latent_shift", torch.zeros(latent_channels))
+            self.register_buffer("latent_scale", torch.ones(latent_channels))
         self.scheduler_args = {
             "num_train_timesteps": int(num_train_timesteps),
             "schedule": schedule,
@@ -260,11 +271,41 @@ class LatentDiffusion(nn.Module):
             return DDPMScheduler(**self.scheduler_args, clip_sample=False)
         raise ValueError(f"sampler {sampler!r}: use ddim or ddpm")
 
+    def _channel_view(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.to(like.dtype).view(1, -1, *([1] * (like.ndim - 2)))
+
+    def to_diffusion_space(self, mu: torch.Tensor) -> torch.Tensor:
+        """Autoencoder latents -> the normalised latents the diffusion model works in."""
+        if self.latent_normalisation == "channel":
+            shift, scale = self.latent_shift, self.latent_scale
+            return (mu - self._channel_view(shift, mu)) * self._channel_view(scale, mu)
+        return mu * self.scale_factor
+
+    def from_diffusion_space(self, z: torch.Tensor) -> torch.Tensor:
+        if self.latent_normalisation == "channel":
+            shift, scale = self.latent_shift, self.latent_scale
+            return z / self._channel_view(scale, z) + self._channel_view(shift, z)
+        return z / self.scale_factor
+
+    @torch.no_grad()
+    def fit_latent_normalisation(self, mu: torch.Tensor) -> dict[str, Any]:
+        """Set the normalisation from the training volumes' latent means; returns it."""
+        if self.latent_normalisation == "channel":
+            dims = [d for d in range(mu.ndim) if d != 1]
+            self.latent_shift.copy_(mu.mean(dim=dims))
+            self.latent_scale.copy_(1.0 / mu.std(dim=dims).clamp_min(1e-6))
+            return {
+                "latent_shift": self.latent_shift.tolist(),
+                "latent_scale": self.latent_scale.tolist(),
+            }
+        self.scale_factor.fill_(1.0 / float(mu.flatten().std()))
+        return {"scale_factor": float(self.scale_factor)}
+
     @torch.no_grad()
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled latent means of images (the diffusion model's training data)."""
+        """Normalised latent means of images (the diffusion model's training data)."""
         mu, _ = self.autoencoder.encode(x)
-        return mu * self.scale_factor
+        return self.to_diffusion_space(mu)
 
     def denoise(
         self, latents: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor
@@ -305,7 +346,7 @@ class LatentDiffusion(nn.Module):
             latents, _ = scheduler.step(eps, int(t), latents)
             if progress is not None:
                 progress(done, len(timesteps))
-        image = self.autoencoder.decode(latents / self.scale_factor)
+        image = self.autoencoder.decode(self.from_diffusion_space(latents))
         return torch.clamp(image, 0.0, INTENSITY_MAX)
 
 

@@ -27,6 +27,14 @@ from napari_mrisynth.models.card import SIMULATED_USE, InputSpec, LabelSpec, Mod
 from napari_mrisynth.synthesis.conditions import CONDITION_NAMES, Condition, encoding
 
 FAMILIES = ("vae", "gan", "ldm")
+#: A latent diffusion model's stage-1 arguments (``--autoencoder`` copies them).
+AUTOENCODER_ARGS = (
+    "shape",
+    "autoencoder_channels",
+    "latent_channels",
+    "autoencoder_res_blocks",
+    "norm_num_groups",
+)
 ARCHITECTURE_NAMES = {"vae": "ConditionalVAE", "gan": "ConditionalGAN", "ldm": "LatentDiffusion"}
 TITLES = {"vae": "conditional VAE", "gan": "conditional GAN", "ldm": "latent diffusion"}
 DETAILS = {
@@ -60,6 +68,7 @@ class GenerativeOptions:
     guidance: float = 1.0
     evaluate_per_class: int = 6
     init: str | None = None
+    autoencoder: str | None = None
     fractions: Sequence[float] = (0.6, 0.2, 0.2)
     seed: int = 0
     source: str = "nifti"
@@ -94,6 +103,10 @@ def architecture_for(family: str, shape: Sequence[int], opts: GenerativeOptions)
     else:
         args["autoencoder_channels"] = list(opts.channels or (16, 32, 64))
         args["latent_channels"] = opts.latent_channels or 3
+        # v-prediction and per-channel latent normalisation: the global layout of a volume
+        # is decided at high noise, where epsilon-prediction of offset latents drifts
+        args["prediction_type"] = "v_prediction"
+        args["latent_normalisation"] = "channel"
     return {"name": ARCHITECTURE_NAMES[family], "args": args}
 
 
@@ -234,9 +247,32 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
                 f"{base.inference.get('conditions')}, not {list(opts.conditions)}"
             )
         splits = inherited_splits(base, data, participants) or splits
+    stage1_base = None
+    if opts.autoencoder:
+        if family != "ldm" or base is not None:
+            raise MrisynthError(
+                "--autoencoder takes a latent diffusion model's stage 1 for a new "
+                "ldm (not with --init)"
+            )
+        from napari_mrisynth.training.train import inherited_splits, resolve_init
+
+        stage1_base = resolve_init(opts.autoencoder, "generation", out)
+        if stage1_base.inference.get("family") != "ldm":
+            raise ModelError(
+                f"--autoencoder {opts.autoencoder}: {stage1_base.ref} is not a "
+                "latent diffusion model"
+            )
+        splits = inherited_splits(stage1_base, data, participants) or splits
     if base is not None:
         spec = base.input
         architecture = json.loads(json.dumps(base.architecture))
+    elif stage1_base is not None:
+        spec = stage1_base.input
+        architecture = architecture_for(family, spec.shape, opts)
+        inherited = stage1_base.architecture["args"]
+        for key in AUTOENCODER_ARGS:
+            if key in inherited:
+                architecture["args"][key] = inherited[key]
     else:
         spec = generation_spec(family, opts)
         architecture = architecture_for(family, spec.shape, opts)
@@ -318,7 +354,17 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
 
         network = build_network(architecture)
         _load_init(network, base)
-        if opts.autoencoder_epochs > 0 or base is None:
+        if stage1_base is not None:
+            from napari_mrisynth.models.registry import load_weights
+
+            weights = {
+                k[len("autoencoder.") :]: v
+                for k, v in load_weights(stage1_base).items()
+                if k.startswith("autoencoder.")
+            }
+            network.autoencoder.load_state_dict(weights, strict=True)
+        trained_before = base is not None or stage1_base is not None
+        if opts.autoencoder_epochs > 0 or not trained_before:
             stage1 = VAEModule(
                 architecture,
                 lr=opts.lr or 1e-3,
@@ -328,24 +374,25 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
             trainer = _trainer(pl, opts, logger, max(1, opts.autoencoder_epochs), out)
             trainer.fit(stage1, train_loader, val_loader)
             stages["autoencoder"] = _stage_record(trainer, stage1.hparams)
-        else:  # the base model's autoencoder and latent scale, unchanged
-            stages["autoencoder"] = {"from": base.ref}
+        else:  # a trained autoencoder, unchanged
+            stages["autoencoder"] = {"from": (base or stage1_base).ref}
         network.eval()
         with torch.no_grad():
             mu_train = network.autoencoder.encode(x_train)[0]
             mu_val = network.autoencoder.encode(x_val)[0]
-        if "autoencoder" in stages and "from" not in stages["autoencoder"]:
-            network.scale_factor.fill_(1.0 / float(mu_train.flatten().std()))
+        if base is None or "from" not in stages["autoencoder"]:
+            stages["latent_normalisation"] = network.fit_latent_normalisation(mu_train)
         network.unet.train()  # the frozen autoencoder stays in eval mode
         stage2 = DiffusionModule(network, diffusion_lr=opts.lr or 2.5e-4)
         trainer = _trainer(pl, opts, logger, opts.epochs, out)
         trainer.fit(
             stage2,
-            _loader(mu_train * network.scale_factor, c_train, opts.batch_size, True, opts.seed),
-            _loader(mu_val * network.scale_factor, c_val, opts.batch_size, False, opts.seed),
+            _loader(
+                network.to_diffusion_space(mu_train), c_train, opts.batch_size, True, opts.seed
+            ),
+            _loader(network.to_diffusion_space(mu_val), c_val, opts.batch_size, False, opts.seed),
         )
         stages["diffusion"] = _stage_record(trainer, stage2.hparams)
-        stages["scale_factor"] = float(network.scale_factor)
         state = stage2.generation_state()
         network.load_state_dict(state)
     if not trainer.is_global_zero:
@@ -364,6 +411,9 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         "checkpoint": "last (generators: validation loss does not rank sample quality)",
         "options": opts.record(),
         "init": None if base is None else {"model": base.ref, "sha256": base.weights.get("sha256")},
+        "autoencoder_from": None
+        if stage1_base is None
+        else {"model": stage1_base.ref, "sha256": stage1_base.weights.get("sha256")},
         "world_size": int(trainer.world_size),
         "strategy": type(trainer.strategy).__name__,
         "source": opts.source,
