@@ -73,7 +73,7 @@ def register_training(tasks: argparse._SubParsersAction) -> None:
         add("--batch-size", type=int, default=4)
         add("--lr", type=float, help="learning rate (default per family)")
         if family != "gan":
-            add("--kl-weight", type=float, help="KL weight (VAE 0.02, LDM autoencoder 1e-6)")
+            add("--kl-weight", type=float, help="KL weight (VAE 0.01, LDM autoencoder 1e-6)")
         add(
             "--evaluate-per-class",
             type=int,

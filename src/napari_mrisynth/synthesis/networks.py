@@ -51,7 +51,13 @@ def latent_grid(shape: Sequence[int], levels: int) -> tuple[int, ...]:
 
 
 class ConditionalVAE(nn.Module):
-    """A conditional VAE on MONAI's AutoencoderKL encoder and decoder."""
+    """A conditional VAE on MONAI's AutoencoderKL encoder and decoder.
+
+    With ``global_latent`` > 0 the latent is one vector per volume (linear layers between
+    the encoder's latent grid and the vector, and back): decoding standard-normal samples
+    then gives heads, whereas i.i.d. normal samples on a spatial latent grid lack the
+    spatial correlations the decoder learned ("holes" in the prior).
+    """
 
     family = "vae"
 
@@ -63,12 +69,14 @@ class ConditionalVAE(nn.Module):
         num_res_blocks: int = 1,
         norm_num_groups: int = 8,
         condition_dim: int = len(CONDITION_NAMES),
+        global_latent: int = 0,
         spatial_dims: int = 3,
     ) -> None:
         super().__init__()
         from monai.networks.nets.autoencoderkl import Decoder, Encoder
 
         self.shape = tuple(int(s) for s in shape)
+        self.global_latent = int(global_latent)
         self.latent_channels = int(latent_channels)
         self.condition_dim = int(condition_dim)
         self.latent_shape = latent_grid(self.shape, len(channels))
@@ -89,17 +97,30 @@ class ConditionalVAE(nn.Module):
         self.decoder = Decoder(
             in_channels=latent_channels + condition_dim, out_channels=1, **common
         )
+        if self.global_latent:
+            cells = latent_channels * int(torch.tensor(self.latent_shape).prod())
+            self.to_vector = nn.Linear(cells, 2 * self.global_latent)
+            self.from_vector = nn.Linear(self.global_latent + condition_dim, cells)
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
+        if self.global_latent:
+            return (self.global_latent,)
         return (self.latent_channels, *self.latent_shape)
 
     def encode(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.encoder(torch.cat([x, condition_maps(condition, x)], dim=1))
-        log_var = torch.clamp(self.quant_log_var(h), -30.0, 20.0)
-        return self.quant_mu(h), torch.exp(log_var / 2)
+        if self.global_latent:
+            mu, log_var = self.to_vector(h.flatten(1)).chunk(2, dim=1)
+        else:
+            mu, log_var = self.quant_mu(h), self.quant_log_var(h)
+        log_var = torch.clamp(log_var, -30.0, 20.0)
+        return mu, torch.exp(log_var / 2)
 
     def decode(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if self.global_latent:
+            grid = self.from_vector(torch.cat([z, condition.to(z.dtype)], dim=1))
+            z = grid.view(z.shape[0], self.latent_channels, *self.latent_shape)
         return self.decoder(torch.cat([z, condition_maps(condition, z)], dim=1))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, ...]:

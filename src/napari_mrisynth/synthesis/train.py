@@ -97,6 +97,7 @@ def architecture_for(family: str, shape: Sequence[int], opts: GenerativeOptions)
     if family == "vae":
         args["channels"] = list(opts.channels or (16, 32, 64))
         args["latent_channels"] = opts.latent_channels or 4
+        args["global_latent"] = 128  # one latent vector per volume: prior samples are heads
     elif family == "gan":
         args["channels"] = list(opts.channels or (16, 32, 64, 64))
         args["noise_channels"] = opts.latent_channels or 8
@@ -328,7 +329,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         module = VAEModule(
             architecture,
             lr=opts.lr or 1e-3,
-            kl_weight=0.02 if opts.kl_weight is None else opts.kl_weight,
+            kl_weight=0.01 if opts.kl_weight is None else opts.kl_weight,
         )
         _load_init(module.network, base)
         trainer = _trainer(pl, opts, logger, opts.epochs, out)
