@@ -435,7 +435,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         task="generation",
         title=f"{TITLES[family]}, bvFTD/control T1, {opts.spacing:g} mm",
         description=(
-            f"{TITLES[family].capitalize()} ({DETAILS[family]}) conditioned on "
+            f"{TITLES[family][0].upper()}{TITLES[family][1:]} ({DETAILS[family]}) conditioned on "
             f"{', '.join(opts.conditions)}, trained with "
             f"napari-mrisynth on {len(splits['train'])} {'simulated ' if simulated else ''}"
             f"subjects of {data.name} at {spec.spacing[0]:g} mm (grid {tuple(spec.shape)}); "
