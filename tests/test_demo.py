@@ -26,7 +26,7 @@ def test_headless_demo_runs_the_pipeline(tmp_path):
     assert "simulated, not clinical" in result.stdout
     assert (out / "participants.tsv").is_file()
     assert (out / "sub-001_from_dicom.nii.gz").is_file()
-    atrophy = result.stdout.split("4/6")[1].split("5/6")[0]
+    atrophy = result.stdout.split("4/7")[1].split("5/7")[0]
     rows = [line for line in atrophy.splitlines() if line.strip().startswith("sub-")]
     assert len(rows) == 2 and {"bvFTD", "control"} == {r.split()[1] for r in rows}
     # The bundled demo models segment and classify a fresh install's data at once.
@@ -36,6 +36,12 @@ def test_headless_demo_runs_the_pipeline(tmp_path):
     assert dice > 0.85, result.stdout
     verdicts = [line for line in result.stdout.splitlines() if "P(bvFTD) = " in line]
     assert len(verdicts) == 2
+    # ... and the bundled generator makes synthetic volumes with provenance, none a copy.
+    synthetic = out / "synthetic"
+    assert len(list(synthetic.glob("*.nii.gz"))) == 4, result.stdout
+    assert len(list(synthetic.glob("*.json"))) == 4
+    audit = [line for line in result.stdout.splitlines() if "nearest real sub-" in line]
+    assert len(audit) == 4 and all("not a copy" in line for line in audit), result.stdout
 
 
 @pytest.mark.gui

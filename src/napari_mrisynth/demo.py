@@ -3,7 +3,9 @@
 With a display: napari opens with the plugin's widgets docked and a simulated bvFTD subject
 loaded. Without one: it says so and runs the same data through the headless pipeline
 (simulated cohort -> DICOM series discovery -> exact load -> NIfTI -> regional volumes ->
-segmentation and bvFTD classification with the bundled demo models).
+segmentation and bvFTD classification with the bundled demo models -> synthetic bvFTD and
+control volumes from the bundled latent diffusion model, with provenance and a
+memorization check against the cohort).
 """
 
 from __future__ import annotations
@@ -92,26 +94,26 @@ def run_headless(out: Path, subjects: int) -> int:
     from napari_mrisynth.volume import orientation_code
 
     start = time.perf_counter()
-    print(f"1/6 building a simulated cohort of {subjects} subjects in {out} (2 mm) ...")
+    print(f"1/7 building a simulated cohort of {subjects} subjects in {out} (2 mm) ...")
     root = build_cohort(out, subjects=subjects, seed=0, spacing=2.0)
     participants = _read_participants(root / "participants.tsv")
     first = participants[0]["participant_id"]
 
     dicom_dir = root / first / "dicom"
-    print(f"2/6 scanning {dicom_dir}")
+    print(f"2/7 scanning {dicom_dir}")
     scan = scan_folder(dicom_dir)
     for series in scan.series:
         print(f"    {series.describe()}")
     for skipped in scan.skipped:
         print(f"    skipped {skipped.path.name}: {skipped.reason}")
 
-    print("3/6 loading the series with exact geometry and writing NIfTI")
+    print("3/7 loading the series with exact geometry and writing NIfTI")
     volume = load_volume(dicom_dir)
     nifti = save_volume(volume, out / f"{first}_from_dicom.nii.gz")
     print(f"    {volume}")
     print(f"    orientation {orientation_code(volume.direction)}, written {nifti}")
 
-    print("4/6 atrophy measured from the ground-truth labels (% of brain volume)")
+    print("4/7 atrophy measured from the ground-truth labels (% of brain volume)")
     shown = (*BVFTD_LABELS, LABEL_IDS["frontal_gm"], LABEL_IDS["lateral_ventricles"])
     header = "".join(LABELS[k][0].replace("_gm", "")[:14].rjust(15) for k in shown)
     print("    " + "subject".ljust(9) + "diagnosis".ljust(10) + "severity".rjust(9) + header)
@@ -124,6 +126,7 @@ def run_headless(out: Path, subjects: int) -> int:
         severity = float(row["severity"])
         print("    " + sid.ljust(9) + row["diagnosis"].ljust(10) + f"{severity:9.2f}" + cells)
     run_models(root, participants, out)
+    run_synthesis(root, participants, out)
     print(f"done in {time.perf_counter() - start:.1f} s; all data here is simulated, not clinical.")
     return 0
 
@@ -146,7 +149,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
         try:
             result = segment(root / first / "dicom")
         except ModelError as exc:
-            print(f"5/6 no segmentation model: {exc}")
+            print(f"5/7 no segmentation model: {exc}")
             return
     for warning in caught:
         print(f"    note: {warning.message}")
@@ -156,7 +159,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
     brain_t, brain_f = np.isin(truth, BRAIN_LABELS), np.isin(found, BRAIN_LABELS)
     dice = 2 * np.count_nonzero(brain_t & brain_f) / (brain_t.sum() + brain_f.sum())
     print(
-        f"5/6 segmented {first}'s DICOM series with {result.card.ref} on {result.device} in "
+        f"5/7 segmented {first}'s DICOM series with {result.card.ref} on {result.device} in "
         f"{result.seconds:.2f} s -> {mask}"
     )
     print(f"    brain mask Dice against the simulated ground truth: {dice:.3f}")
@@ -164,9 +167,9 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
     try:
         classify(root / first / "anat" / f"{first}_T1w.nii.gz")
     except ModelError as exc:
-        print(f"6/6 no classification model: {exc}")
+        print(f"6/7 no classification model: {exc}")
         return
-    print("6/6 bvFTD classifier (P(bvFTD) per subject)")
+    print("6/7 bvFTD classifier (P(bvFTD) per subject)")
     for row in participants:
         sid = row["participant_id"]
         verdict = classify(root / sid / "anat" / f"{sid}_T1w.nii.gz")
@@ -174,6 +177,53 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
             f"    {sid.ljust(9)}{row['diagnosis'].ljust(10)}P(bvFTD) = "
             f"{verdict.probabilities.get('bvFTD', float('nan')):.3f} -> {verdict.predicted}"
             f"  ({verdict.card.ref})"
+        )
+
+
+def run_synthesis(root: Path, participants: list[dict[str, str]], out: Path) -> None:
+    """Generate two bvFTD and two control volumes with the default generator, and check
+    each against its nearest real scan of the cohort."""
+    import warnings
+
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.models.device import CpuFallbackWarning
+    from napari_mrisynth.synthesis import generate
+
+    warnings.simplefilter("ignore", CpuFallbackWarning)
+    folder = out / "synthetic"
+    made = []
+    try:
+        from napari_mrisynth.models.registry import default_model
+
+        card = default_model("generation")
+        for condition in ("bvftd", "control"):
+            made += generate(card, 2, condition=condition, seed=0, out=folder)
+    except ModelError as exc:
+        print(f"7/7 no generator: {exc}")
+        return
+    sampling = made[0].provenance["sampling"]
+    steps = f", {sampling['sampler']} {sampling['steps']} steps" if "steps" in sampling else ""
+    print(f"7/7 generated {len(made)} volumes with {card.ref}{steps} -> {folder}")
+    for item in made:
+        print(
+            f"    {item.path.name}  {item.provenance['seconds']:.2f} s  "
+            f"(provenance: {item.sidecar.name})"
+        )
+    from napari_mrisynth.evaluation import audit_memorization
+    from napari_mrisynth.io.files import load_volume
+
+    real = []
+    for row in participants:
+        sid = row["participant_id"]
+        volume = load_volume(root / sid / "anat" / f"{sid}_T1w.nii.gz").compute()
+        volume.metadata["name"] = sid
+        real.append(volume)
+    audit = audit_memorization(real, [m.volume for m in made])
+    for entry in audit.entries:
+        flag = "FLAGGED as a possible copy" if entry["flagged"] else "not a copy"
+        print(
+            f"    {entry['synthetic']}: nearest real {entry['nearest']} "
+            f"(similarity {entry['similarity']:.3f}; threshold {audit.threshold:.3f}): {flag}"
         )
 
 
