@@ -138,8 +138,11 @@ def test_generators_are_listed_with_family_ref_and_fid(viewer, generators, tmp_p
     root, cards = generators
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, SYNTHESIZE)
     labels = [widget.model.itemText(i) for i in range(widget.model.count())]
-    assert labels[0] == "LDM · tiny-ldm@1.0.0 · FID 0.123"  # the only one with a FID: first
-    assert sorted(labels[1:]) == ["GAN · tiny-gan-aged@1.0.0", "VAE · tiny-vae@1.0.0"]
+    assert labels[0] == "LDM · tiny-ldm@1.0.0 · FID 0.123"  # the lowest FID: first
+    tiny = [label for label in labels if "tiny-" in label]
+    assert sorted(tiny[1:]) == ["GAN · tiny-gan-aged@1.0.0", "VAE · tiny-vae@1.0.0"]
+    # the bundled demo generators follow, ranked by their test FID
+    assert "LDM · ldm-bvftd-demo@2.0.0 · FID 73.6" in labels
     assert generator_label(cards["vae"]) == "VAE · tiny-vae@1.0.0"
     # preselected: the registry's default generator (flagged default; then by name)
     assert widget.model.currentData().ref == default_model("generation").ref
@@ -371,8 +374,11 @@ def test_bad_input_gives_clear_errors_and_keeps_every_layer(
         patch.setattr(importlib.import_module(GENERATE_MODULE), "generate", out_of_memory)
         _run_expecting(viewer, widget, ModelError, "tiny-ldm@1.0.0", "out of memory")
 
-    # no generator at all
+    # no generator at all (the bundled demo generators set aside too)
+    from napari_mrisynth.models import registry
+
     monkeypatch.setenv("MRISYNTH_MODEL_PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "no-bundled-models")
     widget.refresh_models()
     assert widget.model.count() == 0 and not widget.run_button.isEnabled()
     assert "No generator found" in widget.status.text()
