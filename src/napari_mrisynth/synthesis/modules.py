@@ -109,7 +109,9 @@ class GANModule(pl.LightningModule):
         fake_logits = net.critic(diff_augment(fake.detach()), c)
         d_loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
         r1 = torch.zeros((), device=x.device)
-        if self.hparams.r1_gamma > 0 and self.global_step % self.hparams.r1_every == 0:
+        # Lightning counts both optimisers' steps: two per batch under manual optimisation
+        iteration = self.global_step // 2
+        if self.hparams.r1_gamma > 0 and iteration % self.hparams.r1_every == 0:
             real = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(net.critic(real, c).sum(), real, create_graph=True)
             r1 = grad.pow(2).flatten(1).sum(1).mean()
