@@ -11,8 +11,8 @@ What is timed:
 1. **Generation throughput** of the conditional VAE, GAN and latent diffusion model (LDM)
    through the public :func:`napari_mrisynth.generate` -- seeded noise per volume, the
    network, the model-grid ``Volume`` and the provenance record of every volume; no files
-   are written. The demo generators (``/work/demo/models/{ldm,vae,gan}-bvftd-demo-1.0.0``,
-   4 mm grid 48x56x48) are used when they exist, else untrained networks of the same
+   are written. The demo generators (``{ldm,vae,gan}-bvftd-demo`` from the registry: the
+   bundled ones, 4 mm grid 48x56x48) are used when they exist, else untrained networks of the same
    architecture (``architecture_for`` on the same grid; the time does not depend on the
    weights). Batch 1 and batch 4; the model is loaded beforehand (as in a widget or the
    CLI), one warm-up call, then the median of ``--runs``. The LDM samples with DDIM, 50
@@ -72,7 +72,6 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "synthesis"
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Synthesis throughput and training steps"
-DEMO_MODELS = Path("/work/demo/models")
 FAMILIES = ("vae", "gan", "ldm")
 FULL_SHAPE = (160, 224, 160)
 QUICK_FULL_SHAPE = (32, 48, 32)  # --quick: the same path on a small grid
@@ -184,14 +183,19 @@ def untrained_card(family: str, spec: Any, model_id: str, root: Path) -> Any:
     return save_model(card, network.state_dict(), root, overwrite=True)
 
 
-def bench_card(family: str, quick: bool, models: Path) -> tuple[Any, bool]:
-    """The demo generator when it exists (not in --quick), else an untrained one."""
-    from napari_mrisynth.models.card import read_card
+def bench_card(family: str, quick: bool, models: Path | None) -> tuple[Any, bool]:
+    """The demo generator (``--models`` folder first, then the registry: the bundled
+    ``<family>-bvftd-demo``) unless --quick, else an untrained one."""
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.models.registry import find_model, model_roots
     from napari_mrisynth.synthesis.train import generation_spec
 
-    demo = models / f"{family}-bvftd-demo-1.0.0"
-    if not quick and (demo / "card.json").exists():
-        return read_card(demo), True
+    if not quick:
+        roots = ([("folder", models)] if models else []) + model_roots()
+        try:
+            return find_model(f"{family}-bvftd-demo", task="generation", roots=roots), True
+        except ModelError:
+            pass
     opts = _options(quick)
     spec = generation_spec(family, opts)
     return untrained_card(family, spec, f"bench-{family}-{opts.spacing:g}mm", WORK / "registry"), (
@@ -515,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=(1, 4))
     parser.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
     parser.add_argument("--full-size-runs", type=int, default=1, help="0: skip full size")
-    parser.add_argument("--models", type=Path, default=DEMO_MODELS, help="demo registry")
+    parser.add_argument("--models", type=Path, help="a registry folder searched first")
     parser.add_argument(
         "--quick",
         action="store_true",
