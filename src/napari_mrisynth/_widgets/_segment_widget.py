@@ -332,6 +332,11 @@ class ModelWidget(QWidget):
         self.status.setText(f"Running {card.title} on {layer.name} …")
         self.run_button.setEnabled(False)
         args = (self.job, volume, card, self._requested_device, self._relay)
+        return self._start(args, f"{self.task}: {card.title}")
+
+    def _start(self, args: tuple, description: str) -> Any:
+        """Run ``args[0](*args[1:])`` in a thread worker (or here, unthreaded); results go
+        to ``_done``, crashes to ``_crashed``, and ``_finish`` runs either way."""
         if not self.threaded:
             try:
                 outcome = _expected_errors_returned(*args)
@@ -343,7 +348,7 @@ class ModelWidget(QWidget):
             self._done(outcome)
             return None
         self.worker = create_worker(
-            _expected_errors_returned, *args, _progress={"desc": f"{self.task}: {card.title}"}
+            _expected_errors_returned, *args, _progress={"desc": description}
         )
         self.worker.returned.connect(self._done)
         # napari's worker also notifies an unexpected error itself, with its traceback

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox
 
 from napari_mrisynth.errors import ModelError, MrisynthError
@@ -28,7 +27,7 @@ from napari_mrisynth.models.card import ModelCard
 from napari_mrisynth.volume import Volume
 
 from ._layer_data import LayerData, image_layer_data
-from ._segment_widget import ModelWidget, _expected_errors_returned, layer_source_volume
+from ._segment_widget import ModelWidget, layer_source_volume
 
 if TYPE_CHECKING:
     import napari
@@ -424,25 +423,7 @@ class SynthesizeWidget(ModelWidget):
         what = f"{request.n} × {self.condition.currentText()} from {request.card.ref}"
         self.status.setText(f"Generating {what} …")
         self.run_button.setEnabled(False)
-        args = (synthesize, request, self._relay)
-        if not self.threaded:
-            try:
-                outcome = _expected_errors_returned(*args)
-            except Exception as exc:
-                self._crashed(exc)
-                raise
-            finally:
-                self._finish()
-            self._done(outcome)
-            return None
-        self.worker = create_worker(
-            _expected_errors_returned, *args, _progress={"desc": f"synthesis: {what}"}
-        )
-        self.worker.returned.connect(self._done)
-        self.worker.errored.connect(self._crashed)
-        self.worker.finished.connect(self._finish)
-        self.worker.start()
-        return self.worker
+        return self._start((synthesize, request, self._relay), f"synthesis: {what}")
 
     def _on_progress(self, done: int, total: int, stage: str) -> None:
         if stage == "prepare":

@@ -12,7 +12,6 @@ with, and the training subjects are the set a copy would come from.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -84,9 +83,9 @@ class GenerativeOptions:
     callbacks: list[Any] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("callbacks")
-        return json.loads(json.dumps(data, default=list))
+        from napari_mrisynth.training.train import options_record
+
+        return options_record(self)
 
 
 def architecture_for(family: str, shape: Sequence[int], opts: GenerativeOptions) -> dict:

@@ -75,9 +75,14 @@ class TrainOptions:
 
     def record(self) -> dict[str, Any]:
         """The options as plain JSON values (for the card and MLflow)."""
-        data = dataclasses.asdict(self)
-        data.pop("callbacks")
-        return json.loads(json.dumps(data, default=list))
+        return options_record(self)
+
+
+def options_record(options: Any) -> dict[str, Any]:
+    """A run's options dataclass as plain JSON values, without its Lightning callbacks."""
+    data = dataclasses.asdict(options)
+    data.pop("callbacks", None)
+    return json.loads(json.dumps(data, default=list))
 
 
 def train_segmentation(data: str | Path, out: str | Path, **options: Any) -> ModelCard | None:
