@@ -264,3 +264,20 @@ def test_condition_vector_encoding():
     assert Condition.parse("bvftd").vector() == [1.0, 0.0, 0.0]
     assert Condition.parse("Control", 75, "female").vector() == [-1.0, 1.0, -1.0]
     assert Condition.parse("bvFTD", sex="m").label == "bvFTD-M"
+
+
+def test_default_generator_is_the_lowest_fid_unless_one_is_flagged(tmp_path):
+    from napari_mrisynth.models.registry import default_model
+
+    root = tmp_path / "models"
+    for model_id, fid in (("worse-ldm", 9.0), ("best-vae", 1.0), ("mid-gan", 4.0)):
+        make_tiny_generator(
+            root,
+            model_id.split("-")[1],
+            model_id=model_id,
+            default=False,
+            metrics={"test": {"fid": {"value": fid}}},
+        )
+    assert default_model("generation", roots=[root]).id == "best-vae"
+    make_tiny_generator(root, "gan", model_id="flagged-gan", default=True)
+    assert default_model("generation", roots=[root]).id == "flagged-gan"
