@@ -330,12 +330,14 @@ def test_classify_shows_probabilities_and_a_saliency_overlay(
     assert tuple(saliency.contrast_limits) == (0.0, 1.0)
     assert saliency.opacity == pytest.approx(0.5)
     _screenshot(viewer, dock, image, "classify", tmp_path)
-    # without saliency: the same probabilities (the run is deterministic), no new layer
+    # without saliency: the same probabilities, no new layer. The saliency pass runs the
+    # network with gradients on, whose kernels round differently from the no-grad pass;
+    # CI measured a 1.05e-5 difference, so the tolerance is 1e-4 (a tenth of a per mille).
     widget.saliency.setChecked(False)
     widget.run()
     assert widget.last_error is None, widget.status.text()
     assert len(viewer.layers) == 2
-    assert widget.last_result.probabilities == pytest.approx(result.probabilities, abs=1e-5)
+    assert widget.last_result.probabilities == pytest.approx(result.probabilities, abs=1e-4)
 
 
 # -- bad input ------------------------------------------------------------------------------
