@@ -1,0 +1,553 @@
+"""The ratings store: a study's frozen design and every rating, in one database.
+
+SQLite in WAL mode by default (a file path), or any database SQLAlchemy reaches (a URL such
+as ``postgresql+psycopg://host/db``) when several sites rate. Every write is one short
+transaction committed before the call returns, so a rating survives a crash of the rater's
+process the moment :meth:`RatingStore.add_rating` returns; ``synchronous=FULL`` makes it
+survive a power cut as well. Ratings are never updated or deleted: a second answer to the
+same trial is refused.
+
+The schema is versioned (``meta.schema_version``); opening a database written by a newer
+version of the software is refused rather than risked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from napari_mrisynth.errors import MrisynthError
+
+#: Bump with a migration in ``_MIGRATIONS`` whenever a table changes.
+SCHEMA_VERSION = 1
+
+#: How long a writer waits for another process's transaction (SQLite), seconds.
+BUSY_TIMEOUT_S = 30.0
+
+
+class StudyError(MrisynthError):
+    """A study cannot be created, found, rated or reported: the message says which and why."""
+
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)  # fmt: skip
+
+studies = sa.Table(
+    "studies", metadata,
+    sa.Column("study_id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("mode", sa.String(8), nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("trials_per_rater", sa.Integer, nullable=False),
+    sa.Column("grid", sa.Text, nullable=False),  # JSON: spacing, shape, preparation
+    sa.Column("cache", sa.Text, nullable=False),  # folder of prepared volumes
+    sa.Column("design", sa.Text, nullable=False),  # JSON: how it was made (sources, counts)
+)  # fmt: skip
+
+volumes = sa.Table(
+    "volumes", metadata,
+    sa.Column("study_id", sa.String(64), sa.ForeignKey("studies.study_id"), primary_key=True),
+    sa.Column("volume_id", sa.String(16), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "real" or "synthetic": the answer
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("source_sha256", sa.String(64), nullable=False),
+    sa.Column("prepared_sha256", sa.String(64), nullable=False),
+    sa.Column("condition", sa.Text, nullable=False),  # JSON
+    sa.Column("provenance", sa.Text, nullable=False),  # JSON: the generator's sidecar, or {}
+)  # fmt: skip
+
+items = sa.Table(
+    "items", metadata,
+    sa.Column("study_id", sa.String(64), sa.ForeignKey("studies.study_id"), primary_key=True),
+    sa.Column("item_id", sa.String(16), primary_key=True),
+    sa.Column("volumes", sa.Text, nullable=False),  # JSON list of volume ids
+)  # fmt: skip
+
+raters = sa.Table(
+    "raters", metadata,
+    sa.Column("study_id", sa.String(64), sa.ForeignKey("studies.study_id"), primary_key=True),
+    sa.Column("rater_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.Text),
+    sa.Column("role", sa.Text),
+    sa.Column("years", sa.Float),
+    sa.Column("added_at", sa.String(32), nullable=False),
+    sa.Column("signed_in_at", sa.String(32)),
+)  # fmt: skip
+
+trials = sa.Table(
+    "trials", metadata,
+    sa.Column("study_id", sa.String(64), primary_key=True),
+    sa.Column("rater_id", sa.String(64), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.String(16), nullable=False),
+    sa.Column("shown", sa.Text, nullable=False),  # JSON list of volume ids, left to right
+    sa.ForeignKeyConstraint(["study_id", "rater_id"], ["raters.study_id", "raters.rater_id"]),
+)  # fmt: skip
+
+ratings = sa.Table(
+    "ratings", metadata,
+    sa.Column("study_id", sa.String(64), primary_key=True),
+    sa.Column("rater_id", sa.String(64), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.String(16), nullable=False),
+    sa.Column("choice", sa.String(16), nullable=False),  # "A"/"B" (pair) or "real"/"synthetic"
+    sa.Column("called_synthetic", sa.Text, nullable=False),  # JSON list of bool per shown volume
+    sa.Column("confidence", sa.Integer, nullable=False),
+    sa.Column("realism", sa.Text, nullable=False),  # JSON list of int|None per shown volume
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("viewer_state", sa.Text, nullable=False),  # JSON
+    sa.Column("submitted_at", sa.String(32), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["study_id", "rater_id", "position"],
+        ["trials.study_id", "trials.rater_id", "trials.position"],
+    ),
+)  # fmt: skip
+
+drafts = sa.Table(
+    "drafts", metadata,
+    sa.Column("study_id", sa.String(64), primary_key=True),
+    sa.Column("rater_id", sa.String(64), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # JSON: answers so far, viewer state
+    sa.Column("seconds", sa.Float, nullable=False),  # time on the trial so far
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)  # fmt: skip
+
+audits = sa.Table(
+    "audits", metadata,
+    sa.Column("study_id", sa.String(64), primary_key=True),
+    sa.Column("volume_id", sa.String(16), primary_key=True),
+    sa.Column("nearest", sa.Text, nullable=False),
+    sa.Column("similarity", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("flagged", sa.Boolean, nullable=False),
+    sa.Column("train", sa.Text, nullable=False),
+    sa.Column("audited_at", sa.String(32), nullable=False),
+)  # fmt: skip
+
+decisions = sa.Table(
+    "decisions", metadata,
+    sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_id", sa.String(64), nullable=False),
+    sa.Column("volume_id", sa.String(16), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # "approved" or "rejected"
+    sa.Column("curator", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("decided_at", sa.String(32), nullable=False),
+)  # fmt: skip
+
+#: version -> statements that bring a database from ``version - 1`` to ``version``.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the microsecond (the order of events)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def check_id(value: str, what: str) -> str:
+    """``value`` when it is a usable study or rater id, else :class:`StudyError`."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise StudyError(
+            f"{what} {value!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def database_url(db: str | Path) -> str:
+    """A SQLAlchemy URL for ``db``: a URL as given, a path as a SQLite file."""
+    text = str(db)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+@dataclass(frozen=True)
+class RaterInfo:
+    """Who rates, as they signed in."""
+
+    rater_id: str
+    name: str | None
+    role: str | None
+    years: float | None
+    signed_in_at: str | None
+
+
+class RatingStore:
+    """A study database. One per process; safe to open from many processes at once.
+
+    Parameters
+    ----------
+    db : path or URL
+        A SQLite file (created with its folder) or a SQLAlchemy database URL.
+    create : bool
+        Create the schema when the database is empty; otherwise an empty database is an
+        error (a mistyped path must not silently start a new study).
+    """
+
+    def __init__(self, db: str | Path, *, create: bool = False):
+        self.url = database_url(db)
+        self.path: Path | None = None
+        connect_args: dict[str, Any] = {}
+        if self.url.startswith("sqlite:///"):
+            self.path = Path(self.url[len("sqlite:///") :])
+            if not create and not self.path.is_file():
+                raise StudyError(f"{self.path}: no such ratings database")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connect_args = {"timeout": BUSY_TIMEOUT_S}
+        try:
+            self.engine = sa.create_engine(self.url, connect_args=connect_args)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise StudyError(f"{db}: not a database URL SQLAlchemy can use ({exc})") from exc
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._open(create)
+
+    def __repr__(self) -> str:
+        return f"RatingStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> RatingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema -----------------------------------------------------------------------------
+    def _open(self, create: bool) -> None:
+        where = self.path or self.url
+        try:
+            with self.engine.begin() as conn:
+                has_meta = sa.inspect(conn).has_table("meta")
+                if not has_meta:
+                    if not create:
+                        raise StudyError(f"{where}: not a ratings database (no schema)")
+                    metadata.create_all(conn)
+                    conn.execute(
+                        meta_table.insert(),
+                        [{"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                         {"key": "created_at", "value": now()}],
+                    )  # fmt: skip
+                    return
+                row = conn.execute(
+                    sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                ).first()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise StudyError(
+                        f"{where}: schema version {version} is newer than this software's "
+                        f"{SCHEMA_VERSION}; upgrade napari-mrisynth"
+                    )
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(sa.text(statement))
+                    conn.execute(
+                        meta_table.update().where(meta_table.c.key == "schema_version"),
+                        {"value": str(step)},
+                    )
+        except sa.exc.DatabaseError as exc:
+            raise StudyError(f"{where}: cannot open the ratings database ({exc.orig})") from exc
+
+    @property
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+            ).one()
+        return int(row[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One committed transaction (rolled back on any error)."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- studies ----------------------------------------------------------------------------
+    def study_ids(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(studies.c.study_id).order_by("study_id"))]
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        """The study row, JSON columns decoded; :class:`StudyError` when there is none."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(studies).where(studies.c.study_id == study_id)).first()
+        if row is None:
+            known = ", ".join(self.study_ids()) or "none"
+            raise StudyError(f"{self}: no study {study_id!r} (studies: {known})")
+        study = dict(row._mapping)
+        for key in ("grid", "design"):
+            study[key] = json.loads(study[key])
+        return study
+
+    def only_study(self) -> str:
+        """The id of the database's one study (for commands that omit ``--study``)."""
+        ids = self.study_ids()
+        if len(ids) != 1:
+            raise StudyError(
+                f"{self}: holds {len(ids)} studies ({', '.join(ids) or 'none'}); name one"
+            )
+        return ids[0]
+
+    def volumes(self, study_id: str) -> dict[str, dict[str, Any]]:
+        """volume id -> row (with the answer, ``kind``): for reports and curation only."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(volumes).where(volumes.c.study_id == study_id).order_by("volume_id")
+            ).all()
+        out = {}
+        for row in rows:
+            entry = dict(row._mapping)
+            entry["condition"] = json.loads(entry["condition"])
+            entry["provenance"] = json.loads(entry["provenance"])
+            out[entry["volume_id"]] = entry
+        return out
+
+    def prepared_digest(self, study_id: str, volume_id: str) -> str:
+        """The SHA-256 of a prepared volume's file: what a rater's session checks it against
+        (and, unlike :meth:`volumes`, nothing that tells real from synthetic)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(volumes.c.prepared_sha256).where(
+                    (volumes.c.study_id == study_id) & (volumes.c.volume_id == volume_id)
+                )
+            ).first()
+        if row is None:
+            raise StudyError(f"study {study_id!r}: no volume {volume_id!r}")
+        return str(row[0])
+
+    # -- raters -----------------------------------------------------------------------------
+    def rater_ids(self, study_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(raters.c.rater_id).where(raters.c.study_id == study_id)
+                .order_by("rater_id")
+            )  # fmt: skip
+            return [r[0] for r in rows]
+
+    def rater(self, study_id: str, rater_id: str) -> RaterInfo:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(raters).where(
+                    (raters.c.study_id == study_id) & (raters.c.rater_id == rater_id)
+                )
+            ).first()
+        if row is None:
+            known = ", ".join(self.rater_ids(study_id)) or "none"
+            raise StudyError(f"study {study_id!r}: no rater {rater_id!r} (raters: {known})")
+        m = row._mapping
+        return RaterInfo(m["rater_id"], m["name"], m["role"], m["years"], m["signed_in_at"])
+
+    def sign_in(self, study_id: str, rater_id: str, *, name: str, role: str,
+                years: float) -> RaterInfo:  # fmt: skip
+        """Record who the rater is (name, role, years of experience) at sign-in."""
+        self.rater(study_id, rater_id)
+        if not name.strip():
+            raise StudyError(f"rater {rater_id!r}: a name is needed to sign in")
+        if not (0 <= float(years) <= 70):
+            raise StudyError(f"rater {rater_id!r}: years of experience {years} is not 0-70")
+        with self.transaction() as conn:
+            conn.execute(
+                raters.update().where(
+                    (raters.c.study_id == study_id) & (raters.c.rater_id == rater_id)
+                ),
+                {"name": name.strip(), "role": role.strip(), "years": float(years),
+                 "signed_in_at": now()},
+            )  # fmt: skip
+        return self.rater(study_id, rater_id)
+
+    # -- trials and ratings -----------------------------------------------------------------
+    def trial_count(self, study_id: str, rater_id: str) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(trials).where(
+                        (trials.c.study_id == study_id) & (trials.c.rater_id == rater_id)
+                    )
+                ).scalar_one()
+            )
+
+    def trial(self, study_id: str, rater_id: str, position: int) -> dict[str, Any]:
+        """The item and the volume ids shown, left to right, at ``position`` (0-based)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(trials.c.item_id, trials.c.shown).where(
+                    (trials.c.study_id == study_id) & (trials.c.rater_id == rater_id)
+                    & (trials.c.position == position)
+                )
+            ).first()  # fmt: skip
+        if row is None:
+            raise StudyError(f"study {study_id!r}, rater {rater_id!r}: no trial {position + 1}")
+        return {"item_id": row[0], "shown": json.loads(row[1]), "position": position}
+
+    def rated_positions(self, study_id: str, rater_id: str) -> set[int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(ratings.c.position).where(
+                    (ratings.c.study_id == study_id) & (ratings.c.rater_id == rater_id)
+                )
+            )
+            return {int(r[0]) for r in rows}
+
+    def add_rating(self, study_id: str, rater_id: str, position: int, *, choice: str,
+                   called_synthetic: Sequence[bool], confidence: int,
+                   realism: Sequence[int | None], comment: str, seconds: float,
+                   viewer_state: dict[str, Any]) -> str:  # fmt: skip
+        """Commit one rating (and clear the rater's draft) in one transaction.
+
+        Returns the commit time. A trial already rated is refused: ratings are never
+        overwritten.
+        """
+        trial = self.trial(study_id, rater_id, position)
+        submitted = now()
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    ratings.insert(),
+                    {"study_id": study_id, "rater_id": rater_id, "position": position,
+                     "item_id": trial["item_id"], "choice": choice,
+                     "called_synthetic": json.dumps([bool(v) for v in called_synthetic]),
+                     "confidence": int(confidence),
+                     "realism": json.dumps([None if v is None else int(v) for v in realism]),
+                     "comment": comment, "seconds": float(seconds),
+                     "viewer_state": json.dumps(viewer_state, sort_keys=True),
+                     "submitted_at": submitted},
+                )  # fmt: skip
+                conn.execute(
+                    drafts.delete().where(
+                        (drafts.c.study_id == study_id) & (drafts.c.rater_id == rater_id)
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise StudyError(
+                f"study {study_id!r}, rater {rater_id!r}: trial {position + 1} is already "
+                "rated; ratings are never overwritten"
+            ) from exc
+        return submitted
+
+    def save_draft(self, study_id: str, rater_id: str, position: int, state: dict[str, Any],
+                   seconds: float) -> None:  # fmt: skip
+        """Keep the answers so far and the time on the trial, for a resume after a crash."""
+        row = {"position": position, "state": json.dumps(state, sort_keys=True),
+               "seconds": float(seconds), "updated_at": now()}  # fmt: skip
+        key = (drafts.c.study_id == study_id) & (drafts.c.rater_id == rater_id)
+        with self.transaction() as conn:
+            if conn.execute(drafts.update().where(key), row).rowcount == 0:
+                conn.execute(drafts.insert(), {"study_id": study_id, "rater_id": rater_id, **row})
+
+    def draft(self, study_id: str, rater_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(drafts).where(
+                    (drafts.c.study_id == study_id) & (drafts.c.rater_id == rater_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        draft = dict(row._mapping)
+        draft["state"] = json.loads(draft["state"])
+        return draft
+
+    def ratings(self, study_id: str) -> list[dict[str, Any]]:
+        """Every rating with its trial, the rater and the truth, in submission order."""
+        query = (
+            sa.select(ratings, trials.c.shown, raters.c.name, raters.c.role, raters.c.years)
+            .join(trials, (trials.c.study_id == ratings.c.study_id)
+                  & (trials.c.rater_id == ratings.c.rater_id)
+                  & (trials.c.position == ratings.c.position))
+            .join(raters, (raters.c.study_id == ratings.c.study_id)
+                  & (raters.c.rater_id == ratings.c.rater_id))
+            .where(ratings.c.study_id == study_id)
+            .order_by(ratings.c.submitted_at, ratings.c.rater_id, ratings.c.position)
+        )  # fmt: skip
+        kinds = {v: row["kind"] for v, row in self.volumes(study_id).items()}
+        out = []
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                entry = dict(row._mapping)
+                for key in ("shown", "called_synthetic", "realism", "viewer_state"):
+                    entry[key] = json.loads(entry[key])
+                entry["synthetic"] = [kinds[v] == "synthetic" for v in entry["shown"]]
+                out.append(entry)
+        return out
+
+    # -- curation ---------------------------------------------------------------------------
+    def add_audit(self, study_id: str, rows: Sequence[dict[str, Any]], train: str) -> None:
+        """Store memorization-audit results (one row per synthetic volume), replacing any
+        earlier audit of the same volumes."""
+        stamp = now()
+        with self.transaction() as conn:
+            for row in rows:
+                conn.execute(
+                    audits.delete().where(
+                        (audits.c.study_id == study_id) & (audits.c.volume_id == row["volume_id"])
+                    )
+                )
+                conn.execute(
+                    audits.insert(),
+                    {"study_id": study_id, "volume_id": row["volume_id"],
+                     "nearest": str(row["nearest"]), "similarity": float(row["similarity"]),
+                     "threshold": float(row["threshold"]), "flagged": bool(row["flagged"]),
+                     "train": train, "audited_at": stamp},
+                )  # fmt: skip
+
+    def audits(self, study_id: str) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audits).where(audits.c.study_id == study_id)).all()
+        return {row.volume_id: dict(row._mapping) for row in rows}
+
+    def add_decision(self, study_id: str, volume_id: str, decision: str, *, curator: str,
+                     reason: str) -> dict[str, Any]:  # fmt: skip
+        """Append a curator's decision; the latest decision per volume counts."""
+        if decision not in ("approved", "rejected"):
+            raise StudyError(f"decision {decision!r}: use 'approved' or 'rejected'")
+        if not curator.strip():
+            raise StudyError("a decision needs the curator's name")
+        if decision == "rejected" and not reason.strip():
+            raise StudyError(f"{volume_id}: a rejection needs a reason")
+        kinds = {v: r["kind"] for v, r in self.volumes(study_id).items()}
+        if kinds.get(volume_id) != "synthetic":
+            raise StudyError(f"study {study_id!r}: {volume_id!r} is not a synthetic volume")
+        row = {"study_id": study_id, "volume_id": volume_id, "decision": decision,
+               "curator": curator.strip(), "reason": reason.strip(), "decided_at": now()}  # fmt: skip
+        with self.transaction() as conn:
+            conn.execute(decisions.insert(), row)
+        return row
+
+    def decisions(self, study_id: str) -> dict[str, dict[str, Any]]:
+        """volume id -> its latest decision."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(decisions).where(decisions.c.study_id == study_id)
+                .order_by(decisions.c.decision_id)
+            ).all()  # fmt: skip
+        latest = {}
+        for row in rows:
+            latest[row.volume_id] = dict(row._mapping)
+        return latest
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
