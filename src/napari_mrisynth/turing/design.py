@@ -255,8 +255,10 @@ def create_study(
         grid, prepared = prepare_study_volumes(sources, cache, spacing=spacing,
                                                resolution=resolution, device=device,
                                                progress=progress)  # fmt: skip
-        items = [(f"I{k + 1:03d}", [ids[i] for i in item], [pool[i].kind == "synthetic" for i in item])
-                 for k, item in enumerate(chosen)]  # fmt: skip
+        items = [
+            (f"I{k + 1:03d}", [ids[i] for i in item], [pool[i].kind == "synthetic" for i in item])
+            for k, item in enumerate(chosen)
+        ]
         design = {
             "real": str(real) if isinstance(real, (str, Path)) else "given",
             "synthetic": str(synthetic) if isinstance(synthetic, (str, Path)) else "given",

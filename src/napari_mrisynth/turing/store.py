@@ -379,9 +379,9 @@ class RatingStore:
         with self.engine.connect() as conn:
             return int(
                 conn.execute(
-                    sa.select(sa.func.count()).select_from(trials).where(
-                        (trials.c.study_id == study_id) & (trials.c.rater_id == rater_id)
-                    )
+                    sa.select(sa.func.count())
+                    .select_from(trials)
+                    .where((trials.c.study_id == study_id) & (trials.c.rater_id == rater_id))
                 ).scalar_one()
             )
 
@@ -527,7 +527,8 @@ class RatingStore:
         if kinds.get(volume_id) != "synthetic":
             raise StudyError(f"study {study_id!r}: {volume_id!r} is not a synthetic volume")
         row = {"study_id": study_id, "volume_id": volume_id, "decision": decision,
-               "curator": curator.strip(), "reason": reason.strip(), "decided_at": now()}  # fmt: skip
+               "curator": curator.strip(), "reason": reason.strip(),
+               "decided_at": now()}  # fmt: skip
         with self.transaction() as conn:
             conn.execute(decisions.insert(), row)
         return row
