@@ -4,7 +4,7 @@
 # package itself (editable) with its extras. Safe to re-run: finished steps are skipped.
 #
 #   bash scripts/setup.sh            # runtime: napari + PyQt6 + the plugin
-#   bash scripts/setup.sh --test     # also the test tools (pytest, dcm2niix, pydicom-data...)
+#   bash scripts/setup.sh --test     # also the test tools (pytest, dcm2niix, bids-validator...)
 #
 # Environment: PYTHON (interpreter, default python3.11 or python3), VENV (default .venv),
 # TORCH_SPEC (default torch==2.13.0: the CPU wheel on this project's build machines, the
@@ -22,6 +22,10 @@ apt_packages=(
 )
 # dciodvfy (DICOM object validator) checks the DICOM SEG and exported series in the tests.
 [[ "$extras" == *test* ]] && apt_packages+=(dicom3tools)
+# node and npm run the official BIDS validator, which checks the BIDS export in the tests.
+if [[ "$extras" == *test* ]] && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
+  apt_packages+=(nodejs npm)
+fi
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()
   for p in "${apt_packages[@]}"; do
@@ -36,6 +40,18 @@ if command -v dpkg-query >/dev/null 2>&1; then
   fi
 else
   echo "==> not a Debian-like system: install Xvfb and Qt's xcb libraries yourself for headless GUI tests"
+fi
+
+# The BIDS validator (pinned) in .tools/, git-ignored; checked on every run, before the
+# early exit below, because it lives outside the venv that the stamp describes.
+bids_validator=".tools/node/node_modules/.bin/bids-validator"
+if [[ "$extras" == *test* && ! -x "$bids_validator" ]]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "==> installing bids-validator@1.15.0 into .tools/node"
+    npm install --no-audit --no-fund --prefix "$PWD/.tools/node" bids-validator@1.15.0 >/dev/null
+  else
+    echo "==> npm is missing: the BIDS validator tests will be skipped"
+  fi
 fi
 
 venv="${VENV:-.venv}"
