@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "napari_mrisynth.synthesis.commands",  # generate
     "napari_mrisynth.reports.commands",  # report classifier|segmenter
     "napari_mrisynth.evaluation.commands",  # evaluate, audit
+    "napari_mrisynth.turing.commands",  # study, curate
 )
 
 

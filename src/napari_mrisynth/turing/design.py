@@ -39,6 +39,12 @@ class StudyVolume:
     source: Path
     condition: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    mask: Path | None = None
+
+
+#: File-name endings of masks beside a volume (``<stem>_labels.nii.gz`` is what the Correct
+#: mask widget saves); such files are masks, never volumes of their own.
+MASK_SUFFIXES = ("_labels", "_dseg", "_mask")
 
 
 def _sha256(path: Path) -> str:
@@ -92,7 +98,13 @@ def find_synthetic(path: str | Path) -> list[StudyVolume]:
     if not folder.is_dir():
         raise StudyError(f"{folder}: not a folder of synthetic volumes")
     found = []
-    for file in volume_files(folder):
+    files = volume_files(folder)
+    masks = {_stem(f): f for f in files if _stem(f).endswith(MASK_SUFFIXES)}
+    for file in files:
+        if _stem(file) in masks:
+            continue
+        mask = next((masks[_stem(file) + s] for s in MASK_SUFFIXES if _stem(file) + s in masks),
+                    None)  # fmt: skip
         sidecar = file.with_name(f"{_stem(file)}.json")
         provenance: dict[str, Any] = {}
         if sidecar.is_file():
@@ -101,7 +113,7 @@ def find_synthetic(path: str | Path) -> list[StudyVolume]:
             except (OSError, ValueError) as exc:
                 raise StudyError(f"{sidecar}: unreadable sidecar ({exc})") from exc
         found.append(StudyVolume("synthetic", file, dict(provenance.get("condition") or {}),
-                                 provenance))  # fmt: skip
+                                 provenance, mask))  # fmt: skip
     if not found:
         raise StudyError(f"{folder}: no synthetic volume files")
     return found
@@ -276,7 +288,8 @@ def create_study(
                  "source": str(pool[i].source), "source_sha256": digests[i],
                  "prepared_sha256": prepared[ids[i]],
                  "condition": json.dumps(pool[i].condition, sort_keys=True),
-                 "provenance": json.dumps(pool[i].provenance, sort_keys=True)}
+                 "provenance": json.dumps(pool[i].provenance, sort_keys=True),
+                 "mask": str(pool[i].mask) if pool[i].mask else None}
                 for i in used
             ])  # fmt: skip
             conn.execute(tables.items.insert(), [

@@ -67,6 +67,7 @@ volumes = sa.Table(
     sa.Column("prepared_sha256", sa.String(64), nullable=False),
     sa.Column("condition", sa.Text, nullable=False),  # JSON
     sa.Column("provenance", sa.Text, nullable=False),  # JSON: the generator's sidecar, or {}
+    sa.Column("mask", sa.Text),  # a corrected mask on the volume's grid, when there is one
 )  # fmt: skip
 
 items = sa.Table(

@@ -1,0 +1,328 @@
+"""``mrisynth study create|add-rater|status|rate|report|csv`` and
+``mrisynth curate list|decide|apply|audit``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DB_HELP = "ratings database: a SQLite file, or a SQLAlchemy URL (e.g. postgresql+psycopg://…)"
+
+
+def _db(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--db", required=required, help=DB_HELP)
+    parser.add_argument("--study", help="study id (needed when the database holds several)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    study = subparsers.add_parser(
+        "study",
+        help="visual Turing tests: create a blinded study, rate it in napari, report",
+        description="Blinded reader studies of real vs synthetic volumes.",
+    )
+    sub = study.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+
+    create = sub.add_parser(
+        "create",
+        help="freeze a study: volumes, trial items and each rater's seeded order",
+        description=(
+            "Prepare every volume identically (study grid, equal resolution, one intensity "
+            "mapping, uint8) and freeze the design into the ratings database. Every rater "
+            "rates the same items, each in their own seeded order; in pair mode the real "
+            "volume is on the left in exactly half of each rater's trials."
+        ),
+    )
+    create.add_argument(
+        "--real",
+        type=Path,
+        required=True,
+        help="real scans: a BIDS cohort (participants.tsv) or a folder",
+    )
+    create.add_argument(
+        "--synthetic",
+        type=Path,
+        required=True,
+        help="synthetic volumes (with the generator's JSON sidecars)",
+    )
+    create.add_argument("--raters", required=True, help="comma-separated rater ids")
+    create.add_argument("--mode", choices=("pair", "single"), default="pair")
+    create.add_argument("--trials", type=int, required=True, help="trials per rater")
+    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--db", required=True, help=DB_HELP)
+    create.add_argument("--study", default="study", help="study id (default 'study')")
+    create.add_argument(
+        "--spacing", type=float, default=2.0, help="voxel size of the study grid in mm (default 2)"
+    )
+    create.add_argument(
+        "--resolution",
+        type=float,
+        help="effective resolution in mm every volume is brought to "
+        "(default: the coarsest voxel size among the volumes)",
+    )
+    create.add_argument(
+        "--cache", type=Path, help="folder for the prepared volumes (default: beside the database)"
+    )
+    create.add_argument("--device", default="auto", help="where to resample (auto, cpu, cuda)")
+    create.set_defaults(func=run_create)
+
+    add = sub.add_parser("add-rater", help="give a new rater the study's items, in their order")
+    _db(add)
+    add.add_argument("rater", help="the new rater's id")
+    add.set_defaults(func=run_add_rater)
+
+    status = sub.add_parser("status", help="how far each rater is")
+    _db(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=run_status)
+
+    rate = sub.add_parser("rate", help="open napari with the Visual Turing test widget")
+    _db(rate)
+    rate.add_argument("--rater", help="your rater id")
+    rate.set_defaults(func=run_rate)
+
+    report = sub.add_parser(
+        "report",
+        help="statistics per rater, per tier and pooled; Markdown, HTML, JSON, PNGs",
+        description=(
+            "Accuracy with a Wilson 95% CI, exact binomial test against 50%, sensitivity "
+            "and specificity (synthetic = positive), AUC of the confidence-weighted calls, "
+            "Cohen's (2 raters) or Fleiss' kappa, per experience tier; per synthetic volume "
+            "its fooled rate and mean realism."
+        ),
+    )
+    _db(report)
+    report.add_argument("--out", type=Path, required=True, help="report folder")
+    report.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    report.set_defaults(func=run_report)
+
+    export_csv = sub.add_parser("csv", help="every rating (with the truth) as CSV")
+    _db(export_csv)
+    export_csv.add_argument("--out", type=Path, required=True, help="CSV file")
+    export_csv.set_defaults(func=run_csv)
+
+    curate = subparsers.add_parser(
+        "curate",
+        help="review a study's synthetic volumes by scores and audit; approve or reject",
+    )
+    csub = curate.add_subparsers(dest="curate_command", metavar="ACTION", required=True)
+    listing = csub.add_parser("list", help="synthetic volumes ranked; preselected by rules")
+    _db(listing)
+    listing.add_argument(
+        "--rules",
+        default="realism>=4,fooled>=0.5,unflagged",
+        help="preselection rules (default: realism>=4,fooled>=0.5,unflagged)",
+    )
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=run_curate_list)
+
+    for action, decision in (("approve", "approved"), ("reject", "rejected")):
+        p = csub.add_parser(action, help=f"record that volumes are {decision}")
+        _db(p)
+        p.add_argument("volumes", nargs="+", help="volume ids (V001 …)")
+        p.add_argument("--curator", required=True, help="your name")
+        p.add_argument("--reason", default="", help="why (required to reject)")
+        p.set_defaults(func=run_decide, decision=decision)
+
+    apply = csub.add_parser("apply", help="decide every undecided volume by the rules")
+    _db(apply)
+    apply.add_argument("--rules", default="realism>=4,fooled>=0.5,unflagged")
+    apply.add_argument("--curator", required=True)
+    apply.add_argument("--redecide", action="store_true", help="also volumes already decided")
+    apply.set_defaults(func=run_apply)
+
+    audit = csub.add_parser("audit", help="memorization audit of the study's synthetic volumes")
+    _db(audit)
+    audit.add_argument(
+        "--train",
+        type=Path,
+        required=True,
+        help="the generator's training scans (BIDS cohort or folder)",
+    )
+    audit.set_defaults(func=run_audit)
+
+
+def _progress(what: str) -> Any:
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=what, unit="step", file=sys.stderr)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+
+    return update
+
+
+def run_create(args: argparse.Namespace) -> int:
+    from napari_mrisynth.models.device import choose_device
+    from napari_mrisynth.turing.design import create_study
+
+    raters = [r.strip() for r in args.raters.split(",") if r.strip()]
+    study = create_study(
+        args.db,
+        real=args.real,
+        synthetic=args.synthetic,
+        raters=raters,
+        mode=args.mode,
+        trials=args.trials,
+        seed=args.seed,
+        study_id=args.study,
+        spacing=args.spacing,
+        resolution=args.resolution,
+        cache=args.cache,
+        device=choose_device(args.device),
+        progress=_progress("preparing volumes"),
+    )
+    grid = study["grid"]
+    print(
+        f"study {study['study_id']!r}: {study['mode']} mode, {study['trials_per_rater']} "
+        f"trials for each of {len(raters)} rater(s) ({', '.join(raters)}), seed "
+        f"{study['seed']}"
+    )
+    print(
+        f"  volumes prepared on a {grid['spacing']:g} mm grid {tuple(grid['shape'])} at "
+        f"{grid['resolution']:g} mm effective resolution into {study['cache']}"
+    )
+    print(f"  database: {args.db}")
+    print(f"  rate with: mrisynth study rate --db {args.db} --rater {raters[0]}")
+    return 0
+
+
+def run_add_rater(args: argparse.Namespace) -> int:
+    from napari_mrisynth.turing.design import add_rater
+
+    add_rater(args.db, args.rater, study_id=args.study)
+    print(f"rater {args.rater!r} added")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from napari_mrisynth.turing.results import study_status
+
+    status = study_status(args.db, args.study)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"study {status['study_id']!r}: {status['rated']} of {status['total']} trials rated")
+    for rater, entry in status["raters"].items():
+        signed = entry["tier"] or "not signed in"
+        print(f"  {rater:<20} {entry['rated']:>4} / {entry['total']:<4} {signed}")
+    return 0
+
+
+def run_rate(args: argparse.Namespace) -> int:
+    import napari
+
+    viewer = napari.Viewer(title="Visual Turing test")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mrisynth", "Visual Turing test")
+    widget.db_path.setText(str(args.db))
+    if args.rater:
+        widget.rater_id.setText(args.rater)
+    napari.run()
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from napari_mrisynth.turing.results import study_report
+
+    result = study_report(args.db, args.out, study_id=args.study)
+    if args.json:
+        print(json.dumps(result["statistics"], indent=2, sort_keys=True))
+        return 0
+    pooled = result["statistics"]["pooled"]
+    acc = pooled["accuracy"]
+    low, high = acc["ci95"]
+    print(
+        f"pooled accuracy {acc['value']:.3f} (95% CI {low:.3f}-{high:.3f}, "
+        f"{acc['correct']}/{acc['n']}), binomial p = {pooled['binomial']['p_value']:.4g}"
+    )
+    agreement = result["statistics"]["agreement"]
+    if agreement.get("kappa") is not None:
+        print(
+            f"{agreement['method']} kappa {agreement['kappa']:.3f} over "
+            f"{agreement['n_items']} items"
+        )
+    print(f"report: {result['files']['html']}")
+    return 0
+
+
+def run_csv(args: argparse.Namespace) -> int:
+    from napari_mrisynth.turing.results import ratings_csv
+
+    print(ratings_csv(args.db, args.out, study_id=args.study))
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def run_curate_list(args: argparse.Namespace) -> int:
+    from napari_mrisynth.turing.curation import CurationRules, candidates
+
+    rules = CurationRules.parse(args.rules)
+    rows = [c.row() for c in candidates(args.db, study_id=args.study, rules=rules)]
+    if args.json:
+        print(json.dumps({"rules": rules.describe(), "volumes": rows}, indent=2))
+        return 0
+    print(f"rules: {rules.describe()}")
+    for row in rows:
+        realism = "—" if row["mean_realism"] is None else f"{row['mean_realism']:.2f}"
+        similarity = "—" if row["audit_similarity"] is None else f"{row['audit_similarity']:.3f}"
+        mark = "✓" if row["preselected"] else " "
+        decision = row["decision"] or "undecided"
+        print(
+            f"{mark} {row['volume_id']}  {str(row['diagnosis']):<8} fooled "
+            f"{_percent(row['fooled_rate']):>4}  realism {realism:>4}  audit {similarity:>5}  "
+            f"{decision:<9} {row['generator']}"
+        )
+        if row["failures"]:
+            print(f"      not preselected: {'; '.join(row['failures'])}")
+    return 0
+
+
+def run_decide(args: argparse.Namespace) -> int:
+    from napari_mrisynth.turing.curation import decide
+
+    for volume_id in args.volumes:
+        decide(
+            args.db,
+            volume_id,
+            args.decision,
+            curator=args.curator,
+            reason=args.reason,
+            study_id=args.study,
+        )
+        print(f"{volume_id}: {args.decision} by {args.curator}")
+    return 0
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from napari_mrisynth.turing.curation import CurationRules, apply_rules
+
+    rules = CurationRules.parse(args.rules)
+    for row in apply_rules(
+        args.db, rules, curator=args.curator, study_id=args.study, redecide=args.redecide
+    ):
+        print(f"{row['volume_id']}: {row['decision']} ({row['reason']})")
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from napari_mrisynth.turing.curation import audit_study
+
+    rows = audit_study(args.db, args.train, study_id=args.study, progress=_progress("auditing"))
+    for row in rows:
+        flag = "FLAGGED as a possible copy" if row["flagged"] else "not a copy"
+        print(
+            f"{row['volume_id']}: nearest {row['nearest']} similarity "
+            f"{row['similarity']:.3f} (threshold {row['threshold']:.3f}): {flag}"
+        )
+    return 0

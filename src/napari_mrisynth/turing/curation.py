@@ -1,0 +1,339 @@
+"""Curation: review the study's synthetic volumes by their scores, approve or reject them.
+
+Each synthetic volume is ranked by what the raters said (fooled rate, mean realism), by the
+memorization audit (similarity to its nearest training scan) and by its generator's
+metrics. :class:`CurationRules` preselect (e.g. mean realism >= 4, fooled >= 50 %, not
+flagged by the audit); a named curator decides, with a reason for every rejection. Every
+decision is appended to the store; the latest one per volume counts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari_mrisynth.turing.store import RatingStore, StudyError
+
+
+@dataclass(frozen=True)
+class CurationRules:
+    """What a volume must reach to be preselected (None: no rule)."""
+
+    min_realism: float | None = 4.0
+    min_fooled: float | None = 0.5
+    unflagged: bool = True
+    min_judgments: int = 1
+
+    _TERMS = {"realism": "min_realism", "fooled": "min_fooled", "judgments": "min_judgments"}
+
+    @classmethod
+    def parse(cls, text: str) -> CurationRules:
+        """``"realism>=4,fooled>=0.5,unflagged"`` (``judgments>=N`` too; ``none``: no rule)."""
+        values: dict[str, Any] = {
+            "min_realism": None,
+            "min_fooled": None,
+            "unflagged": False,
+            "min_judgments": 1,
+        }
+        for term in (t.strip() for t in text.split(",") if t.strip()):
+            if term == "unflagged":
+                values["unflagged"] = True
+                continue
+            if term == "none":
+                continue
+            match = re.fullmatch(r"(realism|fooled|judgments)\s*>=\s*([0-9.]+)%?", term)
+            if not match:
+                raise StudyError(
+                    f"rule {term!r}: use realism>=X, fooled>=X (0-1 or %), judgments>=N, unflagged"
+                )
+            name, number = match.group(1), float(match.group(2))
+            if name == "fooled" and (term.endswith("%") or number > 1):
+                number /= 100.0
+            values[cls._TERMS[name]] = int(number) if name == "judgments" else number
+        return cls(**values)
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_realism is not None:
+            parts.append(f"mean realism >= {self.min_realism:g}")
+        if self.min_fooled is not None:
+            parts.append(f"fooled >= {self.min_fooled:.0%}")
+        if self.unflagged:
+            parts.append("not flagged by the memorization audit")
+        if self.min_judgments > 1:
+            parts.append(f"at least {self.min_judgments} judgments")
+        return ", ".join(parts) or "no rule"
+
+    def failures(self, scores: dict[str, Any], audit: dict[str, Any]) -> list[str]:
+        """Why a volume with these scores and audit is not preselected (empty: it is)."""
+        out = []
+        n = int(scores.get("n_judgments") or 0)
+        if n < max(self.min_judgments, 1):
+            out.append(f"{n} judgment(s), fewer than {max(self.min_judgments, 1)}")
+        realism = scores.get("mean_realism")
+        if self.min_realism is not None and (realism is None or realism < self.min_realism):
+            shown = "no realism score" if realism is None else f"mean realism {realism:.2f}"
+            out.append(f"{shown} < {self.min_realism:g}")
+        fooled = scores.get("fooled_rate")
+        if self.min_fooled is not None and (fooled is None or fooled < self.min_fooled):
+            shown = "not rated" if fooled is None else f"fooled {fooled:.0%}"
+            out.append(f"{shown} < {self.min_fooled:.0%}")
+        if self.unflagged:
+            if not audit:
+                out.append("not audited for memorization")
+            elif audit.get("flagged"):
+                out.append(
+                    f"flagged as a possible copy of {audit.get('nearest')} "
+                    f"(similarity {audit.get('similarity', float('nan')):.3f})"
+                )
+        return out
+
+
+@dataclass
+class Candidate:
+    """A synthetic volume under review."""
+
+    volume_id: str
+    source: str
+    condition: dict[str, Any]
+    provenance: dict[str, Any]
+    scores: dict[str, Any]
+    audit: dict[str, Any]
+    decision: dict[str, Any] | None
+    failures: list[str] = field(default_factory=list)
+    mask: str | None = None
+
+    @property
+    def preselected(self) -> bool:
+        return not self.failures
+
+    @property
+    def generator(self) -> str:
+        g = self.provenance.get("generator") or {}
+        return f"{g.get('id', '?')}@{g.get('version', '?')}" if g else "unknown"
+
+    def row(self) -> dict[str, Any]:
+        """JSON-ready summary (for the CLI and the widget)."""
+        return {
+            "volume_id": self.volume_id,
+            "diagnosis": self.condition.get("diagnosis"),
+            "generator": self.generator,
+            "n_judgments": self.scores.get("n_judgments", 0),
+            "fooled_rate": self.scores.get("fooled_rate"),
+            "mean_realism": self.scores.get("mean_realism"),
+            "audit_similarity": self.audit.get("similarity"),
+            "audit_flagged": self.audit.get("flagged"),
+            "preselected": self.preselected,
+            "failures": self.failures,
+            "decision": (self.decision or {}).get("decision"),
+            "curator": (self.decision or {}).get("curator"),
+            "reason": (self.decision or {}).get("reason"),
+            "source": self.source,
+        }
+
+
+def _rank_key(candidate: Candidate) -> tuple:
+    s = candidate.scores
+    similarity = candidate.audit.get("similarity")
+    return (
+        not candidate.preselected,
+        -(s.get("fooled_rate") if s.get("fooled_rate") is not None else -1.0),
+        -(s.get("mean_realism") if s.get("mean_realism") is not None else -1.0),
+        similarity if similarity is not None else 2.0,
+        candidate.volume_id,
+    )
+
+
+def candidates(
+    db: str | Path | RatingStore, *, study_id: str | None = None, rules: CurationRules | None = None
+) -> list[Candidate]:
+    """Every synthetic volume of the study, best first: preselected ones, then by fooled
+    rate, mean realism and (lower is better) audit similarity."""
+    from napari_mrisynth.turing.results import rated_trials
+    from napari_mrisynth.turing.statistics import volume_scores
+
+    rules = rules or CurationRules()
+    store = db if isinstance(db, RatingStore) else RatingStore(db)
+    try:
+        study_id = study_id or store.only_study()
+        trials = rated_trials(store, study_id)
+        scores = volume_scores(trials) if trials else {}
+        audits = store.audits(study_id)
+        decided = store.decisions(study_id)
+        out = []
+        for volume_id, row in store.volumes(study_id).items():
+            if row["kind"] != "synthetic":
+                continue
+            score = scores.get(volume_id, {"n_judgments": 0})
+            audit = audits.get(volume_id, {})
+            out.append(
+                Candidate(
+                    volume_id,
+                    row["source"],
+                    row["condition"],
+                    row["provenance"],
+                    score,
+                    audit,
+                    decided.get(volume_id),
+                    rules.failures(score, audit),
+                    row.get("mask"),
+                )
+            )
+        return sorted(out, key=_rank_key)
+    finally:
+        if store is not db:
+            store.close()
+
+
+def decide(
+    db: str | Path | RatingStore,
+    volume_id: str,
+    decision: str,
+    *,
+    curator: str,
+    reason: str = "",
+    study_id: str | None = None,
+) -> dict[str, Any]:
+    """Record a curator's decision ("approved" or "rejected"; a rejection needs a reason)."""
+    store = db if isinstance(db, RatingStore) else RatingStore(db)
+    try:
+        return store.add_decision(
+            study_id or store.only_study(), volume_id, decision, curator=curator, reason=reason
+        )
+    finally:
+        if store is not db:
+            store.close()
+
+
+def apply_rules(
+    db: str | Path | RatingStore,
+    rules: CurationRules,
+    *,
+    curator: str,
+    study_id: str | None = None,
+    redecide: bool = False,
+) -> list[dict[str, Any]]:
+    """Approve the preselected and reject the others (the unmet rules as the reason), for
+    volumes not yet decided (or all, with ``redecide``). Returns the decisions recorded."""
+    store = db if isinstance(db, RatingStore) else RatingStore(db)
+    try:
+        study_id = study_id or store.only_study()
+        recorded = []
+        for candidate in candidates(store, study_id=study_id, rules=rules):
+            if candidate.decision is not None and not redecide:
+                continue
+            if candidate.preselected:
+                reason = f"meets the rules: {rules.describe()}"
+                recorded.append(
+                    store.add_decision(
+                        study_id, candidate.volume_id, "approved", curator=curator, reason=reason
+                    )
+                )
+            else:
+                recorded.append(
+                    store.add_decision(
+                        study_id,
+                        candidate.volume_id,
+                        "rejected",
+                        curator=curator,
+                        reason="; ".join(candidate.failures),
+                    )
+                )
+        return recorded
+    finally:
+        if store is not db:
+            store.close()
+
+
+def audit_study(
+    db: str | Path | RatingStore,
+    train: str | Path,
+    *,
+    study_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the memorization audit of every synthetic volume against the training scans in
+    ``train`` (a BIDS cohort or a folder) and store the results."""
+    from napari_mrisynth.evaluation.memorization import audit_memorization
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.turing.design import find_real
+
+    store = db if isinstance(db, RatingStore) else RatingStore(db)
+    try:
+        study_id = study_id or store.only_study()
+        training = []
+        for scan in find_real(train):
+            volume = load_volume(scan.source).compute()
+            volume.metadata["name"] = scan.source.name.split(".")[0]
+            training.append(volume)
+        ids, synthetic = [], []
+        for volume_id, row in store.volumes(study_id).items():
+            if row["kind"] != "synthetic":
+                continue
+            volume = load_volume(row["source"]).compute()
+            volume.metadata["name"] = volume_id
+            space = (row["provenance"].get("grid") or {}).get("space")
+            if isinstance(space, str):
+                volume.metadata["space"] = space
+            ids.append(volume_id)
+            synthetic.append(volume)
+        if not synthetic:
+            raise StudyError(f"study {study_id!r}: no synthetic volume to audit")
+        report = audit_memorization(training, synthetic, progress=progress)
+        rows = [
+            {
+                "volume_id": volume_id,
+                "nearest": entry["nearest"],
+                "similarity": entry["similarity"],
+                "threshold": report.threshold,
+                "flagged": entry["flagged"],
+            }
+            for volume_id, entry in zip(ids, report.entries, strict=True)
+        ]
+        store.add_audit(study_id, rows, str(Path(train).resolve()))
+        return rows
+    finally:
+        if store is not db:
+            store.close()
+
+
+def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = None) -> list[Any]:
+    """The volumes whose latest decision is "approved", as the export takes them."""
+    from napari_mrisynth.export import ApprovedVolume
+
+    store = db if isinstance(db, RatingStore) else RatingStore(db)
+    try:
+        study_id = study_id or store.only_study()
+        out = []
+        for c in candidates(store, study_id=study_id, rules=CurationRules()):
+            if (c.decision or {}).get("decision") != "approved":
+                continue
+            audit = {
+                k: c.audit[k]
+                for k in ("nearest", "similarity", "threshold", "flagged")
+                if k in c.audit
+            }
+            scores = {
+                k: c.scores.get(k)
+                for k in ("n_judgments", "fooled_rate", "mean_realism", "mean_confidence")
+            }
+            curation = {k: c.decision[k] for k in ("decision", "curator", "reason", "decided_at")}
+            out.append(
+                ApprovedVolume(
+                    volume_id=c.volume_id,
+                    path=Path(c.source),
+                    provenance=c.provenance,
+                    condition=c.condition,
+                    scores=scores,
+                    audit=audit,
+                    curation=curation,
+                    mask_path=Path(c.mask) if c.mask else None,
+                )
+            )
+        return sorted(out, key=lambda v: v.volume_id)
+    finally:
+        if store is not db:
+            store.close()
