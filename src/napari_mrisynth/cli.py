@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "napari_mrisynth.reports.commands",  # report classifier|segmenter
     "napari_mrisynth.evaluation.commands",  # evaluate, audit
     "napari_mrisynth.turing.commands",  # study, curate
+    "napari_mrisynth.export.commands",  # export
 )
 
 

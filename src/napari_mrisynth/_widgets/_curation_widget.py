@@ -1,0 +1,241 @@
+"""Curation dock widget: a named curator reviews a study's synthetic volumes and decides.
+
+The table ranks every synthetic volume by the raters' verdict (fooled rate, mean realism),
+the memorization audit and the preselection rules (preselected first). Selecting a row
+shows the volume as generated, in its own geometry, beside nothing else; Approve and Reject
+append a decision (a rejection needs a reason) to the study's database, which is what
+``mrisynth export`` reads. The curator is not blinded: this happens after the rating.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_mrisynth.errors import MrisynthError
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_mrisynth.turing.curation import Candidate
+
+COLUMNS = ("", "Volume", "Diagnosis", "Fooled", "Realism", "Audit", "Decision", "Generator")
+DEFAULT_RULES = "realism>=4,fooled>=0.5,unflagged"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+class CurationWidget(QWidget):
+    """Review, approve and reject a study's synthetic volumes."""
+
+    def __init__(self, napari_viewer: napari.Viewer, db: str | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.candidates: list[Candidate] = []
+        self.last_error: str | None = None
+        self._layer: Any = None
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        db_row = QHBoxLayout()
+        self.db_path = QLineEdit(db or "")
+        self.db_path.setPlaceholderText("ratings database of the study")
+        browse = QPushButton("…")
+        browse.setFixedWidth(30)
+        browse.clicked.connect(self._browse)
+        db_row.addWidget(self.db_path)
+        db_row.addWidget(browse)
+        form.addRow("Study", db_row)
+        self.rules = QLineEdit(DEFAULT_RULES)
+        self.rules.setToolTip("realism>=X, fooled>=X (0-1 or %), judgments>=N, unflagged")
+        form.addRow("Rules", self.rules)
+        self.curator = QLineEdit()
+        self.curator.setPlaceholderText("your name (recorded with every decision)")
+        form.addRow("Curator", self.curator)
+        layout.addLayout(form)
+        self.load_button = QPushButton("Load ranking")
+        self.load_button.clicked.connect(self.load)
+        layout.addWidget(self.load_button)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.itemSelectionChanged.connect(self._selected)
+        layout.addWidget(self.table, 1)
+
+        self.details = QLabel()
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.details)
+        self.reason = QLineEdit()
+        self.reason.setPlaceholderText("reason (required to reject)")
+        layout.addWidget(self.reason)
+        buttons = QHBoxLayout()
+        self.approve_button = QPushButton("Approve")
+        self.approve_button.clicked.connect(lambda: self.decide("approved"))
+        self.reject_button = QPushButton("Reject")
+        self.reject_button.clicked.connect(lambda: self.decide("rejected"))
+        self.apply_button = QPushButton("Apply rules to undecided")
+        self.apply_button.clicked.connect(self.apply_rules)
+        for button in (self.approve_button, self.reject_button, self.apply_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Ratings database", "", "SQLite (*.db *.sqlite);;All files (*)"
+        )
+        if path:
+            self.db_path.setText(path)
+
+    def _error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.last_error = message
+        self.status.setText(f"<span style='color:#e0605f'>{message}</span>")
+        show_error(message)
+
+    def _db(self) -> str:
+        text = self.db_path.text().strip()
+        return text if "://" in text else str(Path(text).expanduser())
+
+    def load(self) -> bool:
+        """Rank the study's synthetic volumes by the rules and fill the table."""
+        from napari_mrisynth.turing.curation import CurationRules, candidates
+
+        self.last_error = None
+        try:
+            rules = CurationRules.parse(self.rules.text())
+            self.candidates = candidates(self._db(), rules=rules)
+        except MrisynthError as exc:
+            self._error(str(exc))
+            return False
+        self.table.setRowCount(len(self.candidates))
+        for row, c in enumerate(self.candidates):
+            audit = c.audit.get("similarity")
+            flagged = " ⚑" if c.audit.get("flagged") else ""
+            cells = (
+                "✓" if c.preselected else "",
+                c.volume_id,
+                str(c.condition.get("diagnosis") or "—"),
+                _number(c.scores.get("fooled_rate"), ".0%"),
+                _number(c.scores.get("mean_realism"), ".2f"),
+                _number(audit, ".3f") + flagged,
+                (c.decision or {}).get("decision", "undecided"),
+                c.generator,
+            )
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if column == 0 and not c.preselected:
+                    item.setToolTip("; ".join(c.failures))
+                self.table.setItem(row, column, item)
+        n_pre = sum(c.preselected for c in self.candidates)
+        self.status.setText(
+            f"{len(self.candidates)} synthetic volumes; {n_pre} preselected by: {rules.describe()}."
+        )
+        return True
+
+    def selected(self) -> Candidate | None:
+        rows = {index.row() for index in self.table.selectedIndexes()}
+        return self.candidates[rows.pop()] if len(rows) == 1 else None
+
+    def _selected(self) -> None:
+        candidate = self.selected()
+        if candidate is None:
+            return
+        lines = [
+            f"<b>{candidate.volume_id}</b> · {candidate.generator} · seed "
+            f"{candidate.provenance.get('seed', '—')} · {candidate.source}"
+        ]
+        if candidate.failures:
+            lines.append("Not preselected: " + "; ".join(candidate.failures))
+        if candidate.decision:
+            d = candidate.decision
+            lines.append(f"{d['decision']} by {d['curator']} ({d['decided_at']}): {d['reason']}")
+        self.details.setText("<br>".join(lines))
+        self.show_volume(candidate)
+
+    def show_volume(self, candidate: Candidate) -> None:
+        """Show the volume as generated (its own geometry), replacing the previous one."""
+        from napari_mrisynth.io.files import load_volume
+        from napari_mrisynth.volume import napari_layer_kwargs
+
+        try:
+            volume = load_volume(candidate.source).compute()
+        except MrisynthError as exc:
+            self._error(str(exc))
+            return
+        volume.metadata["name"] = f"{candidate.volume_id} (synthetic)"
+        data, kwargs = napari_layer_kwargs(volume)
+        if self._layer is not None and self._layer in self.viewer.layers:
+            self.viewer.layers.remove(self._layer)
+        self._layer = self.viewer.add_image(data, colormap="gray", **kwargs)
+        self.viewer.reset_view()
+
+    def decide(self, decision: str) -> bool:
+        """Record the curator's decision on the selected volume."""
+        from napari_mrisynth.turing.curation import decide
+
+        candidate = self.selected()
+        if candidate is None:
+            self.status.setText("Select a volume first.")
+            return False
+        try:
+            decide(
+                self._db(),
+                candidate.volume_id,
+                decision,
+                curator=self.curator.text(),
+                reason=self.reason.text(),
+            )
+        except MrisynthError as exc:
+            self._error(str(exc))
+            return False
+        volume_id = candidate.volume_id
+        self.load()
+        self.status.setText(f"{volume_id}: {decision} by {self.curator.text().strip()}.")
+        self.reason.clear()
+        return True
+
+    def apply_rules(self) -> bool:
+        """Approve the preselected and reject the others, for volumes not yet decided."""
+        from napari_mrisynth.turing.curation import CurationRules, apply_rules
+
+        try:
+            rules = CurationRules.parse(self.rules.text())
+            done = apply_rules(self._db(), rules, curator=self.curator.text())
+        except MrisynthError as exc:
+            self._error(str(exc))
+            return False
+        self.load()
+        approved = sum(d["decision"] == "approved" for d in done)
+        self.status.setText(
+            f"{len(done)} decided by the rules: {approved} approved, "
+            f"{len(done) - approved} rejected."
+        )
+        return True
