@@ -60,7 +60,7 @@ CHOICE_KEYS = {"pair": ("A", "B"), "single": ("R", "S")}
 
 def viewer_state(viewer: napari.Viewer, layers: list[Any]) -> dict[str, Any]:
     """What the rater was looking at: dims, camera and the window of each shown layer."""
-    camera = viewer.camera
+    camera = viewer.scene.camera
     return {
         "ndisplay": int(viewer.dims.ndisplay),
         "current_step": [int(v) for v in viewer.dims.current_step],
@@ -262,7 +262,6 @@ class TuringWidget(QWidget):
         return True
 
     def _bind_keys(self) -> None:
-        window = self.window()  # the viewer's main window once docked
         mode = self.session.mode
         bindings: list[tuple[str, Any]] = [
             (CHOICE_KEYS[mode][0], lambda: self.choose(0)),
@@ -278,8 +277,10 @@ class TuringWidget(QWidget):
             shortcut.deleteLater()
         self._shortcuts = []
         for key, slot in bindings:
-            shortcut = QShortcut(QKeySequence(key), window)
-            shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
+            # Parented to this widget: the keys work wherever the focus is in the viewer, and
+            # stop with the widget (hidden or removed), so a second widget never competes.
+            shortcut = QShortcut(QKeySequence(key), self)
+            shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
             shortcut.activated.connect(slot)
             self._shortcuts.append(shortcut)
         keys = " / ".join(CHOICE_KEYS[mode])
@@ -317,7 +318,8 @@ class TuringWidget(QWidget):
         self.viewer.dims.ndisplay = 2
 
     def _reset_view(self) -> None:
-        """Every trial starts from the same view: middle slices, whole volume in view.
+        """Every trial starts from the same view: middle slices, whole volume in view (and
+        the study window, set in :meth:`show_current`).
 
         Only what changed is set: each napari event costs a redraw, and the next trial
         must appear within 150 ms.
@@ -329,7 +331,7 @@ class TuringWidget(QWidget):
         if self.viewer.layers.selection.active is not self._layers[0]:
             self.viewer.layers.selection.active = self._layers[0]
         home = self._home_camera
-        camera = self.viewer.camera
+        camera = self.viewer.scene.camera
         if home is None or (tuple(camera.center), camera.zoom, tuple(camera.angles)) != home:
             self.viewer.reset_view()
             self._home_camera = (tuple(camera.center), camera.zoom, tuple(camera.angles))
@@ -348,6 +350,10 @@ class TuringWidget(QWidget):
             layer.name = panel.name
             if not layer.visible:
                 layer.visible = True
+        first = self._layers[0]  # linked: the others follow
+        if tuple(first.contrast_limits) != WINDOW or first.gamma != 1.0:
+            first.contrast_limits = WINDOW
+            first.gamma = 1.0
         self._reset_view()
         mode = shown.mode
         self.progress.setRange(0, shown.total)
