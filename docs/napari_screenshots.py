@@ -5,7 +5,7 @@ Usage (from the repository root)::
     xvfb-run -a -s "-screen 0 1400x1000x24" python docs/napari_screenshots.py
     xvfb-run -a -s "-screen 0 1400x1000x24" python docs/napari_screenshots.py synthesize
 
-Name views (sample, browser, models, synthesize) to regenerate only those. The Synthesize
+Name views (sample, browser, models, synthesize, turing) to regenerate only those. The Synthesize
 view uses the generator ``ldm-bvftd-demo`` when the registry has it (point
 ``MRISYNTH_MODEL_PATH`` at its folder), else the best-ranked latent diffusion model, else
 the best-ranked generator found.
@@ -139,8 +139,77 @@ def synthesize_views(viewer, qapp) -> None:
     _save(viewer, "napari_synthesize.png")
 
 
+def turing_views(viewer, qapp, tmp: Path) -> None:
+    """Visual Turing test: a pair trial mid-answer; then the Curation dock after rating."""
+    import nibabel as nib
+    from qtpy.QtCore import Qt
+
+    from napari_mrisynth.cohort import simulate_subject
+    from napari_mrisynth.synthesis.generate import generate, rank_generators
+    from napari_mrisynth.turing.design import create_study
+    from napari_mrisynth.turing.session import Answer, RaterSession
+    from napari_mrisynth.turing.store import RatingStore
+    from napari_mrisynth.volume import volume_to_nifti
+
+    ranked = [card for card, _ in rank_generators("fid")]
+    if not ranked:
+        print("no generator in the registry: Turing screenshots skipped")
+        return
+    card = next((c for c in ranked if c.id == SYNTHESIZE_MODEL), ranked[0])
+    real = tmp / "turing-real"
+    real.mkdir()
+    for k, diagnosis in enumerate(("bvFTD", "control", "bvFTD", "control")):
+        severity = 0.8 if diagnosis == "bvFTD" else 0.0
+        subject = simulate_subject(f"sub-{k}", diagnosis, 7000 + k, 2.0, severity=severity)
+        nib.save(volume_to_nifti(subject.t1), real / f"sub-{k}_T1w.nii.gz")
+    synthetic = tmp / "turing-synthetic"
+    for condition in ("bvftd", "control"):
+        generate(card.id, n=2, condition=condition, seed=3, out=synthetic)
+    db = tmp / "turing.db"
+    create_study(db, real=real, synthetic=synthetic, raters=["reader1", "reader2"], mode="pair",
+                 trials=4, seed=1, spacing=2.0)  # fmt: skip
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Visual Turing test")
+    viewer.window._qt_window.resizeDocks([dock], [400], Qt.Orientation.Horizontal)
+    _settle(viewer, qapp, 5)
+    widget.db_path.setText(str(db))
+    widget.rater_id.setText("reader1")
+    widget.name.setText("Reader One")
+    widget.years.setValue(12)
+    widget.start()
+    widget.choose(0)
+    widget.set_score(widget.confidence, 3)
+    widget.set_score(widget.realism[0], 4)
+    _settle(viewer, qapp)
+    _save(viewer, "napari_turing.png")
+    widget.sign_out()
+    viewer.window.remove_dock_widget(dock)
+    with RatingStore(db) as store:
+        kinds = {v: r["kind"] for v, r in store.volumes("study").items()}
+    for rater in ("reader1", "reader2"):
+        session = RaterSession(db, rater, prefetch=False)
+        session.sign_in(rater, "radiologist", 10)
+        while not session.finished:
+            shown = session.store.trial("study", rater, session.position)["shown"]
+            fooled = rater == "reader2" and session.position % 2 == 0
+            real_panel = "A" if kinds[shown[0]] == "real" else "B"
+            choice = ("B" if real_panel == "A" else "A") if fooled else real_panel
+            session.submit(Answer(choice, 3, [4, 4] if fooled else [4, 2]))
+        session.close()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Curate synthetic volumes")
+    viewer.window._qt_window.resizeDocks([dock], [520], Qt.Orientation.Horizontal)
+    widget.db_path.setText(str(db))
+    widget.rules.setText("realism>=3,fooled>=0.5")
+    widget.curator.setText("Curator")
+    widget.load()
+    widget.table.selectRow(0)
+    _settle(viewer, qapp)
+    viewer.reset_view()  # the dock was resized after the volume was shown
+    _settle(viewer, qapp)
+    _save(viewer, "napari_curation.png")
+
+
 #: Views main() can regenerate, in order.
-VIEWS = ("sample", "browser", "models", "synthesize")
+VIEWS = ("sample", "browser", "models", "synthesize", "turing")
 
 
 def main(views: list[str] | None = None) -> int:
@@ -190,6 +259,10 @@ def main(views: list[str] | None = None) -> int:
         if "synthesize" in views:
             viewer = fresh_viewer()
             synthesize_views(viewer, QApplication.instance())
+            viewer.close()
+        if "turing" in views:
+            viewer = fresh_viewer()
+            turing_views(viewer, QApplication.instance(), tmp)
             viewer.close()
     return 0
 

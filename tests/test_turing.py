@@ -221,6 +221,12 @@ def test_keys_pause_and_resume_after_a_crash(viewer, qtbot, pair_study):
         (row,) = store.ratings("study")
     assert (row["choice"], row["confidence"], row["realism"]) == ("B", 4, [2, 5])
     assert row["seconds"] >= draft_seconds - 0.05
+    # signing out keeps the answers so far and gives the viewer back
+    resumed.choose(0)
+    resumed.sign_out()
+    assert len(viewer.layers) == 0 and not viewer.canvas.grid.enabled
+    with RatingStore(db) as store:
+        assert store.draft("study", "ann")["state"]["choice"] == "A"
 
 
 @pytest.mark.gui

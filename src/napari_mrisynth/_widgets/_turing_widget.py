@@ -210,7 +210,13 @@ class TuringWidget(QWidget):
         self.pause_button = QPushButton("Pause (P)")
         self.pause_button.clicked.connect(self.toggle_pause)
         self.pause_button.setEnabled(False)
-        layout.addWidget(self.pause_button)
+        self.sign_out_button = QPushButton("Sign out")
+        self.sign_out_button.setToolTip("Answers so far are kept; sign in again to resume")
+        self.sign_out_button.clicked.connect(self.sign_out)
+        session_row = QHBoxLayout()
+        session_row.addWidget(self.pause_button)
+        session_row.addWidget(self.sign_out_button)
+        layout.addLayout(session_row)
         self.keys_help = QLabel()
         self.keys_help.setWordWrap(True)
         self.keys_help.setStyleSheet("color: gray")
@@ -304,7 +310,7 @@ class TuringWidget(QWidget):
         self._layers = []
         for panel in first.panels:
             layer = self.viewer.add_image(
-                panel.data, name=panel.name, scale=first.scale, colormap="gray",
+                panel.data, name=panel.name, scale=first.scale, units="mm", colormap="gray",
                 contrast_limits=WINDOW, interpolation2d="linear", metadata={},
             )  # fmt: skip
             layer.contrast_limits_range = WINDOW
@@ -373,8 +379,6 @@ class TuringWidget(QWidget):
         session.start_trial_clock()
 
     def _finish(self) -> None:
-        from napari.experimental import unlink_layers
-
         self.trial_box.setEnabled(False)
         self.pause_button.setEnabled(False)
         total = self.session.total
@@ -382,11 +386,17 @@ class TuringWidget(QWidget):
         self.progress.setValue(total)
         self.progress.setFormat(f"All {total} trials rated")
         self.question.setText("<b>Thank you.</b> Every trial of this study is rated and saved.")
-        if len(self._layers) > 1:
-            unlink_layers(self._layers)
-        for layer in self._layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+        self._give_back_viewer()
+
+    def _give_back_viewer(self) -> None:
+        """Remove the study's layers, leave grid mode, show the layers hidden at the start."""
+        from napari.experimental import unlink_layers
+
+        present = [layer for layer in self._layers if layer in self.viewer.layers]
+        if len(present) > 1:
+            unlink_layers(present)
+        for layer in present:
+            self.viewer.layers.remove(layer)
         self._layers = []
         self.viewer.canvas.grid.enabled = False
         for layer in self._hidden:
@@ -496,9 +506,20 @@ class TuringWidget(QWidget):
             self.pause_button.setText("Resume (P)")
             self.status.setText("Paused: the clock is stopped and the volumes are hidden.")
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+    def sign_out(self) -> None:
+        """Keep the current answers as a draft, close the session, give the viewer back."""
         if self.session is not None:
-            self._changed()
+            if not self.session.finished:
+                self._changed()
             self.session.close()
             self.session = None
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+        self._give_back_viewer()
+        self.trial_box.setEnabled(False)
+        self.pause_button.setEnabled(False)
+        self.sign_in_box.setEnabled(True)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        self.sign_out()
         super().closeEvent(event)
