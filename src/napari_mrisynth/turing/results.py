@@ -103,7 +103,6 @@ def study_report(
         status = study_status(store, study_id)
         facts = {
             "study": study_id,
-            "mode": study["mode"],
             "created": study["created_at"],
             "seed": study["seed"],
             "trials per rater": study["trials_per_rater"],
