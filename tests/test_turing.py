@@ -192,6 +192,14 @@ def test_keys_pause_and_resume_after_a_crash(viewer, qtbot, pair_study):
     qtbot.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.ControlModifier)
     qtbot.keyClick(window, Qt.Key.Key_5, Qt.KeyboardModifier.AltModifier)
     assert widget._state() == {"choice": "B", "confidence": 4, "realism": [2, 5], "comment": ""}
+    # typing a comment does not trigger the keys
+    widget.comment.setFocus()
+    qtbot.keyClicks(widget.comment, "a 5 p")
+    assert widget.comment.text() == "a 5 p"
+    assert widget._state()["choice"] == "B" and widget._state()["confidence"] == 4
+    assert not widget.session.paused
+    widget.comment.clear()
+    window.setFocus()
     # pause: volumes hidden, answers locked, the clock stops
     qtbot.keyClick(window, Qt.Key.Key_P)
     assert widget.session.paused and not widget.trial_box.isEnabled()
