@@ -26,7 +26,7 @@ def test_headless_demo_runs_the_pipeline(tmp_path):
     assert "simulated, not clinical" in result.stdout
     assert (out / "participants.tsv").is_file()
     assert (out / "sub-001_from_dicom.nii.gz").is_file()
-    atrophy = result.stdout.split("4/7")[1].split("5/7")[0]
+    atrophy = result.stdout.split("4/8")[1].split("5/8")[0]
     rows = [line for line in atrophy.splitlines() if line.strip().startswith("sub-")]
     assert len(rows) == 2 and {"bvFTD", "control"} == {r.split()[1] for r in rows}
     # The bundled demo models segment and classify a fresh install's data at once.
@@ -42,6 +42,13 @@ def test_headless_demo_runs_the_pipeline(tmp_path):
     assert len(list(synthetic.glob("*.json"))) == 4
     audit = [line for line in result.stdout.splitlines() if "nearest real sub-" in line]
     assert len(audit) == 4 and all("not a copy" in line for line in audit), result.stdout
+    # ... and a blinded study of real against synthetic is ready to rate.
+    from napari_mrisynth.turing.store import RatingStore
+
+    assert "8/8 blinded visual Turing test: 2 pair trials" in result.stdout, result.stdout
+    with RatingStore(out / "turing-study.db") as store:
+        assert store.rater_ids("study") == ["rater1", "rater2"]
+        assert store.trial_count("study", "rater1") == 2
 
 
 @pytest.mark.gui

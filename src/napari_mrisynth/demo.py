@@ -94,26 +94,26 @@ def run_headless(out: Path, subjects: int) -> int:
     from napari_mrisynth.volume import orientation_code
 
     start = time.perf_counter()
-    print(f"1/7 building a simulated cohort of {subjects} subjects in {out} (2 mm) ...")
+    print(f"1/8 building a simulated cohort of {subjects} subjects in {out} (2 mm) ...")
     root = build_cohort(out, subjects=subjects, seed=0, spacing=2.0)
     participants = _read_participants(root / "participants.tsv")
     first = participants[0]["participant_id"]
 
     dicom_dir = root / first / "dicom"
-    print(f"2/7 scanning {dicom_dir}")
+    print(f"2/8 scanning {dicom_dir}")
     scan = scan_folder(dicom_dir)
     for series in scan.series:
         print(f"    {series.describe()}")
     for skipped in scan.skipped:
         print(f"    skipped {skipped.path.name}: {skipped.reason}")
 
-    print("3/7 loading the series with exact geometry and writing NIfTI")
+    print("3/8 loading the series with exact geometry and writing NIfTI")
     volume = load_volume(dicom_dir)
     nifti = save_volume(volume, out / f"{first}_from_dicom.nii.gz")
     print(f"    {volume}")
     print(f"    orientation {orientation_code(volume.direction)}, written {nifti}")
 
-    print("4/7 atrophy measured from the ground-truth labels (% of brain volume)")
+    print("4/8 atrophy measured from the ground-truth labels (% of brain volume)")
     shown = (*BVFTD_LABELS, LABEL_IDS["frontal_gm"], LABEL_IDS["lateral_ventricles"])
     header = "".join(LABELS[k][0].replace("_gm", "")[:14].rjust(15) for k in shown)
     print("    " + "subject".ljust(9) + "diagnosis".ljust(10) + "severity".rjust(9) + header)
@@ -126,7 +126,8 @@ def run_headless(out: Path, subjects: int) -> int:
         severity = float(row["severity"])
         print("    " + sid.ljust(9) + row["diagnosis"].ljust(10) + f"{severity:9.2f}" + cells)
     run_models(root, participants, out)
-    run_synthesis(root, participants, out)
+    if run_synthesis(root, participants, out):
+        run_study(root, out)
     print(f"done in {time.perf_counter() - start:.1f} s; all data here is simulated, not clinical.")
     return 0
 
@@ -149,7 +150,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
         try:
             result = segment(root / first / "dicom")
         except ModelError as exc:
-            print(f"5/7 no segmentation model: {exc}")
+            print(f"5/8 no segmentation model: {exc}")
             return
     for warning in caught:
         print(f"    note: {warning.message}")
@@ -159,7 +160,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
     brain_t, brain_f = np.isin(truth, BRAIN_LABELS), np.isin(found, BRAIN_LABELS)
     dice = 2 * np.count_nonzero(brain_t & brain_f) / (brain_t.sum() + brain_f.sum())
     print(
-        f"5/7 segmented {first}'s DICOM series with {result.card.ref} on {result.device} in "
+        f"5/8 segmented {first}'s DICOM series with {result.card.ref} on {result.device} in "
         f"{result.seconds:.2f} s -> {mask}"
     )
     print(f"    brain mask Dice against the simulated ground truth: {dice:.3f}")
@@ -167,9 +168,9 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
     try:
         classify(root / first / "anat" / f"{first}_T1w.nii.gz")
     except ModelError as exc:
-        print(f"6/7 no classification model: {exc}")
+        print(f"6/8 no classification model: {exc}")
         return
-    print("6/7 bvFTD classifier (P(bvFTD) per subject)")
+    print("6/8 bvFTD classifier (P(bvFTD) per subject)")
     for row in participants:
         sid = row["participant_id"]
         verdict = classify(root / sid / "anat" / f"{sid}_T1w.nii.gz")
@@ -180,7 +181,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
         )
 
 
-def run_synthesis(root: Path, participants: list[dict[str, str]], out: Path) -> None:
+def run_synthesis(root: Path, participants: list[dict[str, str]], out: Path) -> bool:
     """Generate two bvFTD and two control volumes with the default generator, and check
     each against its nearest real scan of the cohort."""
     import warnings
@@ -199,11 +200,11 @@ def run_synthesis(root: Path, participants: list[dict[str, str]], out: Path) -> 
         for condition in ("bvftd", "control"):
             made += generate(card, 2, condition=condition, seed=0, out=folder)
     except ModelError as exc:
-        print(f"7/7 no generator: {exc}")
-        return
+        print(f"7/8 no generator: {exc}")
+        return False
     sampling = made[0].provenance["sampling"]
     steps = f", {sampling['sampler']} {sampling['steps']} steps" if "steps" in sampling else ""
-    print(f"7/7 generated {len(made)} volumes with {card.ref}{steps} -> {folder}")
+    print(f"7/8 generated {len(made)} volumes with {card.ref}{steps} -> {folder}")
     for item in made:
         print(
             f"    {item.path.name}  {item.provenance['seconds']:.2f} s  "
@@ -225,6 +226,28 @@ def run_synthesis(root: Path, participants: list[dict[str, str]], out: Path) -> 
             f"    {entry['synthetic']}: nearest real {entry['nearest']} "
             f"(similarity {entry['similarity']:.3f}; threshold {audit.threshold:.3f}): {flag}"
         )
+    return True
+
+
+def run_study(root: Path, out: Path) -> None:
+    """Freeze a blinded pair study of the cohort's scans against the synthetic volumes."""
+    from napari_mrisynth.turing.design import create_study
+
+    db = out / "turing-study.db"
+    if db.exists():
+        db.unlink()
+        for stale in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)
+    n_real = len(list((root).glob("sub-*/anat/*_T1w.nii.gz")))
+    n_synthetic = len(list((out / "synthetic").glob("*.nii.gz")))
+    trials = min(n_real, n_synthetic)
+    study = create_study(db, real=root, synthetic=out / "synthetic", raters=["rater1", "rater2"],
+                         mode="pair", trials=trials, seed=0, spacing=2.0)  # fmt: skip
+    print(f"8/8 blinded visual Turing test: {trials} pair trials for rater1 and rater2, "
+          f"prepared identically ({study['grid']['spacing']:g} mm grid, "
+          f"{study['grid']['resolution']:g} mm resolution) -> {db}")  # fmt: skip
+    print(f"    rate in napari: mrisynth study rate --db {db} --rater rater1")
+    print(f"    then: mrisynth study report --db {db} --out {out / 'turing-report'}")
 
 
 def _read_participants(path: Path) -> list[dict[str, str]]:
