@@ -4,14 +4,19 @@ Two measurements, each against a reference taken in the same run:
 
 ``commit``
     8 rater processes start together (a barrier on stdin) and each commits ``--ratings``
-    ratings as fast as it can, timing every call:
+    ratings, back to back (interval 0) or ``--intervals`` seconds apart on average (uniform
+    0.5-1.5×: a human rater submits every few seconds and saves a draft on each click),
+    timing every call:
 
     * ``store``: :meth:`RatingStore.add_rating` (trial look-up, then INSERT of the rating and
       DELETE of the draft in one transaction, SQLAlchemy Core over SQLite);
     * ``session``: :meth:`RaterSession.submit` (validation, then ``add_rating``);
     * ``sqlite3`` (the reference): a bare :mod:`sqlite3` ``INSERT`` + ``COMMIT`` of a row of
       the same shape, with the same pragmas (WAL, ``synchronous=FULL``, 30 s busy timeout),
-      the same concurrency, into its own database file.
+      the same concurrency, into its own database file;
+    * ``sqlite3-same``: bare :mod:`sqlite3` running ``add_rating``'s statements (trial
+      look-up on a second connection, INSERT, DELETE of the draft, COMMIT, foreign keys on)
+      on the store's schema: the share of the SQL work, without SQLAlchemy.
 
     Target: p99 ≤ 20 ms per commit.
 
@@ -117,6 +122,9 @@ def commit_child(kind: str, db: str, rater: str, n: int, interval: float) -> dic
         con = sqlite3.connect(db, timeout=30.0)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
+        if kind == "sqlite3-same":
+            con.execute("PRAGMA foreign_keys=ON")
+            reader = sqlite3.connect(db, timeout=30.0)
     print("READY", flush=True)
     sys.stdin.readline()
     state = json.dumps(VIEWER_STATE, sort_keys=True)
@@ -133,6 +141,20 @@ def commit_child(kind: str, db: str, rater: str, n: int, interval: float) -> dic
                              seconds=12.5, viewer_state=VIEWER_STATE)  # fmt: skip
         elif kind == "session":
             session.submit(Answer("AB"[k % 2], 1 + k % 5, [3, 4]), VIEWER_STATE)
+        elif kind == "sqlite3-same":  # add_rating's statements, without SQLAlchemy
+            item, _ = reader.execute(
+                "SELECT item_id, shown FROM trials WHERE study_id = ? AND rater_id = ? "
+                "AND position = ?", (STUDY, rater, k),
+            ).fetchone()  # fmt: skip
+            con.execute(
+                "INSERT INTO ratings (study_id, rater_id, position, item_id, choice, "
+                "called_synthetic, confidence, realism, comment, seconds, viewer_state, "
+                "submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (STUDY, rater, k, item, "AB"[k % 2], "[false, true]", 1 + k % 5, "[3, 4]", "",
+                 12.5, state, now()),
+            )  # fmt: skip
+            con.execute("DELETE FROM drafts WHERE study_id = ? AND rater_id = ?", (STUDY, rater))
+            con.commit()
         else:
             con.execute(
                 "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -407,7 +429,7 @@ def main() -> int:
         help="seconds the event loop runs between trials (prefetch time)",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--child-commit", choices=("store", "session", "sqlite3"),
+    parser.add_argument("--child-commit", choices=("store", "session", "sqlite3", "sqlite3-same"),
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--child-turnover", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -433,7 +455,7 @@ def main() -> int:
         for interval in args.intervals:
             key = f"interval {interval:g} s"
             commit[key] = {}
-            for kind in ("sqlite3", "store", "session"):
+            for kind in ("sqlite3", "sqlite3-same", "store", "session"):
                 print(f"commit latency: {kind}, {key} ...", flush=True)
                 load = _loadavg()
                 commit[key][kind] = run_commit(kind, WORK / f"commit-{kind}.db", args.ratings,
@@ -447,6 +469,7 @@ def main() -> int:
             print("|---|---:|---:|---:|---:|---:|---:|---:|")
             ref = by_kind["sqlite3"]
             for kind, label in (("sqlite3", "bare sqlite3 INSERT+COMMIT (reference)"),
+                                ("sqlite3-same", "bare sqlite3, add_rating's statements"),
                                 ("store", "RatingStore.add_rating"),
                                 ("session", "RaterSession.submit")):  # fmt: skip
                 print(_row(label, by_kind[kind], None if kind == "sqlite3" else ref))
