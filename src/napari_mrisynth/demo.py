@@ -65,16 +65,28 @@ def run_viewer(screenshot: Path | None = None):
     samples = manifest.contributions.sample_data or []
     if samples:
         viewer.open_sample(PLUGIN, samples[0].key)
-    for widget in manifest.contributions.widgets or []:
-        viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)
+    docks = [
+        viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)[0]
+        for widget in manifest.contributions.widgets or []
+    ]
+    # Eight docks stacked would make the window taller than any screen: the file widgets
+    # (series browser, geometry) share one tab group, the model and study widgets another.
+    window = viewer.window._qt_window
+    for group in (docks[:2], docks[2:]):
+        for dock in group[1:]:
+            window.tabifyDockWidget(group[0], dock)
+        if group:
+            group[0].raise_()
     viewer.dims.current_step = tuple(s // 2 for s in viewer.dims.nsteps)
     if viewer.layers:
         viewer.layers.selection.active = viewer.layers[0]
     viewer.window.resize(1500, 950)
-    if screenshot is not None:
-        from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QApplication
 
-        QApplication.processEvents()  # lay out the docks before grabbing the window
+    QApplication.processEvents()  # lay out the docks, then fit the head to the canvas
+    viewer.reset_view()
+    if screenshot is not None:
+        QApplication.processEvents()
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(screenshot), canvas_only=False)
         print(f"screenshot: {screenshot}")
