@@ -53,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     except MrisynthError as exc:
         print(f"mrisynth {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        # A database the ratings store cannot use (locked for too long, a foreign schema,
+        # a server gone): one line naming the problem, not a SQLAlchemy traceback.
+        if not type(exc).__module__.startswith("sqlalchemy"):
+            raise
+        reason = getattr(exc, "orig", None) or exc
+        print(f"mrisynth {args.command}: database error: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

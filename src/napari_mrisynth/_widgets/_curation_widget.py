@@ -43,6 +43,10 @@ def _number(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _fid(value: float | None) -> str:
+    return "" if value is None else f" · FID {value:.1f}"
+
+
 class CurationWidget(QWidget):
     """Review, approve and reject a study's synthetic volumes."""
 
@@ -147,7 +151,7 @@ class CurationWidget(QWidget):
                 _number(c.scores.get("mean_realism"), ".2f"),
                 _number(audit, ".3f") + flagged,
                 (c.decision or {}).get("decision", "undecided"),
-                c.generator,
+                c.generator + _fid(c.generator_metrics.get("fid")),
             )
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)

@@ -278,10 +278,11 @@ def run_curate_list(args: argparse.Namespace) -> int:
         similarity = "—" if row["audit_similarity"] is None else f"{row['audit_similarity']:.3f}"
         mark = "✓" if row["preselected"] else " "
         decision = row["decision"] or "undecided"
+        fid = "" if row["generator_fid"] is None else f" (FID {row['generator_fid']:.1f})"
         print(
             f"{mark} {row['volume_id']}  {str(row['diagnosis']):<8} fooled "
             f"{_percent(row['fooled_rate']):>4}  realism {realism:>4}  audit {similarity:>5}  "
-            f"{decision:<9} {row['generator']}"
+            f"{decision:<9} {row['generator']}{fid}"
         )
         if row["failures"]:
             print(f"      not preselected: {'; '.join(row['failures'])}")

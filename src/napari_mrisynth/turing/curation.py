@@ -9,6 +9,7 @@ decision is appended to the store; the latest one per volume counts.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class Candidate:
     decision: dict[str, Any] | None
     failures: list[str] = field(default_factory=list)
     mask: str | None = None
+    generator_metrics: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def preselected(self) -> bool:
@@ -135,6 +137,23 @@ class Candidate:
         }
 
 
+def _generator_metrics(provenance: dict[str, Any]) -> dict[str, float | None]:
+    """The generator's held-out test metrics from its registry card ({} when not found)."""
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.models.registry import find_model
+
+    generator = provenance.get("generator") or {}
+    if not generator.get("id"):
+        return {}
+    ref = f"{generator['id']}@{generator['version']}" if generator.get("version") else \
+        generator["id"]  # fmt: skip
+    try:
+        card = find_model(ref, task="generation")
+    except ModelError:
+        return {}
+    return {name: card.metric(name) for name in ("fid", "kid", "ms_ssim", "mmd")}
+
+
 def _rank_key(candidate: Candidate) -> tuple:
     s = candidate.scores
     similarity = candidate.audit.get("similarity")
@@ -163,12 +182,16 @@ def candidates(
         scores = volume_scores(trials) if trials else {}
         audits = store.audits(study_id)
         decided = store.decisions(study_id)
+        generators: dict[str, dict[str, float | None]] = {}
         out = []
         for volume_id, row in store.volumes(study_id).items():
             if row["kind"] != "synthetic":
                 continue
             score = scores.get(volume_id, {"n_judgments": 0})
             audit = audits.get(volume_id, {})
+            ref = json.dumps(row["provenance"].get("generator") or {}, sort_keys=True)
+            if ref not in generators:
+                generators[ref] = _generator_metrics(row["provenance"])
             out.append(
                 Candidate(
                     volume_id,
@@ -180,6 +203,7 @@ def candidates(
                     decided.get(volume_id),
                     rules.failures(score, audit),
                     row.get("mask"),
+                    generators[ref],
                 )
             )
         return sorted(out, key=_rank_key)
