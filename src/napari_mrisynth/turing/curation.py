@@ -129,6 +129,7 @@ class Candidate:
             "audit_similarity": self.audit.get("similarity"),
             "audit_flagged": self.audit.get("flagged"),
             "preselected": self.preselected,
+            "generator_fid": self.generator_metrics.get("fid"),
             "failures": self.failures,
             "decision": (self.decision or {}).get("decision"),
             "curator": (self.decision or {}).get("curator"),
