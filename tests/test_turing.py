@@ -374,3 +374,12 @@ def test_cli_create_rate_report_curate_export(inputs, tmp_path):
          "approved"], cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert failed.returncode == 1 and "approved" in failed.stderr
+
+
+def test_candidates_carry_their_generators_test_metrics():
+    from napari_mrisynth.turing.curation import _generator_metrics
+
+    bundled = _generator_metrics({"generator": {"id": "ldm-bvftd-demo", "version": "2.0.0"}})
+    assert bundled["fid"] == pytest.approx(73.6, abs=0.05)
+    assert _generator_metrics({"generator": {"id": "no-such-model", "version": "1.0.0"}}) == {}
+    assert _generator_metrics({}) == {}
