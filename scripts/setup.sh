@@ -22,6 +22,9 @@ apt_packages=(
 )
 # dciodvfy (DICOM object validator) checks the DICOM SEG and exported series in the tests.
 [[ "$extras" == *test* ]] && apt_packages+=(dicom3tools)
+# PostgreSQL's server (initdb, pg_ctl in /usr/lib/postgresql/<ver>/bin): the ratings-store
+# tests start a throwaway cluster to rate a study on a real server database.
+[[ "$extras" == *test* ]] && apt_packages+=(postgresql)
 # node and npm run the official BIDS validator, which checks the BIDS export in the tests.
 if [[ "$extras" == *test* ]] && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
   apt_packages+=(nodejs npm)

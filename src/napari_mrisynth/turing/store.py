@@ -207,6 +207,9 @@ class RatingStore:
         self.url = database_url(db)
         self.path: Path | None = None
         connect_args: dict[str, Any] = {}
+        # A server may drop a pooled connection while a rater looks at a trial (restart,
+        # idle timeout, network): test each one before use rather than fail the next write.
+        options: dict[str, Any] = {} if self.url.startswith("sqlite:") else {"pool_pre_ping": True}
         if self.url.startswith("sqlite:///"):
             self.path = Path(self.url[len("sqlite:///") :])
             if not create and not self.path.is_file():
@@ -214,7 +217,7 @@ class RatingStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connect_args = {"timeout": BUSY_TIMEOUT_S}
         try:
-            self.engine = sa.create_engine(self.url, connect_args=connect_args)
+            self.engine = sa.create_engine(self.url, connect_args=connect_args, **options)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StudyError(f"{db}: not a database URL SQLAlchemy can use ({exc})") from exc
         if self.engine.dialect.name == "sqlite":
@@ -450,9 +453,19 @@ class RatingStore:
         row = {"position": position, "state": json.dumps(state, sort_keys=True),
                "seconds": float(seconds), "updated_at": now()}  # fmt: skip
         key = (drafts.c.study_id == study_id) & (drafts.c.rater_id == rater_id)
-        with self.transaction() as conn:
-            if conn.execute(drafts.update().where(key), row).rowcount == 0:
-                conn.execute(drafts.insert(), {"study_id": study_id, "rater_id": rater_id, **row})
+        for attempt in range(3):
+            try:
+                with self.transaction() as conn:
+                    if conn.execute(drafts.update().where(key), row).rowcount == 0:
+                        new = {"study_id": study_id, "rater_id": rater_id, **row}
+                        conn.execute(drafts.insert(), new)
+                return
+            except sa.exc.IntegrityError:
+                # The same rater's draft was inserted by another process between our update
+                # and insert (a server runs writers side by side; SQLite serialises them):
+                # the row exists now, so update it.
+                if attempt == 2:
+                    raise
 
     def draft(self, study_id: str, rater_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
