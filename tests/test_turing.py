@@ -362,10 +362,24 @@ def test_cli_create_rate_report_curate_export(inputs, tmp_path):
     assert len(listing) == TRIALS and all(v["preselected"] for v in listing)
     keep = [v["volume_id"] for v in listing[:2]]
     _mrisynth("curate", "approve", *keep, "--db", "st.db", "--curator", "Dr Cur", cwd=tmp_path)
-    export = _mrisynth("export", "--db", "st.db", "--out", "approved", "--json", cwd=tmp_path)
+    # an annotator corrected the first approved volume's mask after the rating
+    import nibabel as nib
+
+    source = Path(listing[0]["source"])
+    image = nib.load(source)
+    mask = (np.asarray(image.dataobj) > 0.3).astype(np.uint8)
+    (tmp_path / "masks").mkdir()
+    stem = source.name[: -len(".nii.gz")]
+    nib.save(nib.Nifti1Image(mask, image.affine), tmp_path / "masks" / f"{stem}_labels.nii.gz")
+    export = _mrisynth("export", "--db", "st.db", "--out", "approved", "--masks", "masks",
+                       "--json", cwd=tmp_path)  # fmt: skip
     files = json.loads(export.stdout)["files"]
     assert "bids/sub-synth002/anat/sub-synth002_T1w.nii.gz" in files
     assert not any("synth003" in f for f in files)
+    masks = [f for f in files if f.endswith("_dseg.nii.gz")]
+    assert len(masks) == 1, files
+    exported = nib.load(tmp_path / "approved" / masks[0])
+    assert np.array_equal(np.asarray(exported.dataobj), mask)
     manifest = json.loads((tmp_path / "approved" / "manifest.json").read_text())
     exported = sorted(v["volume_id"] for v in manifest["volumes"])
     assert exported == sorted(keep)

@@ -24,6 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, required=True, help="export folder (must not exist)")
     export.add_argument("--format", default="bids,dicom", help="bids, dicom or both (default)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+    export.add_argument(
+        "--masks",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of corrected masks (<volume stem>_labels.nii.gz); repeatable. Masks "
+        "beside the synthetic volumes are found without it",
+    )
     export.add_argument("--authors", help="comma-separated authors for dataset_description")
     export.add_argument("--json", action="store_true", help="print the result as JSON")
     export.set_defaults(func=run_export)
@@ -41,7 +49,7 @@ def run_export(args: argparse.Namespace) -> int:
     with RatingStore(args.db) as store:
         study_id = args.study or store.only_study()
         study = store.study(study_id)
-        volumes = approved_volumes(store, study_id=study_id)
+        volumes = approved_volumes(store, study_id=study_id, masks=args.masks)
         status = study_status(store, study_id)
     if not volumes:
         raise ExportError(f"study {study_id!r}: no approved volume (mrisynth curate approve …)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,9 +325,17 @@ def audit_study(
             store.close()
 
 
-def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = None) -> list[Any]:
-    """The volumes whose latest decision is "approved", as the export takes them."""
+def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = None,
+                     masks: Sequence[str | Path] = ()) -> list[Any]:  # fmt: skip
+    """The volumes whose latest decision is "approved", as the export takes them.
+
+    A volume's corrected mask is the one found when the study was created, else one found
+    now beside the volume or in ``masks`` (``<stem>_labels.nii.gz`` as the Correct mask
+    widget saves it; see :func:`~napari_mrisynth.turing.design.find_mask`): masks are often
+    corrected after the rating.
+    """
     from napari_mrisynth.export import ApprovedVolume
+    from napari_mrisynth.turing.design import find_mask
 
     store = db if isinstance(db, RatingStore) else RatingStore(db)
     try:
@@ -355,7 +363,7 @@ def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = Non
                     scores=scores,
                     audit=audit,
                     curation=curation,
-                    mask_path=Path(c.mask) if c.mask else None,
+                    mask_path=Path(c.mask) if c.mask else find_mask(c.source, masks),
                 )
             )
         return sorted(out, key=lambda v: v.volume_id)

@@ -89,6 +89,21 @@ def find_real(path: str | Path) -> list[StudyVolume]:
     return [StudyVolume("real", f) for f in files]
 
 
+def find_mask(volume: str | Path, folders: Sequence[str | Path] = ()) -> Path | None:
+    """A corrected mask of ``volume``: ``<stem>_labels.nii.gz`` (or ``_dseg``, ``_mask``; NIfTI)
+    beside it or in one of ``folders``, the first found."""
+    from napari_mrisynth.io.files import _stem
+
+    volume = Path(volume)
+    for folder in (volume.parent, *map(Path, folders)):
+        for suffix in MASK_SUFFIXES:
+            for extension in (".nii.gz", ".nii"):
+                candidate = folder / f"{_stem(volume)}{suffix}{extension}"
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
 def find_synthetic(path: str | Path) -> list[StudyVolume]:
     """Synthetic volumes in a folder, with the generator's sidecar (condition, provenance)."""
     from napari_mrisynth.evaluation.folders import volume_files
@@ -99,12 +114,10 @@ def find_synthetic(path: str | Path) -> list[StudyVolume]:
         raise StudyError(f"{folder}: not a folder of synthetic volumes")
     found = []
     files = volume_files(folder)
-    masks = {_stem(f): f for f in files if _stem(f).endswith(MASK_SUFFIXES)}
     for file in files:
-        if _stem(file) in masks:
+        if _stem(file).endswith(MASK_SUFFIXES):
             continue
-        mask = next((masks[_stem(file) + s] for s in MASK_SUFFIXES if _stem(file) + s in masks),
-                    None)  # fmt: skip
+        mask = find_mask(file)
         sidecar = file.with_name(f"{_stem(file)}.json")
         provenance: dict[str, Any] = {}
         if sidecar.is_file():
