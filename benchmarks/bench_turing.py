@@ -276,7 +276,21 @@ def _idle(seconds: float) -> None:
         time.sleep(0.005)
 
 
-def _reference(viewer, arrays: list, spacing: float, think_s: float) -> tuple[list, list]:
+SWAPS: list[float] = []  # times of the canvas's frameSwapped signal
+
+
+def _first_swap(after: int, t0: float, wait_s: float = 1.0) -> float:
+    """ms from ``t0`` to the first frame swapped after ``SWAPS[after]`` (the event loop runs
+    until one comes, for at most ``wait_s``); nan when none came."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + wait_s
+    while len(SWAPS) <= after and time.perf_counter() < end:
+        QApplication.processEvents()
+    return (SWAPS[after] - t0) * 1000.0 if len(SWAPS) > after else float("nan")
+
+
+def _reference(viewer, arrays: list, spacing: float, think_s: float) -> tuple[list, list, list]:
     """napari alone: two image layers in grid mode, as the widget shows a pair, whose data
     are replaced by the next pair's (already in memory); ms to set the data, and to set it
     and draw."""
@@ -290,8 +304,9 @@ def _reference(viewer, arrays: list, spacing: float, think_s: float) -> tuple[li
     viewer.reset_view()
     draw_now(viewer)
     _idle(think_s)
-    data_set, drawn = [], []
+    data_set, drawn, on_screen = [], [], []
     for pair in arrays[1:]:
+        n0 = len(SWAPS)
         t0 = time.perf_counter()
         for layer, data in zip(layers, pair, strict=True):
             layer.data = data
@@ -300,11 +315,12 @@ def _reference(viewer, arrays: list, spacing: float, think_s: float) -> tuple[li
         t2 = time.perf_counter()
         data_set.append((t1 - t0) * 1000.0)
         drawn.append((t2 - t0) * 1000.0)
+        on_screen.append(_first_swap(n0, t0))
         _idle(think_s)
     viewer.layers.clear()
     viewer.grid.enabled = False
     _idle(0.3)
-    return data_set, drawn
+    return data_set, drawn, on_screen
 
 
 def turnover_child(db: str, think_s: float) -> dict:
@@ -329,12 +345,16 @@ def turnover_child(db: str, think_s: float) -> dict:
     out["gl"] = {"renderer": gl.glGetParameter(gl.GL_RENDERER),
                  "version": gl.glGetParameter(gl.GL_VERSION)}  # fmt: skip
     draws: list[float] = []  # when each draw of the canvas had issued the scene's GL calls
-    viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(
+    canvas = viewer.window._qt_viewer.canvas
+    canvas._scene_canvas.events.draw.connect(
         lambda _event: draws.append(time.perf_counter()), position="last"
     )
+    # QOpenGLWidget.frameSwapped: the window has composed the canvas's new frame and
+    # returned from swapBuffers, i.e. the frame is on screen
+    canvas.native.frameSwapped.connect(lambda: SWAPS.append(time.perf_counter()))
     arrays = [[np.load(cache / f"{v}.npy") for v in shown] for shown in pairs]
     spacing = study["grid"]["spacing"]
-    bare, bare_drawn = _reference(viewer, arrays, spacing, think_s)  # before the widget
+    bare, bare_drawn, bare_screen = _reference(viewer, arrays, spacing, think_s)  # before
 
     # -- the widget ---------------------------------------------------------------------------
     _, widget = viewer.window.add_plugin_dock_widget("napari-mrisynth", "Visual Turing test")
@@ -346,7 +366,7 @@ def turnover_child(db: str, think_s: float) -> dict:
         raise RuntimeError(widget.last_error)
     draw_now(viewer)
     _idle(think_s)
-    returned, drawn, first_frame, draws_inside = [], [], [], []
+    returned, drawn, first_frame, draws_inside, on_screen = [], [], [], [], []
     session: RaterSession = widget.session
     while not session.finished:
         widget.choose(0)
@@ -356,7 +376,7 @@ def turnover_child(db: str, think_s: float) -> dict:
         _idle(0.05)
         last = session.position == session.total - 1
         before = widget.presentation.position
-        n0 = len(draws)
+        n0, s0 = len(draws), len(SWAPS)
         t0 = time.perf_counter()
         if not widget.submit():
             raise RuntimeError(widget.last_error or widget.status.text())
@@ -374,19 +394,26 @@ def turnover_child(db: str, think_s: float) -> dict:
         # the first frame drawn after submit began: inside submit when a Qt widget repaints
         # synchronously (QProgressBar.setValue does), else the forced draw
         first_frame.append(((draws[n0] if len(draws) > n0 else t2) - t0) * 1000.0)
+        on_screen.append(_first_swap(s0, t0))
         _idle(think_s)
     for layer in list(viewer.layers):  # the widget's layers, if it left any
         viewer.layers.remove(layer)
-    after, after_drawn = _reference(viewer, arrays, spacing, think_s)  # and after it
-    bare, bare_drawn = bare + after, bare_drawn + after_drawn
+    after, after_drawn, after_screen = _reference(viewer, arrays, spacing, think_s)  # after
+    bare, bare_drawn, bare_screen = (
+        bare + after,
+        bare_drawn + after_drawn,
+        bare_screen + after_screen,
+    )
     out.update({
         "reference_data_set": percentiles(bare), "reference_drawn": percentiles(bare_drawn),
         "submit_returns": percentiles(returned), "submit_drawn": percentiles(drawn),
         "submit_first_frame": percentiles(first_frame), "draws_inside_submit": draws_inside,
+        "submit_on_screen": percentiles(on_screen), "reference_on_screen": percentiles(bare_screen),
         "widget_turnover_ms": percentiles(widget.turnover_ms[:-1]),
         "widget_turnover_last_ms": widget.turnover_ms[-1],
         "raw": {"reference_drawn": bare_drawn, "reference_data_set": bare,
                 "submit_drawn": drawn, "submit_first_frame": first_frame,
+                "submit_on_screen": on_screen, "reference_on_screen": bare_screen,
                 "submit_returns": returned, "widget_turnover_ms": widget.turnover_ms},
     })  # fmt: skip
     viewer.close()
@@ -513,6 +540,9 @@ def main() -> int:
             print(_row("napari: 2 layers' data replaced (reference)", r["reference_data_set"]))
             print(_row("napari: replaced + forced draw (reference)", r["reference_drawn"]))
             print(_row("widget: submit returns", r["submit_returns"], r["reference_data_set"]))
+            print(_row("napari: replaced → frame swapped (reference)", r["reference_on_screen"]))
+            print(_row("widget: submit → first frame swapped", r["submit_on_screen"],
+                       r["reference_on_screen"]))  # fmt: skip
             print(_row("widget: first frame drawn after submit began", r["submit_first_frame"],
                        r["reference_drawn"]))  # fmt: skip
             print(_row("widget: submit + forced draw", r["submit_drawn"], r["reference_drawn"]))
