@@ -9,13 +9,11 @@ append a decision (a rejection needs a reason) to the study's database, which is
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -29,6 +27,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_mrisynth.errors import MrisynthError
+
+from ._study_fields import DatabaseField, show_error
 
 if TYPE_CHECKING:
     import napari
@@ -59,15 +59,9 @@ class CurationWidget(QWidget):
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        db_row = QHBoxLayout()
-        self.db_path = QLineEdit(db or "")
-        self.db_path.setPlaceholderText("ratings database of the study")
-        browse = QPushButton("…")
-        browse.setFixedWidth(30)
-        browse.clicked.connect(self._browse)
-        db_row.addWidget(self.db_path)
-        db_row.addWidget(browse)
-        form.addRow("Study", db_row)
+        self.db_field = DatabaseField(db, "ratings database of the study")
+        self.db_path = self.db_field.line
+        form.addRow("Study", self.db_field)
         self.rules = QLineEdit(DEFAULT_RULES)
         self.rules.setToolTip("realism>=X, fooled>=X (0-1 or %), judgments>=N, unflagged")
         form.addRow("Rules", self.rules)
@@ -110,23 +104,9 @@ class CurationWidget(QWidget):
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Ratings database", "", "SQLite (*.db *.sqlite);;All files (*)"
-        )
-        if path:
-            self.db_path.setText(path)
-
     def _error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
         self.last_error = message
-        self.status.setText(f"<span style='color:#e0605f'>{message}</span>")
-        show_error(message)
-
-    def _db(self) -> str:
-        text = self.db_path.text().strip()
-        return text if "://" in text else str(Path(text).expanduser())
+        show_error(self.status, message)
 
     def load(self) -> bool:
         """Rank the study's synthetic volumes by the rules and fill the table."""
@@ -135,7 +115,7 @@ class CurationWidget(QWidget):
         self.last_error = None
         try:
             rules = CurationRules.parse(self.rules.text())
-            self.candidates = candidates(self._db(), rules=rules)
+            self.candidates = candidates(self.db_field.database(), rules=rules)
         except MrisynthError as exc:
             self._error(str(exc))
             return False
@@ -211,7 +191,7 @@ class CurationWidget(QWidget):
             return False
         try:
             decide(
-                self._db(),
+                self.db_field.database(),
                 candidate.volume_id,
                 decision,
                 curator=self.curator.text(),
@@ -232,7 +212,7 @@ class CurationWidget(QWidget):
 
         try:
             rules = CurationRules.parse(self.rules.text())
-            done = apply_rules(self._db(), rules, curator=self.curator.text())
+            done = apply_rules(self.db_field.database(), rules, curator=self.curator.text())
         except MrisynthError as exc:
             self._error(str(exc))
             return False

@@ -17,7 +17,6 @@ pauses and resumes.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
@@ -26,7 +25,6 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -40,6 +38,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_mrisynth.errors import MrisynthError
+
+from ._study_fields import DatabaseField, show_error
 
 if TYPE_CHECKING:
     import napari
@@ -141,15 +141,9 @@ class TuringWidget(QWidget):
         # -- sign in ------------------------------------------------------------------------
         self.sign_in_box = QGroupBox("Sign in")
         form = QFormLayout(self.sign_in_box)
-        db_row = QHBoxLayout()
-        self.db_path = QLineEdit(db or "")
-        self.db_path.setPlaceholderText("ratings database (e.g. study.db)")
-        browse = QPushButton("…")
-        browse.setFixedWidth(30)
-        browse.clicked.connect(self._browse)
-        db_row.addWidget(self.db_path)
-        db_row.addWidget(browse)
-        form.addRow("Study", db_row)
+        self.db_field = DatabaseField(db, "ratings database (e.g. study.db)")
+        self.db_path = self.db_field.line
+        form.addRow("Study", self.db_field)
         self.rater_id = QLineEdit(rater or "")
         self.rater_id.setPlaceholderText("your rater id (from the study organiser)")
         form.addRow("Rater id", self.rater_id)
@@ -229,31 +223,22 @@ class TuringWidget(QWidget):
         self._shortcuts: list[QShortcut] = []
 
     # -- sign in ---------------------------------------------------------------------------
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Ratings database", "",
-                                              "SQLite (*.db *.sqlite);;All files (*)")  # fmt: skip
-        if path:
-            self.db_path.setText(path)
-
     def _error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
         self.last_error = message
-        self.status.setText(f"<span style='color:#e0605f'>{message}</span>")
-        show_error(message)
+        show_error(self.status, message)
 
     def start(self) -> bool:
         """Open the rater's session, record who they are, and show their current trial."""
         from napari_mrisynth.turing.session import RaterSession
 
         self.last_error = None
-        db = self.db_path.text().strip()
+        db = self.db_field.database()
         rater = self.rater_id.text().strip()
         if not db or not rater:
             self._error("Give the study database and your rater id.")
             return False
         try:
-            session = RaterSession(Path(db).expanduser() if "://" not in db else db, rater)
+            session = RaterSession(db, rater)
             session.sign_in(self.name.text(), self.role.currentText(), self.years.value())
         except MrisynthError as exc:
             self._error(str(exc))

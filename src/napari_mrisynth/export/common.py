@@ -152,15 +152,6 @@ def gzip_bytes(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def parse_when(value: Any) -> datetime.datetime | None:
     """An ISO 8601 timestamp (``decided_at``, ``created``) as a datetime, or None."""
     if not isinstance(value, str) or not value:

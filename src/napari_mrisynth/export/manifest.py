@@ -14,11 +14,11 @@ from napari_mrisynth.export.common import (
     ExportError,
     FileRecord,
     FileWriter,
-    file_sha256,
     public_audit,
     trimmed_provenance,
 )
 from napari_mrisynth.export.subject import Subject
+from napari_mrisynth.models.card import sha256_file
 
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
@@ -81,7 +81,7 @@ def verify(root: Path, writer: FileWriter) -> None:
     for relative, record in writer.records.items():
         path = root / relative
         try:
-            size, digest = path.stat().st_size, file_sha256(path)
+            size, digest = path.stat().st_size, sha256_file(path)
         except OSError as exc:
             raise ExportError(f"{path}: cannot read back for the checksum check: {exc}") from exc
         if (size, digest) != (record.size, record.sha256):

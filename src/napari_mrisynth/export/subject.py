@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_mrisynth.errors import MrisynthError
-from napari_mrisynth.export.common import ApprovedVolume, ExportError, file_sha256
+from napari_mrisynth.export.common import ApprovedVolume, ExportError
+from napari_mrisynth.models.card import sha256_file
 from napari_mrisynth.volume import Volume
 
 #: Mask and volume grids may differ by float noise of their NIfTI affines, not by a voxel.
@@ -87,7 +88,7 @@ def load_images(subject: Subject) -> SubjectImages:
     if not np.all(np.isfinite(data)):
         raise ExportError(f"{path}: the volume of {item.volume_id} has NaN or infinite voxels")
     try:
-        source_sha256 = file_sha256(path)
+        source_sha256 = sha256_file(path)
     except OSError as exc:
         raise ExportError(f"{path}: cannot read the volume of {item.volume_id}: {exc}") from exc
     mask = None

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mrisynth.models.card import sha256_file
 from napari_mrisynth.turing import store as tables
 from napari_mrisynth.turing.store import RatingStore, StudyError, check_id, now
 
@@ -45,14 +46,6 @@ class StudyVolume:
 #: File-name endings of masks beside a volume (``<stem>_labels.nii.gz`` is what the Correct
 #: mask widget saves); such files are masks, never volumes of their own.
 MASK_SUFFIXES = ("_labels", "_dseg", "_mask")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _condition(row: dict[str, str]) -> dict[str, Any]:
@@ -264,7 +257,7 @@ def create_study(
         chosen = _items(mode, trials, real_set, synth_set, rng)
         pool = real_set + synth_set
         used = sorted({i for item in chosen for i in item})
-        digests = {i: _sha256(pool[i].source) for i in used}
+        digests = {i: sha256_file(pool[i].source) for i in used}
         if len(set(digests.values())) != len(digests):
             raise StudyError("the same file is offered twice (or as both real and synthetic)")
         ids = {i: f"V{k + 1:03d}" for k, i in enumerate(rng.permutation(used).tolist())}

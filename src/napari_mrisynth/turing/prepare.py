@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mrisynth.models.card import sha256_file
 from napari_mrisynth.turing.store import StudyError
 from napari_mrisynth.volume import Volume
 
@@ -109,10 +110,6 @@ def _on_study_grid(volume: Volume, spec: Any, coarse: tuple[Any, Any] | None, gr
     return to_model_grid(coarse_grid.volume(image), grid, Alignment.identity(), device=device)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def prepare_study_volumes(
     sources: Sequence[tuple[str, Volume]],
     cache: str | Path,
@@ -173,7 +170,7 @@ def prepare_study_volumes(
             partial = cache / f".{volume_id}.{os.getpid()}.partial.npy"
             np.save(partial, display)
             partial.replace(target)
-            digests[volume_id] = _digest(target)
+            digests[volume_id] = sha256_file(target)
             if progress is not None:
                 progress(done, total)
     shape = tuple(int(n) for n in display.shape)
