@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_mrisynth.turing.store import RatingStore, StudyError
+from napari_mrisynth.turing.store import RatingStore, StudyError, opened
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,7 @@ def candidates(
     from napari_mrisynth.turing.statistics import volume_scores
 
     rules = rules or CurationRules()
-    store = db if isinstance(db, RatingStore) else RatingStore(db)
-    try:
+    with opened(db) as store:
         study_id = study_id or store.only_study()
         trials = rated_trials(store, study_id)
         scores = volume_scores(trials) if trials else {}
@@ -208,9 +207,6 @@ def candidates(
                 )
             )
         return sorted(out, key=_rank_key)
-    finally:
-        if store is not db:
-            store.close()
 
 
 def decide(
@@ -223,14 +219,10 @@ def decide(
     study_id: str | None = None,
 ) -> dict[str, Any]:
     """Record a curator's decision ("approved" or "rejected"; a rejection needs a reason)."""
-    store = db if isinstance(db, RatingStore) else RatingStore(db)
-    try:
+    with opened(db) as store:
         return store.add_decision(
             study_id or store.only_study(), volume_id, decision, curator=curator, reason=reason
         )
-    finally:
-        if store is not db:
-            store.close()
 
 
 def apply_rules(
@@ -243,8 +235,7 @@ def apply_rules(
 ) -> list[dict[str, Any]]:
     """Approve the preselected and reject the others (the unmet rules as the reason), for
     volumes not yet decided (or all, with ``redecide``). Returns the decisions recorded."""
-    store = db if isinstance(db, RatingStore) else RatingStore(db)
-    try:
+    with opened(db) as store:
         study_id = study_id or store.only_study()
         recorded = []
         for candidate in candidates(store, study_id=study_id, rules=rules):
@@ -268,9 +259,6 @@ def apply_rules(
                     )
                 )
         return recorded
-    finally:
-        if store is not db:
-            store.close()
 
 
 def audit_study(
@@ -286,8 +274,7 @@ def audit_study(
     from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.turing.design import find_real
 
-    store = db if isinstance(db, RatingStore) else RatingStore(db)
-    try:
+    with opened(db) as store:
         study_id = study_id or store.only_study()
         training = []
         for scan in find_real(train):
@@ -320,9 +307,6 @@ def audit_study(
         ]
         store.add_audit(study_id, rows, str(Path(train).resolve()))
         return rows
-    finally:
-        if store is not db:
-            store.close()
 
 
 def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = None,
@@ -337,8 +321,7 @@ def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = Non
     from napari_mrisynth.export import ApprovedVolume
     from napari_mrisynth.turing.design import find_mask
 
-    store = db if isinstance(db, RatingStore) else RatingStore(db)
-    try:
+    with opened(db) as store:
         study_id = study_id or store.only_study()
         out = []
         for c in candidates(store, study_id=study_id, rules=CurationRules()):
@@ -367,6 +350,3 @@ def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = Non
                 )
             )
         return sorted(out, key=lambda v: v.volume_id)
-    finally:
-        if store is not db:
-            store.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_mrisynth.turing.session import experience_tier
-from napari_mrisynth.turing.store import RatingStore, StudyError
+from napari_mrisynth.turing.store import RatingStore, StudyError, opened
 
 CSV_COLUMNS = (
     "study_id",
@@ -44,18 +44,11 @@ CSV_COLUMNS = (
 )
 
 
-def _open(db: str | Path | RatingStore) -> tuple[RatingStore, bool]:
-    if isinstance(db, RatingStore):
-        return db, False
-    return RatingStore(db), True
-
-
 def rated_trials(db: str | Path | RatingStore, study_id: str | None = None) -> list[Any]:
     """Every rating of a study as a ``RatedTrial`` (truth from the store's volume table)."""
     from napari_mrisynth.turing.statistics import RatedTrial
 
-    store, owned = _open(db)
-    try:
+    with opened(db) as store:
         study_id = study_id or store.only_study()
         mode = store.study(study_id)["mode"]
         return [
@@ -73,9 +66,6 @@ def rated_trials(db: str | Path | RatingStore, study_id: str | None = None) -> l
             )
             for row in store.ratings(study_id)
         ]
-    finally:
-        if owned:
-            store.close()
 
 
 def study_report(
@@ -92,8 +82,7 @@ def study_report(
     from napari_mrisynth.turing.report import write_study_report
     from napari_mrisynth.turing.statistics import study_statistics
 
-    store, owned = _open(db)
-    try:
+    with opened(db) as store:
         study_id = study_id or store.only_study()
         study = store.study(study_id)
         trials = rated_trials(store, study_id)
@@ -115,9 +104,6 @@ def study_report(
             statistics, out, title=title or f"Visual Turing test: {study_id}", study=facts
         )
         return {"statistics": statistics, "files": files}
-    finally:
-        if owned:
-            store.close()
 
 
 def ratings_csv(
@@ -127,8 +113,7 @@ def ratings_csv(
 
     Written to a temporary file and moved into place.
     """
-    store, owned = _open(db)
-    try:
+    with opened(db) as store:
         study_id = study_id or store.only_study()
         mode = store.study(study_id)["mode"]
         buffer = io.StringIO()
@@ -161,9 +146,6 @@ def ratings_csv(
                     "viewer_state": json.dumps(row["viewer_state"], sort_keys=True),
                 }
             )
-    finally:
-        if owned:
-            store.close()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
@@ -174,8 +156,7 @@ def ratings_csv(
 
 def study_status(db: str | Path | RatingStore, study_id: str | None = None) -> dict[str, Any]:
     """Per rater: trials rated of total, signed in or not; and the totals."""
-    store, owned = _open(db)
-    try:
+    with opened(db) as store:
         study_id = study_id or store.only_study()
         raters = {}
         for rater_id in store.rater_ids(study_id):
@@ -192,6 +173,3 @@ def study_status(db: str | Path | RatingStore, study_id: str | None = None) -> d
             "rated": sum(r["rated"] for r in raters.values()),
             "total": sum(r["total"] for r in raters.values()),
         }
-    finally:
-        if owned:
-            store.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,6 +152,35 @@ decisions = sa.Table(
     sa.Column("decided_at", sa.String(32), nullable=False),
 )  # fmt: skip
 
+# The statements a rater's clicks run, built once: a rater submits from an idle process,
+# where building a SQLAlchemy statement costs far more than running it (benchmarks.md).
+_KEYS = ("study_id", "rater_id")
+_KEY = (sa.bindparam("study_id", type_=sa.String), sa.bindparam("rater_id", type_=sa.String))
+#: One rating, its item copied from the trial in the same statement (no row: no such trial).
+_RATE = ratings.insert().from_select(
+    ["study_id", "rater_id", "position", "item_id", "choice", "called_synthetic",
+     "confidence", "realism", "comment", "seconds", "viewer_state", "submitted_at"],
+    sa.select(
+        trials.c.study_id, trials.c.rater_id, trials.c.position, trials.c.item_id,
+        *(sa.bindparam(name, type_=kind) for name, kind in (
+            ("choice", sa.String), ("called_synthetic", sa.Text), ("confidence", sa.Integer),
+            ("realism", sa.Text), ("comment", sa.Text), ("seconds", sa.Float),
+            ("viewer_state", sa.Text), ("submitted_at", sa.String))),
+    ).where((trials.c.study_id == _KEY[0]) & (trials.c.rater_id == _KEY[1])
+            & (trials.c.position == sa.bindparam("position", type_=sa.Integer))),
+)  # fmt: skip
+_CLEAR_DRAFT = drafts.delete().where(
+    (drafts.c.study_id == _KEY[0]) & (drafts.c.rater_id == _KEY[1])
+)
+_INSERT_DRAFT = drafts.insert().values({c.name: sa.bindparam(c.name) for c in drafts.columns})
+_UPDATE_DRAFT = (
+    drafts.update()
+    .where((drafts.c.study_id == sa.bindparam("key_study"))
+           & (drafts.c.rater_id == sa.bindparam("key_rater")))
+    .values(position=sa.bindparam("new_position"), state=sa.bindparam("new_state"),
+            seconds=sa.bindparam("new_seconds"), updated_at=sa.bindparam("new_updated_at"))
+)  # fmt: skip
+
 #: version -> statements that bring a database from ``version - 1`` to ``version``.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
@@ -222,12 +252,25 @@ class RatingStore:
             raise StudyError(f"{db}: not a database URL SQLAlchemy can use ({exc})") from exc
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sql: dict[Any, tuple[str, tuple[str, ...] | None]] = {}
+        self._writer_lock = threading.Lock()
+        self._writer: Any = None
+        self._integrity_errors = (
+            sa.exc.IntegrityError,
+            self.engine.dialect.loaded_dbapi.IntegrityError,
+        )
         self._open(create)
+        if self.engine.dialect.name == "sqlite":
+            self._writer = self.engine.raw_connection()
 
     def __repr__(self) -> str:
         return f"RatingStore({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def close(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self.engine.dispose()
 
     def __enter__(self) -> RatingStore:
@@ -284,6 +327,43 @@ class RatingStore:
         """One committed transaction (rolled back on any error)."""
         with self.engine.begin() as conn:
             yield conn
+
+    def _run_prebuilt(self, *steps: tuple[Any, dict[str, Any]]) -> list[int]:
+        """Run prebuilt statements in one committed transaction, straight on the database
+        driver's connection, and return their row counts.
+
+        The SQL comes from SQLAlchemy's compiler for this database (compiled once per
+        statement); only the per-call execution machinery is skipped, which is most of the
+        time of a rating's commit in a process that was idle (see docs/benchmarks.md).
+        """
+        with self._writer_lock:
+            # SQLite: one driver connection kept for this store's writes (a pool checkout
+            # costs as much as the SQL); a server: a fresh checkout, pinged, every time.
+            raw = self._writer or self.engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                counts = []
+                for statement, params in steps:
+                    sql, order = self._compiled(statement)
+                    cursor.execute(sql, [params[k] for k in order] if order else params)
+                    counts.append(cursor.rowcount)
+                raw.commit()
+                return counts
+            except BaseException:
+                raw.rollback()
+                raise
+            finally:
+                if raw is not self._writer:
+                    raw.close()
+
+    def _compiled(self, statement: Any) -> tuple[str, tuple[str, ...] | None]:
+        """(SQL, parameter names in order for positional drivers) of a prebuilt statement."""
+        cached = self._sql.get(statement)
+        if cached is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            order = compiled.positiontup
+            cached = self._sql[statement] = (compiled.string, tuple(order) if order else None)
+        return cached
 
     # -- studies ----------------------------------------------------------------------------
     def study_ids(self) -> list[str]:
@@ -420,47 +500,43 @@ class RatingStore:
         Returns the commit time. A trial already rated is refused: ratings are never
         overwritten.
         """
-        trial = self.trial(study_id, rater_id, position)
         submitted = now()
+        values = {"study_id": study_id, "rater_id": rater_id, "position": position,
+                  "choice": choice,
+                  "called_synthetic": json.dumps([bool(v) for v in called_synthetic]),
+                  "confidence": int(confidence),
+                  "realism": json.dumps([None if v is None else int(v) for v in realism]),
+                  "comment": comment, "seconds": float(seconds),
+                  "viewer_state": json.dumps(viewer_state, sort_keys=True),
+                  "submitted_at": submitted}  # fmt: skip
         try:
-            with self.transaction() as conn:
-                conn.execute(
-                    ratings.insert(),
-                    {"study_id": study_id, "rater_id": rater_id, "position": position,
-                     "item_id": trial["item_id"], "choice": choice,
-                     "called_synthetic": json.dumps([bool(v) for v in called_synthetic]),
-                     "confidence": int(confidence),
-                     "realism": json.dumps([None if v is None else int(v) for v in realism]),
-                     "comment": comment, "seconds": float(seconds),
-                     "viewer_state": json.dumps(viewer_state, sort_keys=True),
-                     "submitted_at": submitted},
-                )  # fmt: skip
-                conn.execute(
-                    drafts.delete().where(
-                        (drafts.c.study_id == study_id) & (drafts.c.rater_id == rater_id)
-                    )
-                )
-        except sa.exc.IntegrityError as exc:
+            inserted, _ = self._run_prebuilt(
+                (_RATE, values), (_CLEAR_DRAFT, {"study_id": study_id, "rater_id": rater_id})
+            )
+        except self._integrity_errors as exc:
             raise StudyError(
                 f"study {study_id!r}, rater {rater_id!r}: trial {position + 1} is already "
                 "rated; ratings are never overwritten"
             ) from exc
+        if inserted != 1:
+            raise StudyError(f"study {study_id!r}, rater {rater_id!r}: no trial {position + 1}")
         return submitted
 
     def save_draft(self, study_id: str, rater_id: str, position: int, state: dict[str, Any],
                    seconds: float) -> None:  # fmt: skip
         """Keep the answers so far and the time on the trial, for a resume after a crash."""
-        row = {"position": position, "state": json.dumps(state, sort_keys=True),
-               "seconds": float(seconds), "updated_at": now()}  # fmt: skip
-        key = (drafts.c.study_id == study_id) & (drafts.c.rater_id == rater_id)
+        row = {"study_id": study_id, "rater_id": rater_id, "position": position,
+               "state": json.dumps(state, sort_keys=True), "seconds": float(seconds),
+               "updated_at": now()}  # fmt: skip
+        changes = {"key_study": study_id, "key_rater": rater_id,
+                   **{f"new_{k}": v for k, v in row.items() if k not in _KEYS}}  # fmt: skip
         for attempt in range(3):
             try:
-                with self.transaction() as conn:
-                    if conn.execute(drafts.update().where(key), row).rowcount == 0:
-                        new = {"study_id": study_id, "rater_id": rater_id, **row}
-                        conn.execute(drafts.insert(), new)
+                (updated,) = self._run_prebuilt((_UPDATE_DRAFT, changes))
+                if updated == 0:
+                    self._run_prebuilt((_INSERT_DRAFT, row))
                 return
-            except sa.exc.IntegrityError:
+            except self._integrity_errors:
                 # The same rater's draft was inserted by another process between our update
                 # and insert (a server runs writers side by side; SQLite serialises them):
                 # the row exists now, so update it.
@@ -558,6 +634,19 @@ class RatingStore:
         for row in rows:
             latest[row.volume_id] = dict(row._mapping)
         return latest
+
+
+@contextmanager
+def opened(db: str | Path | RatingStore) -> Iterator[RatingStore]:
+    """``db`` itself when it is a store, else a store opened for the block and closed after."""
+    if isinstance(db, RatingStore):
+        yield db
+        return
+    store = RatingStore(db)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
