@@ -8,12 +8,16 @@ Each volume, real or synthetic, goes through the same steps:
    coarser than the grid (by default the coarsest voxel size among the study's volumes),
    every volume passes through a grid of that voxel size first, so a generator that works
    at 4 mm is not given away by the sharper 1 mm real scans beside it;
-2. intensities scaled to [0, 1] by the head's 0.5 and 99.5 percentiles, then everything
-   outside the dilated reference head set to 0 (the same crop for everyone);
-3. quantile matching inside that head to the study's mean intensity distribution, so the
-   histogram, mean and spread of every volume are the same (ties map to one value, so flat
-   regions stay flat);
-4. stored as uint8 (0-255) in display order (anterior up, patient right on screen left).
+2. intensities scaled by the head's 0.5 and 99.5 percentiles (to 0 and 1, not clipped:
+   a generator that saturates must not bring a block of equal values to the top of its
+   histogram), then everything outside the dilated reference head set to 0 (the same crop
+   for everyone);
+3. exact histogram matching inside that head to the study's mean distribution (the mean of
+   every volume's sorted head voxels): the k-th darkest voxel of every volume gets the same
+   value, so histogram, mean, spread and percentiles are the same for every volume (equal
+   values take the mean of theirs, so flat regions stay flat);
+4. stored as uint8 (0-255, the matched values clipped to [0, 1]) in display order
+   (anterior up, patient right on screen left).
 
 The prepared arrays live in the study's cache folder as ``<volume id>.npy``; the database
 records each file's SHA-256 and a session refuses a file that does not match it.
@@ -35,8 +39,6 @@ from napari_mrisynth.models.card import sha256_file
 from napari_mrisynth.turing.store import StudyError
 from napari_mrisynth.volume import Volume
 
-#: Quantiles that describe a volume's intensity distribution inside the head.
-N_QUANTILES = 1025
 #: Voxels of dilation around the reference head: scalp is kept, the far background is not.
 HEAD_DILATION_VOXELS = 3
 
@@ -59,9 +61,9 @@ class StudyGrid:
                 "default model grid at the study spacing (real scans aligned affinely to the "
                 "reference head; generator outputs resampled)",
                 f"every volume through a {self.resolution:g} mm grid first (equal resolution)",
-                "percentile scaling (0.5, 99.5) in the head",
+                "percentile scaling (0.5, 99.5) in the head, not clipped",
                 f"zero outside the reference head dilated by {HEAD_DILATION_VOXELS} voxels",
-                "quantile matching to the study's mean distribution inside that head",
+                "exact histogram matching to the study's mean distribution inside that head",
                 "uint8, display order",
             ],
         }
@@ -83,14 +85,23 @@ def _display(grid: Any, image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(data))
 
 
-def _match(values: np.ndarray, own: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Map ``values`` (whose quantiles are ``own``) onto ``reference``'s quantiles; equal
-    quantiles (ties) take the mean of their reference values."""
-    xp, inverse = np.unique(own, return_inverse=True)
-    fp = np.bincount(inverse, weights=reference) / np.bincount(inverse)
-    if xp.size == 1:
-        return np.full_like(values, fp[0])
-    return np.interp(values, xp, fp)
+def _match(values: np.ndarray, reference: np.ndarray, seed: int) -> np.ndarray:
+    """Exact histogram matching: the k-th smallest of ``values`` takes the k-th value of
+    ``reference`` (sorted, the same length), equal values in a seeded random order.
+
+    Breaking ties at random rather than giving them one value matters: a scan's block of
+    exact zeros (outside its field of view) would otherwise stay a block of one value, which
+    a histogram tells apart from a generator's faint background noise.
+    """
+    jitter = np.random.default_rng(seed).random(values.size)
+    order = np.lexsort((jitter, values))
+    out = np.empty(values.shape, dtype=np.float64)
+    out[order] = reference
+    return out
+
+
+def _seed(volume_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(volume_id.encode()).digest()[:8], "little")
 
 
 def native_resolution(volumes: Sequence[Volume]) -> float:
@@ -144,9 +155,10 @@ def prepare_study_volumes(
     if resolution > float(spacing) + 1e-6:
         coarse = (model_input_spec(resolution), default_model_grid(resolution))
     head = _head_region(grid)
-    probabilities = np.linspace(0.0, 1.0, N_QUANTILES)
     total = 2 * len(sources)
-    quantiles: dict[str, np.ndarray] = {}
+    # The study's intensity distribution: the mean of every volume's sorted head voxels
+    # (the head is the same region of the same grid for every volume, so same length).
+    reference = np.zeros(int(head.sum()), dtype=np.float64)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".scaled-") as scratch:
         for done, (volume_id, volume) in enumerate(sources, 1):
             where = volume.metadata.get("source") or volume_id
@@ -154,17 +166,19 @@ def prepare_study_volumes(
                 image = _on_study_grid(volume, spec, coarse, grid, device)
             except Exception as exc:  # the message must name the file, whatever failed
                 raise StudyError(f"{where}: cannot be prepared for the study ({exc})") from exc
-            image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-            quantiles[volume_id] = np.quantile(image[head], probabilities)
+            # Not clipped before matching: a generator that saturates would otherwise bring
+            # a block of equal values to the top of the histogram that real scans lack.
+            image = np.asarray(image, dtype=np.float32)
+            reference += np.sort(image[head], kind="stable")
             np.save(Path(scratch) / f"{volume_id}.npy", image)
             if progress is not None:
                 progress(done, total)
-        reference = np.mean(list(quantiles.values()), axis=0)
+        reference /= len(sources)
         digests = {}
         for done, (volume_id, _) in enumerate(sources, len(sources) + 1):
             image = np.load(Path(scratch) / f"{volume_id}.npy")
             out = np.zeros(image.shape, dtype=np.float64)
-            out[head] = _match(image[head], quantiles[volume_id], reference)
+            out[head] = _match(image[head], reference, seed=_seed(volume_id))
             display = _display(grid, np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8))
             target = cache / f"{volume_id}.npy"
             partial = cache / f".{volume_id}.{os.getpid()}.partial.npy"
