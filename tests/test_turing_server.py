@@ -23,23 +23,22 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import turing_fixtures
 from napari_mrisynth.turing.design import add_rater, create_study
 from napari_mrisynth.turing.prepare import load_prepared
 from napari_mrisynth.turing.session import Answer, RaterSession
 from napari_mrisynth.turing.store import SCHEMA_VERSION, RatingStore, StudyError
+from turing_fixtures import run_python
 
 RATERS = [f"r{k}" for k in range(1, 5)]
 TRIALS = 6
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 _names = itertools.count(1)
 
 
@@ -179,13 +178,6 @@ def pg_db(pg):
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _run_python(script: str, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **kwargs)  # fmt: skip
-
-
 def _sqlite(db: Path, query: str) -> list[tuple]:
     con = sqlite3.connect(db)
     try:
@@ -313,25 +305,9 @@ CONCURRENT_RATER = """
 
 def test_four_rater_processes_on_the_server_lose_no_write(pg, server_study):
     name, url, _ = server_study
-    procs = {}
-    for rater in RATERS:
-        script = CONCURRENT_RATER.format(url=url, rater=rater)
-        procs[rater] = _run_python(script, stdin=subprocess.PIPE)
-    try:
-        for proc in procs.values():
-            assert proc.stdout.readline().strip() == "OPEN", proc.stderr.read()
-        for proc in procs.values():  # go
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-        for rater, proc in procs.items():
-            out, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, f"{rater}: {err}\n{pg.server_log()}"
-            assert out.strip() == f"DONE {TRIALS}"
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
+    scripts = {rater: CONCURRENT_RATER.format(url=url, rater=rater) for rater in RATERS}
+    turing_fixtures.rate_concurrently(scripts, f"DONE {TRIALS}", timeout=300,
+                                      diagnostics=pg.server_log)  # fmt: skip
     rows = pg.sql(name, "SELECT rater_id, position, choice, confidence, realism, comment, "
                         "viewer_state, called_synthetic FROM ratings")  # fmt: skip
     assert len(rows) == len(RATERS) * TRIALS  # no lost write
@@ -503,7 +479,7 @@ def test_two_windows_of_one_rater_saving_drafts_at_once(pg, server_study):
     a server runs them side by side)."""
     name, url, _ = server_study
     add_rater(url, "r6")
-    procs = [_run_python(DRAFTING_TWICE.format(url=url, n=400, who=who), stdin=subprocess.PIPE)
+    procs = [run_python(DRAFTING_TWICE.format(url=url, n=400, who=who), stdin=subprocess.PIPE)
              for who in ("left", "right")]  # fmt: skip
     try:
         for proc in procs:

@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import turing_fixtures
 from napari_mrisynth.turing.design import add_rater, create_study
 from napari_mrisynth.turing.session import Answer, Panel, Presentation, RaterSession
 from napari_mrisynth.turing.store import SCHEMA_VERSION, RatingStore, StudyError
+from turing_fixtures import run_python
 
 RATERS = [f"r{k}" for k in range(1, 9)]
 TRIALS = 6
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -60,13 +57,6 @@ def _copy_db(src: Path, dst: Path) -> Path:
 
 def _integrity(db: Path) -> str:
     return _sql(db, "PRAGMA integrity_check")[0][0]
-
-
-def _run_python(script: str, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **kwargs)  # fmt: skip
 
 
 def _answer(mode: str, k: int) -> Answer:
@@ -278,21 +268,11 @@ CONCURRENT_RATER = """
 
 
 def test_eight_raters_in_separate_processes_lose_no_write(pair_db):
-    procs = {}
-    for rater in RATERS:
-        script = CONCURRENT_RATER.replace(
-            "sys.argv[1], sys.argv[2]", f"{str(pair_db)!r}, {rater!r}"
-        )
-        procs[rater] = _run_python(script, stdin=subprocess.PIPE)
-    for proc in procs.values():
-        assert proc.stdout.readline().strip() == "OPEN", proc.stderr.read()
-    for proc in procs.values():  # go
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-    for rater, proc in procs.items():
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"{rater}: {err}"
-        assert out.strip() == f"DONE {TRIALS}"
+    scripts = {
+        rater: CONCURRENT_RATER.replace("sys.argv[1], sys.argv[2]", f"{str(pair_db)!r}, {rater!r}")
+        for rater in RATERS
+    }
+    turing_fixtures.rate_concurrently(scripts, f"DONE {TRIALS}", timeout=180)
     rows = _sql(pair_db, "SELECT rater_id, position, choice, confidence, comment, "
                          "viewer_state FROM ratings")  # fmt: skip
     assert len(rows) == len(RATERS) * TRIALS
@@ -325,7 +305,7 @@ def test_a_killed_rater_resumes_on_the_same_trial_with_the_draft(pair_db):
     k = 3
     draft = {"choice": "B", "confidence": 4, "realism": [2, None], "comment": "hmm",
              "viewer": {"current_step": [5, 6, 7], "zoom": 1.5}}  # fmt: skip
-    proc = _run_python(CRASHING_RATER.format(db=str(pair_db), k=k, draft=draft))
+    proc = run_python(CRASHING_RATER.format(db=str(pair_db), k=k, draft=draft))
     try:
         line = proc.stdout.readline().split()
         assert line[:2] == ["READY", str(k)], proc.stderr.read() if not line else line
@@ -381,7 +361,7 @@ TIGHT_LOOP = """
 
 @pytest.mark.parametrize("kill_after", [5, 17])
 def test_killing_a_writer_mid_loop_leaves_a_consistent_database(pair_db, kill_after):
-    proc = _run_python(TIGHT_LOOP.format(db=str(pair_db), raters=RATERS, trials=TRIALS))
+    proc = run_python(TIGHT_LOOP.format(db=str(pair_db), raters=RATERS, trials=TRIALS))
     committed = []
     try:
         assert proc.stdout.readline().strip() == "START", proc.stderr.read()

@@ -7,6 +7,10 @@ what the blinding tests need. Building takes about 10-20 s on 2 CPU cores."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -93,3 +97,37 @@ def build_study_inputs(root: Path, n_real: int = 6, n_synthetic: int = 6) -> tup
     synthetic = root / "synthetic"
     write_synthetic(synthetic, full, synth_ids)
     return real, synthetic
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_python(script: str, **kwargs) -> subprocess.Popen:
+    """Start ``python -c script`` (dedented) with the package on the path, text pipes."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)  # fmt: skip
+
+
+def rate_concurrently(scripts: dict[str, str], expected: str, *, timeout: float,
+                      diagnostics=lambda: "") -> None:  # fmt: skip
+    """Start one rater process per script; each prints ``OPEN`` when its store is open and
+    waits for a line on stdin, so all start rating at once; each must exit 0 printing
+    ``expected``. ``diagnostics()`` is added to a failure's message (e.g. a server log)."""
+    procs = {rater: run_python(script, stdin=subprocess.PIPE) for rater, script in scripts.items()}
+    try:
+        for proc in procs.values():
+            assert proc.stdout.readline().strip() == "OPEN", proc.stderr.read()
+        for proc in procs.values():  # go
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        for rater, proc in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, f"{rater}: {err}\n{diagnostics()}"
+            assert out.strip() == expected
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
