@@ -46,10 +46,6 @@ class Presentation:
     panels: tuple[Panel, ...]
     scale: tuple[float, float, float]
 
-    @property
-    def title(self) -> str:
-        return f"Trial {self.position + 1} of {self.total}"
-
 
 @dataclass
 class Answer:
@@ -112,10 +108,6 @@ class RaterSession:
     @property
     def rater(self) -> RaterInfo:
         return self.store.rater(self.study_id, self.rater_id)
-
-    @property
-    def signed_in(self) -> bool:
-        return self.rater.signed_in_at is not None
 
     def sign_in(self, name: str, role: str, years: float) -> RaterInfo:
         return self.store.sign_in(self.study_id, self.rater_id, name=name, role=role,
