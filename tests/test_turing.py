@@ -401,3 +401,56 @@ def test_candidates_carry_their_generators_test_metrics():
     assert bundled["fid"] == pytest.approx(73.6, abs=0.05)
     assert _generator_metrics({"generator": {"id": "no-such-model", "version": "1.0.0"}}) == {}
     assert _generator_metrics({}) == {}
+
+
+GUI_RATER = """
+import napari
+from qtpy.QtWidgets import QApplication
+viewer = napari.Viewer(show=True)
+_, widget = viewer.window.add_plugin_dock_widget("napari-mrisynth", "Visual Turing test")
+QApplication.processEvents()
+widget.db_path.setText({db!r})
+widget.rater_id.setText("ben")
+widget.name.setText("Dr Ben")
+widget.years.setValue(3)
+assert widget.start(), widget.last_error
+for _ in range(2):
+    widget.choose(0)
+    widget.set_score(widget.confidence, 5)
+    widget.set_score(widget.realism[0], 4)
+    widget.set_score(widget.realism[1], 1)
+    assert widget.submit(), widget.last_error
+widget.choose(1)
+widget.set_score(widget.confidence, 2)
+widget.set_score(widget.realism[1], 3)
+QApplication.processEvents()
+print("READY", flush=True)
+napari.run()
+"""
+
+
+@pytest.mark.gui
+def test_a_napari_rater_killed_mid_trial_resumes_there(viewer, qtbot, pair_study):
+    import os
+    import signal
+
+    from turing_fixtures import run_python
+
+    proc = run_python(GUI_RATER.format(db=str(pair_study)))
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == "READY", proc.stderr.read() if proc.poll() is not None else line
+        os.kill(proc.pid, signal.SIGKILL)  # no chance to flush or close anything
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    resumed = _start(viewer, qtbot, pair_study, "ben", years=3.0)
+    assert resumed.session.position == 2 and resumed.session.done == 2
+    assert resumed._state() == {"choice": "B", "confidence": 2, "realism": [None, 3],
+                                "comment": ""}  # fmt: skip
+    assert resumed.progress.format().startswith(f"Trial 3 of {TRIALS}")
+    with RatingStore(pair_study) as store:
+        rows = store.ratings("study")
+    assert [(r["position"], r["choice"], r["confidence"], r["realism"]) for r in rows] == [
+        (0, "A", 5, [4, 1]), (1, "A", 5, [4, 1])]  # fmt: skip
