@@ -497,3 +497,21 @@ def test_two_windows_of_one_rater_saving_drafts_at_once(pg, server_study):
                 proc.kill()
                 proc.wait(timeout=30)
     assert pg.sql(name, "SELECT count(*) FROM drafts WHERE rater_id = 'r6'")[0][0] <= 1
+
+
+CREATING_SITE = """
+import sys
+from napari_mrisynth.turing.store import RatingStore
+print("OPEN", flush=True)
+sys.stdin.readline()
+with RatingStore({url!r}, create=True) as store:
+    print("DONE", store.schema_version)
+"""
+
+
+def test_sites_creating_the_schema_at_once_share_one(pg, pg_db):
+    url = pg.url(pg_db)
+    scripts = {f"site{k}": CREATING_SITE.format(url=url) for k in range(6)}
+    turing_fixtures.rate_concurrently(scripts, f"DONE {SCHEMA_VERSION}", timeout=120,
+                                      diagnostics=pg.server_log)  # fmt: skip
+    assert pg.sql(pg_db, "SELECT count(*) FROM meta WHERE key = 'schema_version'") == [(1,)]

@@ -490,3 +490,20 @@ def test_a_prepared_file_changed_on_disk_is_refused(studies, tmp_path):
             session.presentation()
     finally:
         session.close()
+
+
+CREATING_SITE = """
+import sys
+from napari_mrisynth.turing.store import RatingStore
+print("OPEN", flush=True)
+sys.stdin.readline()
+with RatingStore({db!r}, create=True) as store:
+    print("DONE", store.schema_version)
+"""
+
+
+def test_processes_creating_the_schema_at_once_share_one(tmp_path):
+    db = tmp_path / "new.db"
+    scripts = {f"p{k}": CREATING_SITE.format(db=str(db)) for k in range(6)}
+    turing_fixtures.rate_concurrently(scripts, f"DONE {SCHEMA_VERSION}", timeout=120)
+    assert _sql(db, "SELECT count(*) FROM meta WHERE key = 'schema_version'") == [(1,)]

@@ -284,6 +284,10 @@ class RatingStore:
         where = self.path or self.url
         try:
             with self.engine.begin() as conn:
+                if create and self.engine.dialect.name == "sqlite":
+                    # The driver runs CREATE TABLE outside any transaction; take the write
+                    # lock first so that two processes cannot both start creating.
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
                 has_meta = sa.inspect(conn).has_table("meta")
                 if not has_meta:
                     if not create:
@@ -312,7 +316,18 @@ class RatingStore:
                         {"value": str(step)},
                     )
         except sa.exc.DatabaseError as exc:
+            if create and self._has_schema():
+                # Another process (another site) created the schema between our look and
+                # our CREATE: open what it made.
+                return self._open(create=False)
             raise StudyError(f"{where}: cannot open the ratings database ({exc.orig})") from exc
+
+    def _has_schema(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                return bool(sa.inspect(conn).has_table("meta"))
+        except sa.exc.DatabaseError:
+            return False
 
     @property
     def schema_version(self) -> int:
