@@ -434,11 +434,11 @@ def test_a_napari_rater_killed_mid_trial_resumes_there(viewer, qtbot, pair_study
     import os
     import signal
 
-    from turing_fixtures import run_python
+    from turing_fixtures import read_line, run_python
 
     proc = run_python(GUI_RATER.format(db=str(pair_study)))
     try:
-        line = proc.stdout.readline().strip()
+        line = read_line(proc, timeout=180).strip()
         assert line == "READY", proc.stderr.read() if proc.poll() is not None else line
         os.kill(proc.pid, signal.SIGKILL)  # no chance to flush or close anything
         proc.wait(timeout=30)

@@ -35,7 +35,7 @@ from napari_mrisynth.turing.design import add_rater, create_study
 from napari_mrisynth.turing.prepare import load_prepared
 from napari_mrisynth.turing.session import Answer, RaterSession
 from napari_mrisynth.turing.store import SCHEMA_VERSION, RatingStore, StudyError
-from turing_fixtures import run_python
+from turing_fixtures import read_line, run_python
 
 RATERS = [f"r{k}" for k in range(1, 5)]
 TRIALS = 6
@@ -483,7 +483,7 @@ def test_two_windows_of_one_rater_saving_drafts_at_once(pg, server_study):
              for who in ("left", "right")]  # fmt: skip
     try:
         for proc in procs:
-            assert proc.stdout.readline().strip() == "OPEN", proc.stderr.read()
+            assert read_line(proc).strip() == "OPEN", proc.stderr.read()
         for proc in procs:
             proc.stdin.write("\n")
             proc.stdin.flush()

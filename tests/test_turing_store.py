@@ -22,7 +22,7 @@ import turing_fixtures
 from napari_mrisynth.turing.design import add_rater, create_study
 from napari_mrisynth.turing.session import Answer, Panel, Presentation, RaterSession
 from napari_mrisynth.turing.store import SCHEMA_VERSION, RatingStore, StudyError
-from turing_fixtures import run_python
+from turing_fixtures import read_line, run_python
 
 RATERS = [f"r{k}" for k in range(1, 9)]
 TRIALS = 6
@@ -307,7 +307,7 @@ def test_a_killed_rater_resumes_on_the_same_trial_with_the_draft(pair_db):
              "viewer": {"current_step": [5, 6, 7], "zoom": 1.5}}  # fmt: skip
     proc = run_python(CRASHING_RATER.format(db=str(pair_db), k=k, draft=draft))
     try:
-        line = proc.stdout.readline().split()
+        line = read_line(proc).split()
         assert line[:2] == ["READY", str(k)], proc.stderr.read() if not line else line
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -364,9 +364,9 @@ def test_killing_a_writer_mid_loop_leaves_a_consistent_database(pair_db, kill_af
     proc = run_python(TIGHT_LOOP.format(db=str(pair_db), raters=RATERS, trials=TRIALS))
     committed = []
     try:
-        assert proc.stdout.readline().strip() == "START", proc.stderr.read()
+        assert read_line(proc).strip() == "START", proc.stderr.read()
         while len(committed) < kill_after:
-            line = proc.stdout.readline()
+            line = proc.stdout.readline()  # the writer never falls silent while alive
             assert line, proc.stderr.read()
             rater, position = line.split()
             committed.append((rater, int(position)))

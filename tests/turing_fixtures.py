@@ -110,6 +110,20 @@ def run_python(script: str, **kwargs) -> subprocess.Popen:
                             **kwargs)  # fmt: skip
 
 
+def read_line(proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The child's first (or next, once the previous one is all it printed) stdout line; a
+    child silent for ``timeout`` s is killed and the test fails with its stderr, instead of
+    hanging the suite. Not for a stream of lines: those already buffered are not seen."""
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            proc.kill()
+            raise AssertionError(f"no output in {timeout:.0f} s: {proc.stderr.read()}")
+    return proc.stdout.readline()
+
+
 def rate_concurrently(scripts: dict[str, str], expected: str, *, timeout: float,
                       diagnostics=lambda: "") -> None:  # fmt: skip
     """Start one rater process per script; each prints ``OPEN`` when its store is open and
@@ -118,7 +132,7 @@ def rate_concurrently(scripts: dict[str, str], expected: str, *, timeout: float,
     procs = {rater: run_python(script, stdin=subprocess.PIPE) for rater, script in scripts.items()}
     try:
         for proc in procs.values():
-            assert proc.stdout.readline().strip() == "OPEN", proc.stderr.read()
+            assert read_line(proc).strip() == "OPEN", proc.stderr.read()
         for proc in procs.values():  # go
             proc.stdin.write("\n")
             proc.stdin.flush()
