@@ -243,16 +243,15 @@ def run_synthesis(root: Path, participants: list[dict[str, str]], out: Path) -> 
 
 def run_study(root: Path, out: Path) -> None:
     """Freeze a blinded pair study of the cohort's scans against the synthetic volumes."""
-    from napari_mrisynth.turing.design import create_study
+    from napari_mrisynth.turing.design import create_study, find_real, find_synthetic
 
     db = out / "turing-study.db"
     if db.exists():
         db.unlink()
         for stale in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             stale.unlink(missing_ok=True)
-    n_real = len(list((root).glob("sub-*/anat/*_T1w.nii.gz")))
-    n_synthetic = len(list((out / "synthetic").glob("*.nii.gz")))
-    trials = min(n_real, n_synthetic)
+    real, synthetic = find_real(root), find_synthetic(out / "synthetic")
+    trials = min(len(real), len(synthetic))
     study = create_study(db, real=root, synthetic=out / "synthetic", raters=["rater1", "rater2"],
                          mode="pair", trials=trials, seed=0, spacing=2.0)  # fmt: skip
     print(f"8/8 blinded visual Turing test: {trials} pair trials for rater1 and rater2, "

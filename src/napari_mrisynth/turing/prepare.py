@@ -79,10 +79,9 @@ def _head_region(grid: Any) -> np.ndarray:
 
 
 def _display(grid: Any, image: np.ndarray) -> np.ndarray:
-    from napari_mrisynth.volume import napari_layer_kwargs
+    from napari_mrisynth.volume import to_display_volume
 
-    data, _ = napari_layer_kwargs(grid.volume(image))
-    return np.ascontiguousarray(np.asarray(data))
+    return np.ascontiguousarray(np.asarray(to_display_volume(grid.volume(image)).data))
 
 
 def _match(values: np.ndarray, reference: np.ndarray, seed: int) -> np.ndarray:
