@@ -155,8 +155,9 @@ def untrained_card(family: str, spec: Any, model_id: str, root: Path) -> Any:
     from napari_mrisynth.models.card import ModelCard
     from napari_mrisynth.models.networks import build_network
     from napari_mrisynth.models.registry import save_model
-    from napari_mrisynth.synthesis.conditions import encoding
-    from napari_mrisynth.synthesis.train import CLASSES, GenerativeOptions, architecture_for
+    from napari_mrisynth.models.conditions import encoding
+    from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES
+    from napari_mrisynth.synthesis.train import GenerativeOptions, architecture_for
 
     arch = architecture_for(family, spec.shape, GenerativeOptions(spacing=spec.spacing[0]))
     torch.manual_seed(0)
@@ -175,7 +176,7 @@ def untrained_card(family: str, spec: Any, model_id: str, root: Path) -> Any:
         task="generation",
         title=f"untrained {family} (benchmark)",
         architecture=arch,
-        labels=list(CLASSES),
+        labels=list(DIAGNOSIS_CLASSES),
         input=spec,
         inference=inference,
         training={"simulated": True, "trained": False, "seed": 0},
@@ -245,7 +246,7 @@ def _reference_sample(network: Any, family: str, noise: Any, condition: Any, ste
     """MONAI's LatentDiffusionInferer (LDM) or the bare network forward (VAE, GAN)."""
     import torch
 
-    from napari_mrisynth.synthesis.networks import condition_maps
+    from napari_mrisynth.models.generators import condition_maps
 
     with torch.inference_mode():
         if family != "ldm":
@@ -270,7 +271,7 @@ def time_reference(card: Any, batch: int, steps: int, device: str, runs: int) ->
     import torch
 
     from napari_mrisynth.models.inference import get_model
-    from napari_mrisynth.synthesis.conditions import Condition
+    from napari_mrisynth.models.conditions import Condition
 
     loaded = get_model(card, "generation", device)
     network, family = loaded.network, card.inference["family"]
@@ -296,9 +297,9 @@ def same_volume(card: Any, steps: int, device: str) -> float:
 
     from napari_mrisynth import generate
     from napari_mrisynth.models.inference import get_model
-    from napari_mrisynth.synthesis.conditions import Condition
+    from napari_mrisynth.models.conditions import Condition
     from napari_mrisynth.synthesis.generate import volume_noise
-    from napari_mrisynth.synthesis.networks import INTENSITY_MAX
+    from napari_mrisynth.models.generators import INTENSITY_MAX
 
     loaded = get_model(card, "generation", device)
     network = loaded.network
@@ -384,7 +385,7 @@ def train_child(stage: str, args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     from napari_mrisynth.models.networks import build_network, count_parameters
-    from napari_mrisynth.synthesis.modules import DiffusionModule, GANModule, VAEModule
+    from napari_mrisynth.training.generator_modules import DiffusionModule, GANModule, VAEModule
     from napari_mrisynth.synthesis.train import architecture_for, generation_spec
 
     cuda = str(args.device).startswith("cuda")

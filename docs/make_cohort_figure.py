@@ -19,7 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from napari_mrisynth.cohort import LABEL_IDS, LABELS, simulate_subject  # noqa: E402
+from napari_mrisynth.anatomy import LABEL_IDS, LABELS
+
+from napari_mrisynth.cohort import simulate_subject  # noqa: E402
 from napari_mrisynth.volume import reorient_to_patient_axes  # noqa: E402
 
 OUT = Path(__file__).parent / "images" / "cohort.png"

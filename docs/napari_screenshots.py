@@ -43,7 +43,7 @@ def _save(viewer, name: str, *, canvas_only: bool = False) -> None:
 
 def sample_views(viewer, qapp) -> None:
     """Simulated bvFTD subject: axial slice through the ventricles, labels over the T1."""
-    from napari_mrisynth.cohort.labels import LABEL_IDS
+    from napari_mrisynth.anatomy.labels import LABEL_IDS
 
     t1, labels, _ = viewer.open_sample(PLUGIN, "simulated_bvftd")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Volume geometry")
@@ -81,7 +81,7 @@ def browser_view(viewer, qapp, folder: Path) -> None:
 
 def model_views(viewer, qapp, scan: Path) -> None:
     """Segment and Classify docks with the bundled demo models on a simulated 1 mm head."""
-    from napari_mrisynth.cohort.labels import LABEL_IDS
+    from napari_mrisynth.anatomy.labels import LABEL_IDS
 
     (image,) = viewer.open(str(scan), plugin=PLUGIN)
     _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")

@@ -13,13 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari_mrisynth.models.card import InputSpec, ModelCard
-from napari_mrisynth.synthesis.conditions import encoding
-from napari_mrisynth.synthesis.train import (
-    CLASSES,
-    GenerativeOptions,
-    architecture_for,
-    generation_spec,
-)
+from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES, encoding
+from napari_mrisynth.synthesis.train import GenerativeOptions, architecture_for, generation_spec
 
 #: Narrow networks: a few thousand parameters, ~32^3 voxels at 8 mm.
 TINY = {
@@ -78,7 +73,7 @@ def make_tiny_generator(
         task="generation",
         title=f"tiny untrained {family} (tests)",
         architecture=arch,
-        labels=list(CLASSES),
+        labels=list(DIAGNOSIS_CLASSES),
         input=spec,
         inference=inference,
         training={"simulated": True, "trained": False, "default": default, "seed": seed},

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from napari_mrisynth.cohort import LABELS
+from napari_mrisynth.anatomy import LABELS
 from napari_mrisynth.models.card import InputSpec, LabelSpec, ModelCard
 
 #: Box around the simulated head in LPS mm (x: right->left, y: anterior->posterior,

@@ -11,16 +11,9 @@ import pydicom
 import pytest
 from scipy import ndimage as ndi
 
+from napari_mrisynth.anatomy import BRAIN_LABELS, LABEL_IDS, LABELS, aal_region_label, template
 from napari_mrisynth.cli import main
-from napari_mrisynth.cohort import (
-    BRAIN_LABELS,
-    LABEL_IDS,
-    LABELS,
-    sample_subject,
-    simulate,
-    simulate_subject,
-)
-from napari_mrisynth.cohort.labels import aal_region_label
+from napari_mrisynth.cohort import sample_subject, simulate_subject
 from napari_mrisynth.volume import volume_from_nifti
 
 SEED = 11
@@ -128,14 +121,14 @@ def test_controls_age():
 def test_model_cache_round_trip(tmp_path, monkeypatch):
     """The model kept in the user cache is the model the template builds."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    simulate._model.cache_clear()
+    template.head_model.cache_clear()
     try:
-        built = simulate._model(2)
+        built = template.head_model(2)
         assert list((tmp_path / "napari-mrisynth").glob("cohort-model-2mm-*.npz"))
-        simulate._model.cache_clear()
-        loaded = simulate._model(2)
+        template.head_model.cache_clear()
+        loaded = template.head_model(2)
     finally:
-        simulate._model.cache_clear()
+        template.head_model.cache_clear()
     assert loaded is not built
     for name, value in vars(built).items():
         np.testing.assert_array_equal(getattr(loaded, name), value, err_msg=name)

@@ -20,9 +20,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from napari_mrisynth.anatomy import LABELS
 from napari_mrisynth.annotation import CorrectionError, MaskCorrection, dice_per_label
 from napari_mrisynth.annotation.correction import KEEP_AUTOSAVES
-from napari_mrisynth.cohort import LABELS, simulate_subject
+from napari_mrisynth.cohort import simulate_subject
 from napari_mrisynth.io.dicom import load_dicom
 from napari_mrisynth.io.dicom_seg import read_dicom_seg
 from napari_mrisynth.io.dicom_write import write_dicom_series

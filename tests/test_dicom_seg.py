@@ -16,7 +16,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from napari_mrisynth.cohort import LABELS, simulate_subject
+from napari_mrisynth.anatomy import LABELS
+from napari_mrisynth.cohort import simulate_subject
 from napari_mrisynth.errors import GeometryError
 from napari_mrisynth.io.dicom import load_dicom
 from napari_mrisynth.io.dicom_seg import DicomSegError, read_dicom_seg, write_dicom_seg

@@ -271,7 +271,8 @@ def test_oblique_nifti_written_back_sits_where_it_was_shown(viewer, tmp_path):
 @pytest.mark.gui
 @pytest.mark.parametrize("key", ["simulated_bvftd", "simulated_control"])
 def test_sample_subject_layers_share_geometry(viewer, key):
-    cohort = pytest.importorskip("napari_mrisynth.cohort")
+    from napari_mrisynth import anatomy
+
     layers = viewer.open_sample(PLUGIN, key)
     t1, labels, mask = layers
     assert all("simulated" in layer.name for layer in layers)
@@ -281,15 +282,15 @@ def test_sample_subject_layers_share_geometry(viewer, key):
         np.testing.assert_allclose(layer.scale, t1.scale)
         np.testing.assert_allclose(layer.translate, t1.translate)
         assert layer.data.shape == t1.data.shape
-    for value, (_, rgb) in cohort.LABELS.items():
+    for value, (_, rgb) in anatomy.LABELS.items():
         if value:
             np.testing.assert_allclose(
                 labels.colormap.map(value)[:3], np.array(rgb) / 255, atol=1e-3
             )
     # anterior is up: the eyes lie at smaller world y (LPS posterior axis) than the ventricles
-    eyes = np.argwhere(np.asarray(labels.data) == cohort.labels.LABEL_IDS["eyes"]).mean(0)
+    eyes = np.argwhere(np.asarray(labels.data) == anatomy.LABEL_IDS["eyes"]).mean(0)
     ventricles = np.argwhere(
-        np.asarray(labels.data) == cohort.labels.LABEL_IDS["lateral_ventricles"]
+        np.asarray(labels.data) == anatomy.LABEL_IDS["lateral_ventricles"]
     ).mean(0)
     assert _world_of_voxel(labels, eyes)[1] < _world_of_voxel(labels, ventricles)[1]
     shot = viewer.screenshot(canvas_only=True, flash=False)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_mrisynth.cohort import BRAIN_LABELS, simulate_subject
+from napari_mrisynth.anatomy import BRAIN_LABELS
+from napari_mrisynth.cohort import simulate_subject
 from napari_mrisynth.errors import InputError
 from napari_mrisynth.models.card import InputSpec
 from napari_mrisynth.preprocess import (

@@ -496,7 +496,7 @@ def test_a_card_whose_architecture_does_not_fit_its_weights_is_refused(tmp_path)
 @pytest.fixture
 def mrisynth(monkeypatch):
     """Run ``mrisynth`` in-process with the ``models`` command registered."""
-    module = "napari_mrisynth.models.commands"
+    module = "napari_mrisynth.cli.models"
     if module not in cli.COMMAND_MODULES:
         monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, module))
     return cli.main

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from napari_mrisynth.errors import ModelError
+from napari_mrisynth.models.tracking import flatten_metrics
 from napari_mrisynth.reports import metrics
-from napari_mrisynth.reports.report import (
+from napari_mrisynth.reports.model_report import (
     classification_report,
-    flatten_metrics,
     log_report_to_mlflow,
     segmentation_report,
 )
@@ -408,7 +408,7 @@ def cohort_and_models(tmp_path_factory):
 
 
 def run_report(argv):
-    from napari_mrisynth.reports.commands import register
+    from napari_mrisynth.cli.report import register
 
     parser = argparse.ArgumentParser(prog="mrisynth")
     register(parser.add_subparsers(dest="command"))

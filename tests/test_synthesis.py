@@ -247,7 +247,7 @@ def test_generate_cli_writes_volumes_and_json(tmp_path, monkeypatch, capsys):
 
 
 def test_diff_augment_keeps_shape_and_passes_gradients():
-    from napari_mrisynth.synthesis.augment import diff_augment
+    from napari_mrisynth.training.augment import diff_augment
 
     x = torch.rand(3, 1, 8, 10, 12, requires_grad=True)
     y = diff_augment(x, generator=torch.Generator().manual_seed(0))
@@ -259,7 +259,7 @@ def test_diff_augment_keeps_shape_and_passes_gradients():
 
 
 def test_condition_vector_encoding():
-    from napari_mrisynth.synthesis.conditions import Condition
+    from napari_mrisynth.models.conditions import Condition
 
     assert Condition.parse("bvftd").vector() == [1.0, 0.0, 0.0]
     assert Condition.parse("Control", 75, "female").vector() == [-1.0, 1.0, -1.0]

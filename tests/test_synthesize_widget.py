@@ -29,8 +29,8 @@ from napari_mrisynth._widgets._synthesize_widget import (
     synthetic_name,
 )
 from napari_mrisynth.errors import InputError, ModelError
+from napari_mrisynth.models.conditions import ConditionError
 from napari_mrisynth.models.registry import default_model
-from napari_mrisynth.synthesis.conditions import ConditionError
 from napari_mrisynth.synthesis.generate import generate
 
 PLUGIN = "napari-mrisynth"

@@ -101,7 +101,7 @@ def test_read_participants(cohort, tmp_path):
 def test_cache_puts_image_and_labels_on_the_model_grid_once(cohort, tmp_path):
     from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.training.data import cache_subject
-    from napari_mrisynth.training.train import model_spec
+    from napari_mrisynth.training.recipe import model_spec
 
     spec = model_spec(GRID)
     first = cache_subject(cohort, "sub-001", spec, tmp_path)
@@ -122,7 +122,7 @@ def test_cache_puts_image_and_labels_on_the_model_grid_once(cohort, tmp_path):
 def test_segmentation_run_writes_a_verified_model_and_an_mlflow_run(seg_run, cohort):
     from mlflow import MlflowClient
 
-    from napari_mrisynth.cohort import LABELS
+    from napari_mrisynth.anatomy import LABELS
     from napari_mrisynth.models.card import read_card, sha256_file
     from napari_mrisynth.models.registry import verify_weights
 
@@ -272,7 +272,7 @@ def test_mixed_precision_needs_a_gpu(cohort, tmp_path):
 def _parser():
     import argparse
 
-    from napari_mrisynth.training.commands import register
+    from napari_mrisynth.cli.train import register
 
     parser = argparse.ArgumentParser(prog="mrisynth")
     register(parser.add_subparsers(dest="command"))
@@ -280,7 +280,7 @@ def _parser():
 
 
 def test_cli_options_reach_the_training_function(tmp_path):
-    from napari_mrisynth.training.commands import options_from_args
+    from napari_mrisynth.cli.train import options_from_args
 
     args = _parser().parse_args([
         "train", "segmentation", "--data", "cohort", "--out", str(tmp_path), "--devices", "4",
@@ -299,7 +299,7 @@ def test_cli_options_reach_the_training_function(tmp_path):
 def test_train_command_needs_neither_torch_nor_lightning_to_build():
     code = (
         "import argparse, sys\n"
-        "from napari_mrisynth.training.commands import register\n"
+        "from napari_mrisynth.cli.train import register\n"
         "parser = argparse.ArgumentParser()\n"
         "register(parser.add_subparsers())\n"
         "print(sorted(m for m in ('torch', 'lightning', 'mlflow', 'monai') if m in sys.modules))"
@@ -322,7 +322,7 @@ def test_ddp_two_cpu_processes(cohort, seg_run, tmp_path):
     script.write_text(
         textwrap.dedent("""
         import argparse, json, sys
-        from napari_mrisynth.training.commands import options_from_args, register
+        from napari_mrisynth.cli.train import options_from_args, register
         from napari_mrisynth.training.train import train_segmentation
 
         parser = argparse.ArgumentParser()

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from napari_mrisynth.turing.report import write_study_report
 from napari_mrisynth.turing.statistics import (
     RatedTrial,
     StatisticsError,
@@ -22,6 +21,7 @@ from napari_mrisynth.turing.statistics import (
     validate,
     volume_scores,
 )
+from napari_mrisynth.turing.study_report import write_study_report
 
 
 def single(rater, item, volume, synthetic, called, *, confidence=3, realism=None,

@@ -1,5 +1,6 @@
 """napari-mrisynth: exact brain MRI volumes, simulated bvFTD cohorts and synthesis in napari."""
 
+from napari_mrisynth._version import __version__
 from napari_mrisynth.errors import (
     DicomFileError,
     GeometryError,
@@ -8,8 +9,6 @@ from napari_mrisynth.errors import (
     VolumeFileError,
 )
 from napari_mrisynth.volume import Volume
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DicomFileError",

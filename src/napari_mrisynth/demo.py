@@ -1,4 +1,4 @@
-"""``mrisynth demo``: the main job, as a new user first meets it.
+"""The main job, as a new user first meets it (``mrisynth demo``).
 
 With a display: napari opens with the plugin's widgets docked and a simulated bvFTD subject
 loaded. Without one: it says so and runs the same data through the headless pipeline
@@ -10,7 +10,6 @@ memorization check against the cohort).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -24,35 +23,6 @@ def has_display() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="napari with the plugin and a simulated subject (headless pipeline without display)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--headless", action="store_true", help="run the headless pipeline")
-    parser.add_argument(
-        "--out", type=Path, default=Path("data/demo"), help="where the headless demo writes"
-    )
-    parser.add_argument("--subjects", type=int, default=4, help="subjects in the headless cohort")
-    parser.add_argument(
-        "--screenshot", type=Path, help="save a screenshot of the viewer here and close it"
-    )
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.headless or not has_display():
-        if not args.headless:
-            print("No display found (DISPLAY/WAYLAND_DISPLAY unset): running the headless demo.")
-            print(
-                "For the napari window here, run: xvfb-run -a mrisynth demo --screenshot shot.png"
-            )
-        return run_headless(args.out, args.subjects)
-    return run_viewer(args.screenshot)
 
 
 def run_viewer(screenshot: Path | None = None):
@@ -100,7 +70,8 @@ def run_headless(out: Path, subjects: int) -> int:
     """Simulated cohort -> DICOM discovery -> exact load -> NIfTI -> regional volumes."""
     import numpy as np
 
-    from napari_mrisynth.cohort import BRAIN_LABELS, BVFTD_LABELS, LABEL_IDS, LABELS, build_cohort
+    from napari_mrisynth.anatomy import BRAIN_LABELS, BVFTD_LABELS, LABEL_IDS, LABELS
+    from napari_mrisynth.cohort import build_cohort
     from napari_mrisynth.io.dicom import scan_folder
     from napari_mrisynth.io.files import load_volume, save_volume
     from napari_mrisynth.volume import orientation_code
@@ -150,7 +121,7 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
 
     import numpy as np
 
-    from napari_mrisynth.cohort import BRAIN_LABELS
+    from napari_mrisynth.anatomy import BRAIN_LABELS
     from napari_mrisynth.errors import ModelError
     from napari_mrisynth.io.files import load_volume, save_volume
     from napari_mrisynth.models.device import CpuFallbackWarning

@@ -36,3 +36,11 @@ class ModelError(MrisynthError):
 
 class InputError(MrisynthError):
     """An image is unsuitable for a model: not 3D, wrong modality, empty, NaNs..."""
+
+
+class MissingExtraError(MrisynthError, ImportError):
+    """An optional part of the package is not installed; the message says which extra."""
+
+    def __init__(self, what: str, extra: str):
+        self.extra = extra
+        super().__init__(f"{what}: pip install 'napari-mrisynth[{extra}]'")

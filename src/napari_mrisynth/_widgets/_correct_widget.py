@@ -143,7 +143,7 @@ def find_source_files(layer: Any, viewer: Any) -> list[Path] | None:
 def label_schema(layer: Any) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:
     """Names and colours of the label values: the layer's card schema, its features, or the
     cohort's schema."""
-    from napari_mrisynth.cohort import LABELS
+    from napari_mrisynth.anatomy import LABELS
 
     meta = _meta(layer)
     names = {int(k): str(v) for k, v in (meta.get("label_names") or {}).items()}

@@ -15,13 +15,10 @@ from napari.utils.notifications import show_error, show_warning
 
 from napari_mrisynth.errors import MrisynthError
 from napari_mrisynth.io.dicom import FolderScan, Series, is_dicom_file, load_series, scan_folder
+from napari_mrisynth.io.files import DICOM_SUFFIXES, VOLUME_SUFFIXES, volume_stem
 
 from ._layer_data import LayerData, image_layer_data, labels_layer_data
 
-#: Suffixes read by :func:`napari_mrisynth.io.files.load_volume` (lower case).
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
-#: Suffixes claimed as DICOM even before looking inside, so a broken one gets a clear error.
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: A folder is claimed when one of its first files is DICOM; looking further costs time.
 FOLDER_PROBE_FILES = 32
 #: BIDS suffixes of integer label images (segmentations, masks).
@@ -93,7 +90,7 @@ def read_path(path: Path) -> list[LayerData]:
         from napari_mrisynth.io.files import load_volume  # SimpleITK only when a file needs it
 
         volume = load_volume(path)
-        stem = _stem(path)
+        stem = volume_stem(path)
         if _looks_like_labels(path, volume.dtype):
             return [labels_layer_data(volume, name=stem)]
         return [image_layer_data(volume, name=volume.metadata.get("name") or stem)]
@@ -157,14 +154,6 @@ def _as_list(path: PathOrPaths) -> list[str | os.PathLike]:
     return [path] if isinstance(path, (str, os.PathLike)) else list(path)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def _looks_like_labels(path: Path, dtype) -> bool:
     """Integer NIfTI with a label intent (as our writer marks them) or a BIDS label suffix."""
     if dtype.kind not in "iu":
@@ -174,7 +163,7 @@ def _looks_like_labels(path: Path, dtype) -> bool:
 
         if nib.load(path).header.get_intent()[0] == "label":
             return True
-    return _stem(path).lower().endswith(LABEL_NAME_HINTS)
+    return volume_stem(path).lower().endswith(LABEL_NAME_HINTS)
 
 
 def _first_files(folder: Path, limit: int) -> Iterator[Path]:

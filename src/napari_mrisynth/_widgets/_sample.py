@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from napari_mrisynth.cohort import LABELS, napari_label_colors, sample_subject
+from napari_mrisynth.anatomy import LABELS, napari_label_colors
+from napari_mrisynth.cohort import sample_subject
 
 from ._layer_data import LayerData, image_layer_data, labels_layer_data
 

@@ -2,9 +2,9 @@
 
 The widget gathers the request on the GUI thread (generator card, condition, n, seed,
 device, sampler settings, and the voxels and geometry of the real scan to compare with),
-runs :func:`napari_mrisynth.synthesis.generate.generate` -- and
-:func:`napari_mrisynth.preprocess.prepare` for the real scan, so that it lands on the SAME
-model grid with the same intensity scale -- in a napari thread worker, and adds the results
+runs :func:`napari_mrisynth.synthesis.synthesize.synthesize` (the real scan brought onto
+the SAME model grid with the same intensity scale, then generation) in a napari thread
+worker, and adds the results
 as image layers on the GUI thread: real first, then one layer per synthetic volume, in
 napari's grid mode with contrast, gamma and colormap linked. The worker never touches a
 layer or a Qt object; its progress reaches the progress bar through a queued Qt signal.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
@@ -24,6 +23,7 @@ from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox
 
 from napari_mrisynth.errors import ModelError, MrisynthError
 from napari_mrisynth.models.card import ModelCard
+from napari_mrisynth.synthesis.synthesize import SynthesisRequest, SynthesisRun, synthesize
 from napari_mrisynth.volume import Volume
 
 from ._layer_data import LayerData, image_layer_data
@@ -54,48 +54,6 @@ NO_GENERATOR = (
 )
 
 _FAMILY_NAMES = {"vae": "VAE", "gan": "GAN", "ldm": "LDM"}
-
-
-@dataclass
-class SynthesisRequest:
-    """Everything a synthesis run needs, read on the GUI thread."""
-
-    card: ModelCard
-    n: int
-    condition: str
-    age: float | None = None
-    sex: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    steps: int | None = None
-    guidance: float | None = None
-    compare: Volume | None = None
-    compare_name: str = ""
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`~napari_mrisynth.synthesis.generate.generate`."""
-        return {
-            "condition": self.condition,
-            "age": self.age,
-            "sex": self.sex,
-            "seed": self.seed,
-            "device": self.device,
-            "steps": self.steps,
-            "guidance": self.guidance,
-        }
-
-
-@dataclass
-class SynthesisRun:
-    """What a run made: layer data for the real scan (if any) and every synthetic volume."""
-
-    request: SynthesisRequest
-    synthetic: list[LayerData]
-    provenance: list[dict[str, Any]]
-    real: LayerData | None = None
-    seconds: float = 0.0
-    device: str = "cpu"
-    stages: dict[str, float] = field(default_factory=dict)
 
 
 def generator_label(card: ModelCard) -> str:
@@ -161,60 +119,26 @@ def _comparison_layer_data(volume: Volume, name: str, metadata: dict[str, Any]) 
     return data, kwargs, layer_type
 
 
-def synthesize(
+def comparison_layers(run: SynthesisRun) -> list[LayerData]:
+    """Layer data of a run: the real scan first (if any), then every synthetic volume, each
+    named for a reader and carrying its provenance in its metadata."""
+    layers = []
+    if run.real is not None:
+        origin = {"source_layer": run.request.compare_name, "model_grid_of": run.request.card.ref}
+        name = real_name(run.request.compare_name)
+        layers.append(_comparison_layer_data(run.real, name, {"prepared": origin}))
+    for s in run.synthetic:
+        name = synthetic_name(s.provenance)
+        layers.append(_comparison_layer_data(s.volume, name, {"provenance": s.provenance}))
+    return layers
+
+
+def _synthesize_layers(
     request: SynthesisRequest, progress: Callable[[int, int, str], None] | None = None
-) -> SynthesisRun:
-    """Prepare the real scan (if any) and generate the synthetic volumes (no Qt, no layers).
-
-    The real scan goes first, so a scan the generator's grid cannot take fails before
-    minutes of sampling.
-    """
-    from napari_mrisynth.synthesis.generate import generate
-
-    began = time.perf_counter()
-    stages: dict[str, float] = {}
-    real = None
-    if request.compare is not None:
-        from napari_mrisynth.preprocess import prepare
-
-        prepared = prepare(request.compare, request.card.input, source=request.compare_name)
-        volume = prepared.grid.volume(prepared.image, modality="MR")
-        origin = {"source_layer": request.compare_name, "model_grid_of": request.card.ref}
-        real = _comparison_layer_data(volume, real_name(request.compare_name), {"prepared": origin})
-        stages["prepare"] = time.perf_counter() - began
-        if progress is not None:
-            progress(0, 1, "prepare")
-
-    def sampled(done: int, total: int) -> None:
-        if progress is not None:
-            progress(done, total, "sample")
-
-    clock = time.perf_counter()
-    ref = request.card.ref
-    try:
-        synthetics = generate(
-            request.card, request.n, progress=sampled, **request.generate_kwargs()
-        )
-    except ModelError as exc:
-        if request.card.id in str(exc):
-            raise
-        raise ModelError(f"{ref}: {exc}") from exc
-    except RuntimeError as exc:  # torch's own: out of memory, a device gone away
-        raise ModelError(f"{ref}: generation failed on {request.device}: {exc}") from exc
-    stages["generate"] = time.perf_counter() - clock
-    layers = [
-        _comparison_layer_data(s.volume, synthetic_name(s.provenance), {"provenance": s.provenance})
-        for s in synthetics
-    ]
-    return SynthesisRun(
-        request,
-        layers,
-        [s.provenance for s in synthetics],
-        real,
-        seconds=time.perf_counter() - began,
-        device=str(synthetics[0].provenance.get("device", "cpu")),
-        stages=stages,
-    )
+) -> tuple[SynthesisRun, list[LayerData]]:
+    """The worker's job: the run, and its layer data (no Qt object is touched)."""
+    run = synthesize(request, progress)
+    return run, comparison_layers(run)
 
 
 class SynthesizeWidget(ModelWidget):
@@ -423,7 +347,7 @@ class SynthesizeWidget(ModelWidget):
         what = f"{request.n} × {self.condition.currentText()} from {request.card.ref}"
         self.status.setText(f"Generating {what} …")
         self.run_button.setEnabled(False)
-        return self._start((synthesize, request, self._relay), f"synthesis: {what}")
+        return self._start((_synthesize_layers, request, self._relay), f"synthesis: {what}")
 
     def _on_progress(self, done: int, total: int, stage: str) -> None:
         if stage == "prepare":
@@ -439,14 +363,15 @@ class SynthesizeWidget(ModelWidget):
             self._show_failed()
             self.report_error(outcome)
             return
+        outcome, layers = outcome
         self.last_result = outcome
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat(f"done in {outcome.seconds:.1f} s")
-        hidden = self.show_result(outcome)
+        hidden = self.show_result(layers)
         count = len(outcome.synthetic)
         # sampling time per volume, as recorded in each volume's provenance
-        per_volume = sum(p["seconds"] for p in outcome.provenance) / max(count, 1)
+        per_volume = sum(s.provenance["seconds"] for s in outcome.synthetic) / max(count, 1)
         parts = [
             f"{count} synthetic volume(s) from {outcome.request.card.ref} in "
             f"{outcome.seconds:.1f} s ({per_volume:.2f} s per volume) "
@@ -461,8 +386,9 @@ class SynthesizeWidget(ModelWidget):
             parts.append(f"{hidden} other layer(s) hidden for the side-by-side view.")
         self.status.setText(" ".join(parts))
 
-    def show_result(self, result: SynthesisRun, layer: Any = None) -> int:
-        """Replace the previous run's layers; real first, linked, in grid mode.
+    def show_result(self, layers: list[LayerData]) -> int:
+        """Replace the previous run's layers with ``layers`` (real first), linked, in grid
+        mode.
 
         Returns the number of other layers hidden so that the grid shows the comparison.
         """
@@ -470,7 +396,7 @@ class SynthesizeWidget(ModelWidget):
 
         self.clear_run_layers()
         added = []
-        for data, kwargs, _ in [x for x in (result.real, *result.synthetic) if x is not None]:
+        for data, kwargs, _ in layers:
             added.append(self.viewer.add_image(data, **kwargs))
             added[-1].contrast_limits_range = INTENSITY_RANGE
             added[-1].contrast_limits = DISPLAY["contrast_limits"]

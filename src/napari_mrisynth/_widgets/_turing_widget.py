@@ -508,3 +508,15 @@ class TuringWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         self.sign_out()
         super().closeEvent(event)
+
+
+def rate_in_napari(db: str, rater: str | None = None) -> int:
+    """``mrisynth study rate``: napari with the Visual Turing test docked on ``db``; returns
+    when the rater closes the window."""
+    import napari
+
+    viewer = napari.Viewer(title="Visual Turing test")
+    viewer.window.add_dock_widget(TuringWidget(viewer, db=db, rater=rater),
+                                  name="Visual Turing test", area="right")  # fmt: skip
+    napari.run()
+    return 0

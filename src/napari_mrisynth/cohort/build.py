@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_mrisynth.cohort.labels import LABELS
+from napari_mrisynth.anatomy.labels import LABELS
 from napari_mrisynth.cohort.simulate import SimulatedSubject, simulate_subject
 from napari_mrisynth.io.dicom_write import SIMULATION_DATE, SimulatedPatient, write_dicom_series
 from napari_mrisynth.volume import Volume, volume_to_nifti

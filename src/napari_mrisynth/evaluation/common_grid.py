@@ -22,10 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 from napari_mrisynth.volume import Volume
-
-#: The default model grid's voxel size (mm): the bundled models' grid.
-MODEL_GRID_SPACING_MM = 2.0
 
 
 @dataclass
@@ -57,7 +55,7 @@ def volume_digest(volume: Volume) -> str:
     return digest.hexdigest()
 
 
-def model_input_spec(spacing: float = MODEL_GRID_SPACING_MM) -> Any:
+def model_input_spec(spacing: float = DEFAULT_MODEL_SPACING_MM) -> Any:
     """An ``InputSpec`` for the default model grid: affine alignment, percentile scaling."""
     from napari_mrisynth.models.card import InputSpec
     from napari_mrisynth.preprocess import default_model_grid
@@ -167,6 +165,6 @@ def bring_to_common_grid(
         alignments.append(done_before[key][1])
         if progress is not None:
             progress(done, total)
-    grid = default_model_grid(MODEL_GRID_SPACING_MM)
+    grid = default_model_grid(DEFAULT_MODEL_SPACING_MM)
     return CommonGrid(images, grid, reference_on_grid(grid)[1], "aligned to the model grid",
                       alignments)  # fmt: skip

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from napari_mrisynth.errors import MrisynthError, VolumeFileError
+from napari_mrisynth.io.files import VOLUME_SUFFIXES, is_volume_file
 from napari_mrisynth.volume import Volume
 
 #: Files a set folder may hold (one volume each); anything else is ignored.
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
 
 class EvaluationError(MrisynthError):
@@ -29,7 +29,7 @@ def volume_files(path: str | Path) -> list[Path]:
         raise EvaluationError(f"{folder}: not a folder")
     return sorted(
         p for p in folder.iterdir()
-        if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)
+        if p.is_file() and is_volume_file(p)
     )  # fmt: skip
 
 
@@ -47,7 +47,7 @@ def load_folder(path: str | Path) -> list[Volume]:
     VolumeFileError
         A file cannot be read (the message names it).
     """
-    from napari_mrisynth.io.files import _stem, load_volume
+    from napari_mrisynth.io.files import load_volume, volume_stem
 
     files = volume_files(path)
     if not files:
@@ -59,8 +59,8 @@ def load_folder(path: str | Path) -> list[Volume]:
         volume = load_volume(file).compute()
         if volume.data.size == 0:
             raise VolumeFileError(file, "holds no voxels")
-        volume.metadata["name"] = _stem(file)
-        volume.metadata.update(_sidecar_facts(file.with_name(f"{_stem(file)}.json")))
+        volume.metadata["name"] = volume_stem(file)
+        volume.metadata.update(_sidecar_facts(file.with_name(f"{volume_stem(file)}.json")))
         volumes.append(volume)
     return volumes
 

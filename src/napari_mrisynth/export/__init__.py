@@ -20,10 +20,9 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from napari_mrisynth import __version__
+from napari_mrisynth._version import __version__
 from napari_mrisynth.export import bids, dicom
 from napari_mrisynth.export.common import (
-    ApprovedVolume,
     ExportError,
     ExportResult,
     FileWriter,
@@ -31,6 +30,7 @@ from napari_mrisynth.export.common import (
 )
 from napari_mrisynth.export.manifest import MANIFEST, verify, volume_entry, write_manifest
 from napari_mrisynth.export.subject import load_images, prepare_subjects
+from napari_mrisynth.turing.curation import ApprovedVolume
 
 FORMATS = ("bids", "dicom")
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from napari_mrisynth.cohort.labels import LABELS
 from napari_mrisynth.export.common import (
     SCORE_KEYS,
     FileWriter,
@@ -73,9 +72,9 @@ def nifti_gz_bytes(volume: Volume, *, labels: bool = False) -> bytes:
     return gzip_bytes(image.to_bytes())
 
 
-def _label_name(value: int) -> str:
-    """The cohort schema's name of a label value (the one source of label names)."""
-    return LABELS[value][0] if value in LABELS else f"label_{value}"
+def _label_name(value: int, schema: dict) -> str:
+    """A label value's name in the mask's schema (from its model card), else ``label_<v>``."""
+    return schema[value][0] if value in schema else f"label_{value}"
 
 
 def _tsv_value(value: Any) -> str:
@@ -202,7 +201,8 @@ def write_subject(
     if images.mask is not None:
         base = f"bids/derivatives/{MASKS_PIPELINE}/{sub}/anat/{sub}_dseg"
         values = [int(v) for v in np.unique(np.asarray(images.mask.data)) if v != 0]
-        lookup = ["index\tname"] + [f"{v}\t{_label_name(v)}" for v in values]
+        schema = images.mask_labels
+        lookup = ["index\tname"] + [f"{v}\t{_label_name(v, schema)}" for v in values]
         written += [
             writer.write_bytes(f"{base}.nii.gz", nifti_gz_bytes(images.mask, labels=True)).path,
             writer.write_json(

@@ -34,40 +34,6 @@ class ExportError(MrisynthError):
 
 
 @dataclass
-class ApprovedVolume:
-    """One curated synthetic volume with everything the study recorded about it.
-
-    Parameters
-    ----------
-    volume_id : str
-        Neutral, stable study id (e.g. ``"V017"``); exports are numbered in its order.
-    path : Path
-        The synthetic volume (NIfTI) as generated.
-    provenance : dict
-        The generator's JSON sidecar (``{}`` if none).
-    condition : dict
-        ``{"diagnosis": "bvFTD" | "control", "age": float | None, "sex": "F" | "M" | None}``.
-    scores : dict
-        Rater scores: ``n_judgments``, ``fooled_rate``, ``mean_realism``, ``mean_confidence``.
-    audit : dict
-        Memorization audit (``{}`` if not audited).
-    curation : dict
-        ``decision``, ``curator``, ``reason``, ``decided_at`` (ISO 8601).
-    mask_path : Path, optional
-        Corrected label mask (NIfTI) on the volume's grid.
-    """
-
-    volume_id: str
-    path: Path
-    provenance: dict
-    condition: dict
-    scores: dict
-    audit: dict
-    curation: dict
-    mask_path: Path | None = None
-
-
-@dataclass
 class ExportResult:
     """What :func:`napari_mrisynth.export.export_set` wrote.
 

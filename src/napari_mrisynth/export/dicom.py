@@ -22,10 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_mrisynth.cohort.labels import LABELS
 from napari_mrisynth.export.common import FileWriter, generator_label, parse_when
 from napari_mrisynth.export.subject import Subject, SubjectImages
-from napari_mrisynth.volume import Volume
 
 #: Stored-value step of the T1 series: keeps three decimals of the model's 0..1 intensities.
 RESCALE_STEP = 1e-3
@@ -190,14 +188,14 @@ def write_subject(
         _synthetic_attributes(ds, subject, software_version)
         written.append(writer.write_bytes(f"{folder}/{path.name}", _dataset_bytes(ds)).path)
     if images.mask is not None:
-        written.append(_write_seg(writer, subject, images.mask, paths, folder, uids, model))
+        written.append(_write_seg(writer, subject, images, paths, folder, uids, model))
     return written
 
 
 def _write_seg(
     writer: FileWriter,
     subject: Subject,
-    mask: Volume,
+    images: SubjectImages,
     sources: list[Path],
     folder: str,
     uids: SeriesUids,
@@ -209,8 +207,9 @@ def _write_seg(
 
     from napari_mrisynth.io.dicom_seg import write_dicom_seg
 
+    mask, schema = images.mask, images.mask_labels
     values = [int(v) for v in np.unique(np.asarray(mask.data)) if v != 0]
-    segments = {v: LABELS[v] for v in values if v in LABELS}
+    segments = {v: schema.get(v, (f"label_{v}", (128, 128, 128))) for v in values}
     path = write_dicom_seg(
         mask,
         sources,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from napari_mrisynth.errors import MrisynthError
-from napari_mrisynth.export.common import ApprovedVolume, ExportError
+from napari_mrisynth.export.common import ExportError
 from napari_mrisynth.models.card import sha256_file
+from napari_mrisynth.turing.curation import ApprovedVolume, mask_schema
 from napari_mrisynth.volume import Volume
 
 #: Mask and volume grids may differ by float noise of their NIfTI affines, not by a voxel.
@@ -42,11 +43,13 @@ class Subject:
 
 @dataclass(frozen=True)
 class SubjectImages:
-    """The voxels of one subject: the T1 volume, its mask, and the source file's SHA-256."""
+    """The voxels of one subject: the T1 volume, its mask and the mask's label schema
+    (``{value: (name, rgb)}``), and the source file's SHA-256."""
 
     volume: Volume
     mask: Volume | None
     source_sha256: str
+    mask_labels: dict = field(default_factory=dict)
 
 
 def prepare_subjects(volumes: Sequence[ApprovedVolume]) -> list[Subject]:
@@ -91,7 +94,7 @@ def load_images(subject: Subject) -> SubjectImages:
         source_sha256 = sha256_file(path)
     except OSError as exc:
         raise ExportError(f"{path}: cannot read the volume of {item.volume_id}: {exc}") from exc
-    mask = None
+    mask, schema = None, {}
     if item.mask_path is not None:
         mask_path = Path(item.mask_path)
         grid = _load(mask_path, "mask", item.volume_id)
@@ -110,4 +113,5 @@ def load_images(subject: Subject) -> SubjectImages:
             )
         dtype = np.uint8 if labels.max() < 256 else np.uint16
         mask = volume.with_data(labels.astype(dtype))
-    return SubjectImages(volume, mask, source_sha256)
+        schema = item.mask_labels or mask_schema(mask_path)
+    return SubjectImages(volume, mask, source_sha256, schema)

@@ -234,7 +234,7 @@ def write_dicom_seg(
     import highdicom as hd
     from pydicom.uid import generate_uid
 
-    from napari_mrisynth import __version__
+    from napari_mrisynth._version import __version__
 
     out_path = Path(out_path)
     if np.dtype(labels.dtype).kind not in "iub":

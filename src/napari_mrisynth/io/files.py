@@ -16,21 +16,42 @@ from napari_mrisynth.volume import (
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+#: Every single-file volume format :func:`load_volume` reads and :func:`save_volume` writes
+#: (lower case; ``.nii.gz`` before ``.nii``).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", *ITK_SUFFIXES)
 #: Named DICOM: a broken one gets the DICOM reader's specific error, not "unknown format".
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 FORMATS = "a DICOM folder or file, .nii, .nii.gz, .mha, .mhd, .nrrd or .nhdr"
 
 
+def volume_suffix(path: str | Path) -> str:
+    """The volume or DICOM suffix ``path`` ends with, in lower case (``""`` for none).
+
+    >>> volume_suffix("sub-01_T1w.NII.GZ")
+    '.nii.gz'
+    """
+    name = Path(path).name.lower()
+    return next((s for s in (*VOLUME_SUFFIXES, *DICOM_SUFFIXES) if name.endswith(s)), "")
+
+
+def is_volume_file(path: str | Path) -> bool:
+    """True for a name ending in a single-file volume format (not DICOM)."""
+    return Path(path).name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def volume_stem(path: str | Path) -> str:
+    """The file name without its volume or DICOM suffix (the whole name when it has none).
+
+    >>> volume_stem("/data/sub-01_T1w.nii.gz")
+    'sub-01_T1w'
+    """
+    name = Path(path).name
+    return name[: len(name) - len(volume_suffix(name))] or name
+
+
 def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in (*NIFTI_SUFFIXES[::-1], *ITK_SUFFIXES):
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
-
-def _stem(path: Path) -> str:
-    return path.name[: len(path.name) - len(_suffix(path))] or path.name
+    suffix = volume_suffix(path)
+    return suffix if suffix in VOLUME_SUFFIXES else ""
 
 
 def _itk_reason(exc: RuntimeError) -> str:
@@ -79,7 +100,7 @@ def load_volume(
     if path.is_dir():
         return load_dicom(path, series=series, lazy=lazy, resample=resample)
     suffix = _suffix(path)
-    metadata = {"source": str(path), "name": _stem(path), "description": _stem(path)}
+    metadata = {"source": str(path), "name": volume_stem(path), "description": volume_stem(path)}
     if suffix in NIFTI_SUFFIXES:
         import nibabel as nib
 

@@ -47,13 +47,19 @@ class LabelSpec:
     value: int
     name: str
     color: tuple[int, int, int] = (128, 128, 128)
+    #: Inside the brain mask (brain tissue, ventricles, sulcal CSF): what "brain volume" sums.
+    brain: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "name": self.name, "color": list(self.color)}
+        data = {"value": self.value, "name": self.name, "color": list(self.color)}
+        if self.brain:
+            data["brain"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabelSpec:
-        return cls(int(data["value"]), str(data["name"]), tuple(int(c) for c in data["color"]))
+        return cls(int(data["value"]), str(data["name"]), tuple(int(c) for c in data["color"]),
+                   bool(data.get("brain", False)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,11 @@ class ModelCard:
     @property
     def label_colors(self) -> dict[int, tuple[int, int, int]]:
         return {label.value: label.color for label in self.labels}
+
+    @property
+    def brain_labels(self) -> tuple[int, ...]:
+        """Values of the labels inside the brain mask (empty when the card does not say)."""
+        return tuple(label.value for label in self.labels if label.brain)
 
     @property
     def out_channels(self) -> int:

@@ -21,7 +21,7 @@ ARCHITECTURES = (
 
 def build_network(architecture: dict[str, Any]) -> Any:
     """Instantiate ``monai.networks.nets.<name>(**args)`` from a card's ``architecture``,
-    or one of the generator families of :mod:`napari_mrisynth.synthesis.networks` (each
+    or one of the generator families of :mod:`napari_mrisynth.models.generators` (each
     assembled from MONAI's generative networks).
 
     Raises
@@ -31,7 +31,7 @@ def build_network(architecture: dict[str, Any]) -> Any:
     """
     import monai.networks.nets as nets
 
-    from napari_mrisynth.synthesis.networks import GENERATORS
+    from napari_mrisynth.models.generators import GENERATORS
 
     name = architecture.get("name")
     if name not in ARCHITECTURES and name not in GENERATORS:

@@ -520,7 +520,7 @@ def _software_versions() -> dict[str, str]:
     import monai
     import torch
 
-    from napari_mrisynth import __version__
+    from napari_mrisynth._version import __version__
 
     return {"napari_mrisynth": __version__, "torch": torch.__version__, "monai": monai.__version__}
 

@@ -17,6 +17,7 @@ import numpy as np
 from napari_mrisynth.preprocess.alignment import Alignment, align_to_reference
 from napari_mrisynth.preprocess.checks import check_input
 from napari_mrisynth.preprocess.grid import (
+    DEFAULT_MODEL_SPACING_MM,
     ModelGrid,
     default_model_grid,
     from_model_grid,
@@ -115,6 +116,7 @@ def prepare(
 
 
 __all__ = [
+    "DEFAULT_MODEL_SPACING_MM",
     "Alignment",
     "ModelGrid",
     "Prepared",

@@ -63,21 +63,33 @@ class ModelGrid:
                       np.asarray(self.direction).reshape(3, 3), dict(metadata))  # fmt: skip
 
 
+#: Voxel size (mm) of the default model grid: the demo models, studies and evaluation use it.
+DEFAULT_MODEL_SPACING_MM = 2.0
+
+
+def default_multiple(spacing: float) -> int:
+    """How many voxels each side of the default grid is padded to: 16 up to 2 mm, 8 up to
+    4 mm and 4 for coarser test grids, so a coarse box stays a tight box."""
+    return 16 if spacing <= 2.0 else 8 if spacing <= 4.0 else 4
+
+
 @functools.lru_cache(maxsize=8)
-def default_model_grid(spacing: float = 2.0, multiple: int | None = None) -> ModelGrid:
+def default_model_grid(
+    spacing: float = DEFAULT_MODEL_SPACING_MM, multiple: int | None = None
+) -> ModelGrid:
     """The box the demo models see: the reference head's cranium, axis-aligned (LPS).
 
     It holds every brain label and the skull and scalp around them, from the vertex down to
     20 mm below the lowest brain voxel (cerebellum); the neck below is left out. Each side
     is padded to a multiple of ``multiple`` voxels around the cranium's centre (at 2 mm:
-    96 x 112 x 96 voxels (z, y, x), 192 x 224 x 192 mm). By default ``multiple`` is 16 up
-    to 2 mm, 8 up to 4 mm and 4 for coarser test grids, so a coarse box stays a tight box.
+    96 x 112 x 96 voxels (z, y, x), 192 x 224 x 192 mm); by default
+    :func:`default_multiple`.
     Its voxel centres lie on the reference head's voxel centres (1 mm lattice below 2 mm,
     else the 2 mm one).
     """
     if multiple is None:
-        multiple = 16 if spacing <= 2.0 else 8 if spacing <= 4.0 else 4
-    from napari_mrisynth.cohort.labels import BRAIN_LABELS
+        multiple = default_multiple(spacing)
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
     from napari_mrisynth.preprocess.reference import reference_head
 
     labels = reference_head(2.0).labels

@@ -26,8 +26,8 @@ def reference_head(spacing: float = 2.0) -> ReferenceHead:
     Built from the MNI152 template by the cohort simulator (seconds the first time, then
     cached on disk); identical for every subject and every model, so alignment is too.
     """
-    from napari_mrisynth.cohort.labels import BRAIN_LABELS
-    from napari_mrisynth.cohort.simulate import template_head
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
+    from napari_mrisynth.anatomy.template import template_head
 
     t1, labels = template_head(1 if spacing < 2.0 else 2)
     mask = np.isin(np.asarray(labels.data), BRAIN_LABELS).astype(np.uint8)

@@ -1,15 +1,18 @@
 """Synthesis: conditional VAE, GAN and latent-diffusion generators of T1 volumes.
 
-``generate`` writes volumes with provenance; ``list_generators`` and ``rank_generators``
-find them in the registry; ``train_generator`` (needs the ``train`` extra) makes them.
-Everything here imports torch lazily, so importing the package is cheap.
+``generate`` writes volumes with provenance; ``synthesize`` answers one request as the
+Synthesize widget makes it (a real scan on the generator's grid beside the synthetic
+volumes); ``list_generators`` and ``rank_generators`` find generators in the registry;
+``train_generator`` (needs the ``train`` extra) makes them. The networks themselves are in
+:mod:`napari_mrisynth.models.generators`. Everything here imports torch lazily, so importing
+the package is cheap.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from napari_mrisynth.synthesis.conditions import Condition, ConditionError
+from napari_mrisynth.models.conditions import Condition, ConditionError
 
 # The function shadows its module's name in the package (``synthesis.generate`` is the
 # function); generate.py imports torch only when it runs.
@@ -19,14 +22,18 @@ from napari_mrisynth.synthesis.generate import (
     list_generators,
     rank_generators,
 )
+from napari_mrisynth.synthesis.synthesize import SynthesisRequest, SynthesisRun, synthesize
 
 __all__ = [
     "Condition",
     "ConditionError",
+    "SynthesisRequest",
+    "SynthesisRun",
     "Synthetic",
     "generate",
     "list_generators",
     "rank_generators",
+    "synthesize",
     "train_generator",
 ]
 

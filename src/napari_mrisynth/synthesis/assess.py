@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.models.card import ModelCard, write_card
-from napari_mrisynth.synthesis.conditions import Condition
+from napari_mrisynth.models.conditions import Condition
 from napari_mrisynth.volume import Volume
 
 #: Seed offset of the assessment's volumes, away from the seeds users start with.
@@ -180,13 +180,12 @@ def reassess(
     write_card(card, card.path)
     mlflow = training.get("mlflow") or {}
     if tracking and mlflow.get("run_id"):
-        from mlflow import MlflowClient
+        from napari_mrisynth.models import tracking as mlflow_tracking
 
-        from napari_mrisynth.reports.report import flatten_metrics
-
-        client = MlflowClient(tracking_uri=mlflow["tracking_uri"])
-        for name, value in flatten_metrics(metrics, "test/").items():
-            client.log_metric(mlflow["run_id"], name, value)
+        client = mlflow_tracking.mlflow_client(mlflow["tracking_uri"])
+        mlflow_tracking.log_metrics(
+            client, mlflow["run_id"], mlflow_tracking.flatten_metrics(metrics, "test/")
+        )
         reports = card.path.parent / "reports" / run
         if reports.exists():
             client.log_artifacts(mlflow["run_id"], str(reports), "reports")

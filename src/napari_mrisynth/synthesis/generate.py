@@ -26,7 +26,7 @@ import numpy as np
 
 from napari_mrisynth.errors import ModelError
 from napari_mrisynth.models.card import ModelCard
-from napari_mrisynth.synthesis.conditions import Condition, ConditionError
+from napari_mrisynth.models.conditions import Condition, ConditionError
 from napari_mrisynth.volume import Volume
 
 FORMATS = ("nifti", "dicom")
@@ -251,7 +251,7 @@ def _provenance(
     import monai
     import torch
 
-    from napari_mrisynth import __version__
+    from napari_mrisynth._version import __version__
 
     return {
         "synthetic": True,

@@ -1,10 +1,9 @@
-"""Train a generator (VAE, GAN or latent diffusion) on a cohort; same path as the other models::
-
-    participants.tsv -> stratified, seeded subject split -> subjects cached on the model grid
-    -> Lightning fit (LDM: autoencoder, then diffusion on its latents) -> registry model
-    (safetensors + card) -> generated volumes assessed against the held-out test subjects
-    (FID/KID/IS/MS-SSIM/MMD with real-vs-real floors) and audited against the training
-    subjects (memorization) -> card metrics -> MLflow run and registered model version
+"""Train a generator (VAE, GAN or latent diffusion) on a cohort, by the run recipe every model
+follows (:mod:`napari_mrisynth.training.recipe`). What is particular to generators: the
+family's network on a grid the networks divide, one Lightning fit (LDM: the autoencoder,
+then diffusion on its latents), and test metrics that are generated volumes assessed against
+the held-out test subjects (FID/KID/IS/MS-SSIM/MMD with real-vs-real floors) and audited
+against the training subjects (memorization).
 
 The test subjects are never trained on: they are the real set the synthetic one is compared
 with, and the training subjects are the set a copy would come from.
@@ -13,17 +12,22 @@ with, and the training subjects are the set a copy would come from.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_mrisynth.errors import ModelError, MrisynthError
-from napari_mrisynth.models.card import SIMULATED_USE, InputSpec, LabelSpec, ModelCard, write_card
-from napari_mrisynth.synthesis.conditions import CONDITION_NAMES, Condition, encoding
+from napari_mrisynth.models.card import InputSpec, ModelCard
+from napari_mrisynth.models.conditions import (
+    CONDITION_NAMES,
+    DIAGNOSIS_CLASSES,
+    Condition,
+    encoding,
+)
+from napari_mrisynth.training.recipe import RunOptions, TrainingRun, model_spec, resolve_init
 
 FAMILIES = ("vae", "gan", "ldm")
 #: A latent diffusion model's stage-1 arguments (``--autoencoder`` copies them).
@@ -43,49 +47,25 @@ DETAILS = {
     "ldm": "AutoencoderKL (stage 1) and DiffusionModelUNet (stage 2), DDIM sampling, "
     "classifier-free guidance",
 }
-#: Classes a generator can be asked for (the card's labels).
-CLASSES = (LabelSpec(0, "control", (60, 160, 230)), LabelSpec(1, "bvFTD", (220, 20, 10)))
 
 
 @dataclass
-class GenerativeOptions:
+class GenerativeOptions(RunOptions):
     """Everything a generator's training run is configured by (the CLI's options)."""
 
-    id: str | None = None
-    version: str = "1.0.0"
     spacing: float = 4.0
     conditions: Sequence[str] = ("diagnosis",)
     channels: Sequence[int] | None = None
     latent_channels: int | None = None
     epochs: int = 100
     autoencoder_epochs: int = 100
-    max_steps: int = -1
     batch_size: int = 4
     lr: float | None = None
     kl_weight: float | None = None
     sample_steps: int = 50
     guidance: float = 1.0
     evaluate_per_class: int = 6
-    init: str | None = None
     autoencoder: str | None = None
-    fractions: Sequence[float] = (0.6, 0.2, 0.2)
-    seed: int = 0
-    source: str = "nifti"
-    accelerator: str = "auto"
-    devices: int | str = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
-    tracking_uri: str | None = None
-    experiment: str = "mrisynth"
-    progress: bool = True
-    overwrite: bool = False
-    callbacks: list[Any] = field(default_factory=list)
-
-    def record(self) -> dict[str, Any]:
-        from napari_mrisynth.training.train import options_record
-
-        return options_record(self)
 
 
 def architecture_for(family: str, shape: Sequence[int], opts: GenerativeOptions) -> dict:
@@ -120,11 +100,10 @@ def grid_multiple(family: str, opts: GenerativeOptions) -> int:
 
 def generation_spec(family: str, opts: GenerativeOptions) -> InputSpec:
     """The default model grid at ``opts.spacing``, padded so the networks divide it."""
-    from napari_mrisynth.preprocess import default_model_grid
+    from napari_mrisynth.preprocess.grid import default_multiple
 
-    default = 16 if opts.spacing <= 2.0 else 8 if opts.spacing <= 4.0 else 4
-    multiple = max(default, grid_multiple(family, opts))
-    return InputSpec(**default_model_grid(opts.spacing, multiple).to_input_spec_fields())
+    multiple = max(default_multiple(opts.spacing), grid_multiple(family, opts))
+    return model_spec(opts.spacing, multiple)
 
 
 def train_generator(
@@ -176,55 +155,16 @@ def _loader(x: Any, c: Any, batch_size: int, shuffle: bool, seed: int) -> Any:
     )
 
 
-def _trainer(pl: Any, opts: GenerativeOptions, logger: Any, epochs: int, out: Path) -> Any:
-    return pl.Trainer(
-        accelerator=opts.accelerator,
-        devices=opts.devices,
-        strategy=opts.strategy,
-        num_nodes=opts.num_nodes,
-        precision=opts.precision,
-        max_epochs=epochs,
-        max_steps=opts.max_steps,
-        logger=logger,
-        callbacks=list(opts.callbacks),
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        enable_progress_bar=opts.progress,
-        enable_checkpointing=False,
-        default_root_dir=out,
-    )
-
-
 def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> ModelCard | None:
-    from napari_mrisynth.training import data as tdata
-    from napari_mrisynth.training import tracking
-    from napari_mrisynth.training.splits import read_participants, split_subjects
-    from napari_mrisynth.training.train import (
-        _check_precision,
-        _read_simulated,
-        _require_lightning,
-        _software,
-    )
-
-    pl = _require_lightning()
+    run = TrainingRun("generation", data, out, opts)
     import torch
 
-    started = time.perf_counter()
-    _check_precision(opts)  # type: ignore[arg-type]
     unknown = set(opts.conditions) - set(CONDITION_NAMES)
     if unknown or "diagnosis" not in opts.conditions:
         raise MrisynthError(
             f"--condition {','.join(opts.conditions)}: diagnosis, optionally with age and sex"
         )
-    participants = read_participants(data)
-    splits = split_subjects(participants, fractions=opts.fractions, seed=opts.seed)
-    if not splits["train"] or not splits["val"]:
-        raise MrisynthError(
-            f"{data}: {len(participants)} subjects are too few to split into "
-            "train, validation and test"
-        )
-    rows = {row["participant_id"]: row for row in participants}
+    rows = {row["participant_id"]: row for row in run.participants}
     try:
         condition_of = {
             s: Condition.from_participant(rows[s], tuple(opts.conditions)) for s in rows
@@ -233,8 +173,6 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         raise MrisynthError(f"{data / 'participants.tsv'}: {exc}") from exc
     base = None
     if opts.init:
-        from napari_mrisynth.training.train import inherited_splits, resolve_init
-
         base = resolve_init(opts.init, "generation", out)
         if base.inference.get("family") != family:
             raise ModelError(
@@ -246,7 +184,6 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
                 f"--init {opts.init}: {base.ref} was trained on "
                 f"{base.inference.get('conditions')}, not {list(opts.conditions)}"
             )
-        splits = inherited_splits(base, data, participants) or splits
     stage1_base = None
     if opts.autoencoder:
         if family != "ldm" or base is not None:
@@ -254,15 +191,13 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
                 "--autoencoder takes a latent diffusion model's stage 1 for a new "
                 "ldm (not with --init)"
             )
-        from napari_mrisynth.training.train import inherited_splits, resolve_init
-
         stage1_base = resolve_init(opts.autoencoder, "generation", out)
         if stage1_base.inference.get("family") != "ldm":
             raise ModelError(
                 f"--autoencoder {opts.autoencoder}: {stage1_base.ref} is not a "
                 "latent diffusion model"
             )
-        splits = inherited_splits(stage1_base, data, participants) or splits
+    splits = run.split([base, stage1_base])
     if base is not None:
         spec = base.input
         architecture = json.loads(json.dumps(base.architecture))
@@ -277,53 +212,19 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         spec = generation_spec(family, opts)
         architecture = architecture_for(family, spec.shape, opts)
     model_id = opts.id or f"{family}-bvftd-{opts.spacing:g}mm"
-    if (out / f"{model_id}-{opts.version}").exists() and not opts.overwrite:
-        raise ModelError(
-            f"{out / f'{model_id}-{opts.version}'}: model {model_id}@{opts.version} "
-            "already exists; give it a new --version, or --overwrite"
-        )
+    run.check_new(model_id)
 
-    everyone = splits["train"] + splits["val"] + splits["test"]
-    bar = None
-    if opts.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(everyone), unit="subject", desc="model grid")
-    cached = tdata.cache_subjects(
-        data,
-        everyone,
-        spec,
-        out / "cache",
-        source=opts.source,
-        labels=None,
-        progress=(lambda done, total: bar.update(done - bar.n)) if bar else None,
-    )
-    if bar:
-        bar.close()
-    by_id = {c.subject: c for c in cached}
+    by_id = run.cache(splits["train"] + splits["val"] + splits["test"], spec, labels=None)
     part = {k: [by_id[s] for s in v] for k, v in splits.items()}
     x_train, c_train = _tensors(part["train"], [condition_of[s] for s in splits["train"]])
     x_val, c_val = _tensors(part["val"], [condition_of[s] for s in splits["val"]])
 
-    pl.seed_everything(opts.seed, workers=True, verbose=False)
-    run_name = f"{model_id}@{opts.version}"
-    tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
-    logger = tracking.make_logger(
-        tracking_uri,
-        opts.experiment,
-        run_name,
-        {
-            "task": "generation",
-            "family": family,
-            "model_id": model_id,
-            "model_version": opts.version,
-        },
-    )
+    run.start_logging(model_id, family=family)
     train_loader = _loader(x_train, c_train, opts.batch_size, True, opts.seed)
     val_loader = _loader(x_val, c_val, opts.batch_size, False, opts.seed)
     stages: dict[str, Any] = {}
     if family == "vae":
-        from napari_mrisynth.synthesis.modules import VAEModule
+        from napari_mrisynth.training.generator_modules import VAEModule
 
         module = VAEModule(
             architecture,
@@ -331,18 +232,18 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
             kl_weight=0.01 if opts.kl_weight is None else opts.kl_weight,
         )
         _load_init(module.network, base)
-        trainer = _trainer(pl, opts, logger, opts.epochs, out)
+        trainer = run.trainer(opts.epochs, checkpointing=False)
         trainer.fit(module, train_loader, val_loader)
         network = module.network
         state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
         stages["vae"] = _stage_record(trainer, module.hparams)
     elif family == "gan":
-        from napari_mrisynth.synthesis.modules import GANModule
+        from napari_mrisynth.training.generator_modules import GANModule
 
         module = GANModule(architecture, lr=opts.lr or 2e-4)
         if _load_init(module.network, base):
             module.ema.load_state_dict(module.network.generator.state_dict())
-        trainer = _trainer(pl, opts, logger, opts.epochs, out)
+        trainer = run.trainer(opts.epochs, checkpointing=False)
         trainer.fit(module, train_loader, val_loader)
         state = module.generation_state()
         network = module.network
@@ -350,7 +251,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         stages["gan"] = _stage_record(trainer, module.hparams)
     else:
         from napari_mrisynth.models.networks import build_network
-        from napari_mrisynth.synthesis.modules import DiffusionModule, VAEModule
+        from napari_mrisynth.training.generator_modules import DiffusionModule, VAEModule
 
         network = build_network(architecture)
         _load_init(network, base)
@@ -371,7 +272,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
                 network=network,
                 kl_weight=1e-6 if opts.kl_weight is None else opts.kl_weight,
             )
-            trainer = _trainer(pl, opts, logger, max(1, opts.autoencoder_epochs), out)
+            trainer = run.trainer(max(1, opts.autoencoder_epochs), checkpointing=False)
             trainer.fit(stage1, train_loader, val_loader)
             stages["autoencoder"] = _stage_record(trainer, stage1.hparams)
         else:  # a trained autoencoder, unchanged
@@ -384,7 +285,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
             stages["latent_normalisation"] = network.fit_latent_normalisation(mu_train)
         network.unet.train()  # the frozen autoencoder stays in eval mode
         stage2 = DiffusionModule(network, diffusion_lr=opts.lr or 2.5e-4)
-        trainer = _trainer(pl, opts, logger, opts.epochs, out)
+        trainer = run.trainer(opts.epochs, checkpointing=False)
         trainer.fit(
             stage2,
             _loader(
@@ -398,26 +299,16 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
     if not trainer.is_global_zero:
         return None
 
-    simulated = _read_simulated(data)
-    training = {
-        "data": str(data.resolve()),
-        "participants": len(participants),
-        "simulated": simulated,
-        "splits": splits,
-        "split_fractions": list(opts.fractions),
-        "seed": opts.seed,
-        "conditions": list(opts.conditions),
-        "stages": stages,
-        "checkpoint": "last (generators: validation loss does not rank sample quality)",
-        "options": opts.record(),
-        "init": None if base is None else {"model": base.ref, "sha256": base.weights.get("sha256")},
-        "autoencoder_from": None
+    training = run.training_record(
+        trainer,
+        conditions=list(opts.conditions),
+        stages=stages,
+        checkpoint="last (generators: validation loss does not rank sample quality)",
+        init=None if base is None else {"model": base.ref, "sha256": base.weights.get("sha256")},
+        autoencoder_from=None
         if stage1_base is None
         else {"model": stage1_base.ref, "sha256": stage1_base.weights.get("sha256")},
-        "world_size": int(trainer.world_size),
-        "strategy": type(trainer.strategy).__name__,
-        "source": opts.source,
-    }
+    )
     inference = {
         "family": family,
         "conditions": list(opts.conditions),
@@ -428,62 +319,39 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         inference.update(
             sampler="ddim", steps=int(opts.sample_steps), guidance=float(opts.guidance), eta=0.0
         )
-    card = ModelCard(
+    card = run.card(
         id=model_id,
-        version=opts.version,
-        task="generation",
         title=f"{TITLES[family]}, bvFTD/control T1, {opts.spacing:g} mm",
         description=(
             f"{TITLES[family][0].upper()}{TITLES[family][1:]} ({DETAILS[family]}) conditioned on "
             f"{', '.join(opts.conditions)}, trained with "
-            f"napari-mrisynth on {len(splits['train'])} {'simulated ' if simulated else ''}"
+            f"napari-mrisynth on {len(splits['train'])} {'simulated ' if run.simulated else ''}"
             f"subjects of {data.name} at {spec.spacing[0]:g} mm (grid {tuple(spec.shape)}); "
             f"{len(splits['test'])} held-out subjects are the real set its metrics use."
         ),
         architecture=architecture,
-        labels=list(CLASSES),
+        labels=list(DIAGNOSIS_CLASSES),
         input=spec,
         inference=inference,
         training=training,
-        intended_use=SIMULATED_USE if simulated else "Research use only.",
-        software=_software(),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    from napari_mrisynth.models.registry import save_model
 
-    card = save_model(card, state, out, overwrite=opts.overwrite)
-    client = _client(tracking_uri)
-    run_id = logger.run_id
-    metrics: dict[str, Any] = {}
-    if opts.evaluate_per_class > 0 and part["test"]:
+    def test_metrics(card: ModelCard, report_dir: Path) -> dict[str, Any]:
+        if opts.evaluate_per_class <= 0 or not part["test"]:
+            return {}
         from napari_mrisynth.synthesis.assess import assess_generator
 
-        metrics = assess_generator(
+        return assess_generator(
             card,
             part["test"],
             part["train"],
             [condition_of[s] for s in splits["test"]],
             per_class=opts.evaluate_per_class,
             seed=opts.seed,
-            report_dir=out / "reports" / run_name,
+            report_dir=report_dir,
         )
-    training["seconds"] = round(time.perf_counter() - started, 1)
-    training["mlflow"] = {
-        "tracking_uri": tracking_uri,
-        "experiment": opts.experiment,
-        "run_id": run_id,
-        "registered_model": card.id,
-        "version": None,
-    }
-    card = card.replace(training=training, metrics={"test": metrics} if metrics else {})
-    write_card(card, card.path)
-    _log_run(client, tracking, run_id, card, opts, out / "reports" / run_name, metrics)
-    training["mlflow"]["version"] = tracking.register_version(
-        client, card.id, run_id, "model", description=card.description
-    )
-    write_card(card, card.path)
-    client.log_artifact(run_id, str(card.path / "card.json"), "model")
-    return card
+
+    return run.finish(card, state, test_metrics)
 
 
 def _load_init(network: Any, base: ModelCard | None) -> bool:
@@ -510,47 +378,3 @@ def _stage_record(trainer: Any, hparams: Any) -> dict[str, Any]:
         },
         "final_metrics": metrics,
     }
-
-
-def _client(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def _log_run(
-    client: Any,
-    tracking: Any,
-    run_id: str,
-    card: ModelCard,
-    opts: GenerativeOptions,
-    report_dir: Path,
-    metrics: dict[str, Any],
-) -> None:
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            "options": opts.record(),
-            "card": {
-                "id": card.id,
-                "version": card.version,
-                "task": card.task,
-                "family": card.inference["family"],
-                "architecture": card.architecture,
-                "input_spacing": list(card.input.spacing),
-                "input_shape": list(card.input.shape),
-            },
-            "data": card.training["data"],
-            "participants": card.training["participants"],
-            "simulated": card.training["simulated"],
-            "splits": {k: len(v) for k, v in card.training["splits"].items()},
-        },
-    )
-    from napari_mrisynth.reports.report import flatten_metrics
-
-    for name, value in flatten_metrics(metrics, "test/").items():
-        client.log_metric(run_id, name, value)
-    client.log_artifacts(run_id, str(card.path), "model")
-    if report_dir.exists():
-        client.log_artifacts(run_id, str(report_dir), "reports")

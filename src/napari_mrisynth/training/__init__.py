@@ -1,10 +1,12 @@
-"""Training station: segmentation and classification models from a (simulated) cohort.
+"""Training station: one run recipe (:mod:`.recipe`) for every model the project trains.
 
-``mrisynth train segmentation|classification``: subject-level stratified splits, subjects
-brought into model space once and cached, patches streamed through
-:class:`~napari_mrisynth.io.streaming.SeriesPatchDataset`, Lightning for the loop (one
-device, several GPUs or nodes through its strategies), MLflow for tracking, and the best
-checkpoint written to a model registry folder with a full model card.
+Subject-level stratified splits, subjects brought into model space once and cached, Lightning
+for the loop (one device, several GPUs or nodes through its strategies), MLflow for tracking,
+and the model written to a registry folder with a full card and test metrics on held-out
+subjects. Segmentation and classification (:mod:`.train`, ``mrisynth train
+segmentation|classification``) stream patches through
+:class:`~napari_mrisynth.io.streaming.SeriesPatchDataset`; the generator families' Lightning
+modules are in :mod:`.generator_modules` and their runs in :mod:`napari_mrisynth.synthesis`.
 
 Lightning and MLflow are the ``[train]`` extra; nothing here imports them until a training
 function runs, so ``mrisynth --help`` and inference never need them.
@@ -12,14 +14,11 @@ function runs, so ``mrisynth --help`` and inference never need them.
 
 from typing import Any
 
-MISSING_EXTRA = "training needs Lightning and MLflow: pip install 'napari-mrisynth[train]'"
-
 _LAZY = {
     "read_participants": "napari_mrisynth.training.splits",
     "split_subjects": "napari_mrisynth.training.splits",
     "train_segmentation": "napari_mrisynth.training.train",
     "train_classification": "napari_mrisynth.training.train",
-    "default_tracking_uri": "napari_mrisynth.training.tracking",
 }
 
 

@@ -1,12 +1,10 @@
 """Train a segmentation or classification model on a cohort and write it to a registry folder.
 
-One path for both tasks::
-
-    participants.tsv -> stratified, seeded subject split -> subjects cached on the model grid
-    -> Lightning fit (patches or volumes streamed, validation every epoch, best checkpoint)
-    -> registry model (safetensors + card) -> test metrics END TO END through
-    models.inference on the held-out subjects' own scans -> card metrics, report plots
-    -> MLflow run (params, per-epoch metrics, artifacts) and a registered model version
+The run follows :mod:`napari_mrisynth.training.recipe`; what is particular to these two
+tasks is here: MONAI networks sized from the options, patches (segmentation) or whole
+volumes (classification) streamed to a Lightning module with validation every epoch and the
+best checkpoint kept, fine-tuning from a registry model, and test metrics measured END TO
+END through :mod:`napari_mrisynth.models.inference` on the held-out subjects' own scans.
 
 Under a distributed strategy every rank runs this function; only global rank 0 writes the
 model, the card, the reports and the MLflow registration, and the other ranks return None.
@@ -14,42 +12,37 @@ model, the card, the reports and the MLflow registration, and the other ranks re
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_mrisynth.anatomy import BRAIN_LABELS, LABELS
 from napari_mrisynth.errors import ModelError, MrisynthError
-from napari_mrisynth.models.card import SIMULATED_USE, InputSpec, LabelSpec, ModelCard, write_card
+from napari_mrisynth.models.card import LabelSpec, ModelCard
+from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES
+from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
+from napari_mrisynth.training.recipe import RunOptions, TrainingRun, model_spec, resolve_init
 
 #: Classes of the bvFTD classifier, in output order.
-CLASSES = (("control", (60, 160, 230)), ("bvFTD", (220, 20, 10)))
+NAMES = [label.name for label in DIAGNOSIS_CLASSES]
 
 SEGMENTATION_ARCHITECTURES = ("SegResNet", "UNet")
 CLASSIFICATION_ARCHITECTURES = ("ResNet", "DenseNet121")
-MIXED_PRECISIONS = ("16-mixed", "bf16-mixed")
 
 
 @dataclass
-class TrainOptions:
-    """Everything a training run is configured by (the CLI's options, one to one)."""
+class TrainOptions(RunOptions):
+    """Everything a segmentation or classification run is configured by (the CLI's options,
+    one to one)."""
 
-    id: str | None = None
-    version: str = "1.0.0"
     architecture: str | None = None
     init_filters: int = 16
     channels: Sequence[int] | None = None
-    spacing: float = 2.0
-    source: str = "nifti"
-    epochs: int = 50
-    max_steps: int = -1
-    batch_size: int = 2
+    spacing: float = DEFAULT_MODEL_SPACING_MM
     patch_size: int = 64
     patches_per_volume: int = 4
     lr: float = 1e-3
@@ -57,32 +50,7 @@ class TrainOptions:
     loss: str = "dicece"
     patience: int = 10
     augment: bool = True
-    fractions: Sequence[float] = (0.6, 0.2, 0.2)
-    seed: int = 0
-    init: str | None = None
-    accelerator: str = "auto"
-    devices: int | str = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
     num_workers: int = 0
-    tracking_uri: str | None = None
-    experiment: str = "mrisynth"
-    progress: bool = True
-    overwrite: bool = False
-    #: Extra Lightning callbacks (not recorded in the card).
-    callbacks: list[Any] = field(default_factory=list)
-
-    def record(self) -> dict[str, Any]:
-        """The options as plain JSON values (for the card and MLflow)."""
-        return options_record(self)
-
-
-def options_record(options: Any) -> dict[str, Any]:
-    """A run's options dataclass as plain JSON values, without its Lightning callbacks."""
-    data = dataclasses.asdict(options)
-    data.pop("callbacks", None)
-    return json.loads(json.dumps(data, default=list))
 
 
 def train_segmentation(data: str | Path, out: str | Path, **options: Any) -> ModelCard | None:
@@ -118,31 +86,6 @@ def train_classification(data: str | Path, out: str | Path, **options: Any) -> M
 
 
 # -- pieces ----------------------------------------------------------------------------------
-def _require_lightning() -> Any:
-    try:
-        import lightning.pytorch as pl
-    except ImportError as exc:
-        from napari_mrisynth.training import MISSING_EXTRA
-
-        raise ImportError(MISSING_EXTRA) from exc
-    from napari_mrisynth.training.tracking import require_mlflow
-
-    require_mlflow()
-    return pl
-
-
-def model_spec(spacing: float, *, brain_mask: bool = False) -> InputSpec:
-    """The input spec of a new model: the default model grid at ``spacing`` mm.
-
-    Classifiers see the brain only (the reference brain mask, dilated, after alignment):
-    scalp, fat and neck vary between scanners and carry no diagnosis.
-    """
-    from napari_mrisynth.preprocess import default_model_grid
-
-    fields = default_model_grid(spacing=spacing).to_input_spec_fields()
-    return InputSpec(**fields, brain_mask=brain_mask)
-
-
 def architecture_dict(task: str, name: str, out_channels: int, opts: TrainOptions) -> dict:
     """The card's ``architecture`` for a MONAI network, sized by ``init_filters``/``channels``."""
     f = int(opts.init_filters)
@@ -177,21 +120,6 @@ def architecture_dict(task: str, name: str, out_channels: int, opts: TrainOption
 def _output_count_key(architecture: dict) -> str:
     args = architecture["args"]
     return next(k for k in ("out_channels", "num_classes") if k in args)
-
-
-def resolve_init(ref: str, task: str, out: Path) -> ModelCard:
-    """The base model for fine-tuning: a model folder, or a registry ``id[@version]``
-    (``out`` is searched first, then the usual registry folders)."""
-    from napari_mrisynth.models.card import read_card
-    from napari_mrisynth.models.registry import find_model, model_roots
-
-    if (Path(ref) / "card.json").exists():
-        card = read_card(ref)
-    else:
-        card = find_model(ref, task=task, roots=[("folder", out), *model_roots()])
-    if card.task != task:
-        raise ModelError(f"--init {ref}: {card.ref} is a {card.task} model, not {task}")
-    return card
 
 
 def load_initial_weights(network: Any, base: ModelCard, outputs: int) -> dict[str, Any]:
@@ -240,83 +168,25 @@ def _output_sized(shape: Any, base: Any, outputs: int, base_outputs: int) -> boo
     return all(a == b or (a, b) == (outputs, base_outputs) for a, b in pairs)
 
 
-def _read_simulated(data: Path) -> bool:
-    try:
-        return bool(json.loads((data / "dataset_description.json").read_text())["Simulated"])
-    except (OSError, KeyError, ValueError):
-        return False
-
-
-def _launcher_rank() -> int:
-    """This process's rank as a launcher set it before Lightning starts (0 when unset)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
-
-
-def _check_precision(opts: TrainOptions) -> None:
-    import torch
-
-    gpu = opts.accelerator in ("gpu", "cuda") or (
-        opts.accelerator == "auto" and torch.cuda.is_available()
-    )
-    if opts.precision in MIXED_PRECISIONS and not gpu:
-        raise MrisynthError(f"--precision {opts.precision} needs a GPU; on the CPU use 32-true")
-
-
-def _software() -> dict[str, str]:
-    import lightning
-    import mlflow
-
-    return {"lightning": lightning.__version__, "mlflow": mlflow.__version__}
-
-
-def inherited_splits(base: ModelCard | None, data: Path, participants: list[dict]) -> dict | None:
-    """The base model's split when fine-tuning on the cohort it was trained on.
-
-    A new seeded split would put some of the base model's training subjects into the test
-    set, and the fine-tuned model's test figures would no longer be held out.
-    """
-    if base is None or not base.training.get("splits"):
-        return None
-    if Path(str(base.training.get("data", ""))).resolve() != data.resolve():
-        return None
-    ids = {row["participant_id"] for row in participants}
-    splits = {k: [s for s in v if s in ids] for k, v in base.training["splits"].items()}
-    return splits if splits.get("train") and splits.get("val") else None
-
-
 # -- the run ---------------------------------------------------------------------------------
 def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | None:
-    pl = _require_lightning()
-    from napari_mrisynth.training import data as tdata
-    from napari_mrisynth.training import tracking
-    from napari_mrisynth.training.splits import read_participants, split_subjects
-
-    started = time.perf_counter()
-    _check_precision(opts)
+    run = TrainingRun(task, data, out, opts)
     if task == "segmentation" and opts.loss not in ("dicece", "focal_tversky"):
         raise MrisynthError(f"--loss {opts.loss!r}: use dicece or focal_tversky")
-    participants = read_participants(data)
-    splits = split_subjects(participants, fractions=opts.fractions, seed=opts.seed)
-    if not splits["train"] or not splits["val"]:
-        raise MrisynthError(f"{data}: {len(participants)} subjects are too few to split into "
-                            "train, validation and test")  # fmt: skip
-    diagnosis = {row["participant_id"]: row.get("diagnosis", "") for row in participants}
-
     base = resolve_init(opts.init, task, out) if opts.init else None
-    inherited = inherited_splits(base, data, participants)
-    splits = inherited or splits
+    splits = run.split([base])
+    diagnosis = {row["participant_id"]: row.get("diagnosis", "") for row in run.participants}
     if task == "segmentation":
-        from napari_mrisynth.cohort import LABELS
-
-        labels = [LabelSpec(v, name, tuple(rgb)) for v, (name, rgb) in LABELS.items() if v > 0]
+        labels = [LabelSpec(v, name, tuple(rgb), v in BRAIN_LABELS)
+                  for v, (name, rgb) in LABELS.items() if v > 0]  # fmt: skip
         default_arch = "SegResNet"
     else:
-        labels = [LabelSpec(v, name, rgb) for v, (name, rgb) in enumerate(CLASSES)]
+        labels = list(DIAGNOSIS_CLASSES)
         default_arch = "ResNet"
-        unknown = {diagnosis[s] for ids in splits.values() for s in ids} - {n for n, _ in CLASSES}
+        unknown = {diagnosis[s] for ids in splits.values() for s in ids} - set(NAMES)
         if unknown:
             raise MrisynthError(f"{data}: diagnoses {sorted(unknown)} are not one of "
-                                f"{[n for n, _ in CLASSES]}")  # fmt: skip
+                                f"{NAMES}")  # fmt: skip
     out_channels = (
         max(label.value for label in labels) + 1 if task == "segmentation" else len(labels)
     )
@@ -332,30 +202,14 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         opts.id
         or ("seg-head-" if task == "segmentation" else "cls-bvftd-") + architecture["name"].lower()
     )
-    if (out / f"{model_id}-{opts.version}").exists() and not opts.overwrite:
-        raise ModelError(f"{out / f'{model_id}-{opts.version}'}: model {model_id}@{opts.version} "
-                         "already exists; give it a new --version, or --overwrite")  # fmt: skip
+    run.check_new(model_id)
 
-    # subjects onto the model grid, once (another rank or a rerun reads the cache)
     needed = splits["train"] + splits["val"]
-    show = opts.progress and _launcher_rank() == 0
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(needed), unit="subject", desc="model grid")
-    cached = tdata.cache_subjects(
-        data, needed, spec, out / "cache", source=opts.source,
-        labels=True if task == "segmentation" else None,
-        progress=(lambda done, total: bar.update(done - bar.n)) if bar else None,
-    )  # fmt: skip
-    if bar:
-        bar.close()
-    by_id = {c.subject: c for c in cached}
+    by_id = run.cache(needed, spec, labels=True if task == "segmentation" else None)
     train_items = [by_id[s] for s in splits["train"]]
     val_items = [by_id[s] for s in splits["val"]]
 
-    pl.seed_everything(opts.seed, workers=True, verbose=False)
+    run_name = run.start_logging(model_id)
     roi = (int(opts.patch_size),) * 3
     if task == "segmentation":
         from napari_mrisynth.training.modules import SegmentationModule
@@ -369,10 +223,9 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     else:
         from napari_mrisynth.training.modules import ClassificationModule
 
-        names = [n for n, _ in CLASSES]
-        counts = np.bincount([names.index(diagnosis[s]) for s in splits["train"]],
-                             minlength=len(names))  # fmt: skip
-        class_weights = [float(len(splits["train"]) / (len(names) * max(c, 1))) for c in counts]
+        counts = np.bincount([NAMES.index(diagnosis[s]) for s in splits["train"]],
+                             minlength=len(NAMES))  # fmt: skip
+        class_weights = [float(len(splits["train"]) / (len(NAMES) * max(c, 1))) for c in counts]
         module = ClassificationModule(architecture, class_weights, lr=opts.lr,
                                       weight_decay=opts.weight_decay)  # fmt: skip
         monitor, mode = "val/loss", "min"
@@ -380,70 +233,49 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     if base is not None:
         init_record = load_initial_weights(module.network, base, out_channels)
 
-    from napari_mrisynth.training.modules import CohortDataModule
-
-    classes = [n for n, _ in CLASSES]
-    datamodule = CohortDataModule(
-        task, train_items, val_items, opts,
-        classes={s: classes.index(diagnosis[s]) for s in needed} if task != "segmentation"
-        else None,
-    )  # fmt: skip
-    run_name = f"{model_id}@{opts.version}"
-    logger = tracking.make_logger(
-        opts.tracking_uri or tracking.default_tracking_uri(), opts.experiment, run_name,
-        {"task": task, "model_id": model_id, "model_version": opts.version},
-    )  # fmt: skip
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from napari_mrisynth.training.modules import CohortDataModule
+
+    datamodule = CohortDataModule(
+        task, train_items, val_items, opts,
+        classes={s: NAMES.index(diagnosis[s]) for s in needed} if task != "segmentation"
+        else None,
+    )  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints" / run_name, filename="best", monitor=monitor, mode=mode,
         save_top_k=1, save_weights_only=True, enable_version_counter=False,
     )  # fmt: skip
-    callbacks = [checkpoint, *opts.callbacks]
+    callbacks: list[Any] = [checkpoint]
     if task == "classification":
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=opts.patience))
-    trainer = pl.Trainer(
-        accelerator=opts.accelerator, devices=opts.devices, strategy=opts.strategy,
-        num_nodes=opts.num_nodes, precision=opts.precision, max_epochs=opts.epochs,
-        max_steps=opts.max_steps, logger=logger, callbacks=callbacks,
-        log_every_n_steps=1, num_sanity_val_steps=0, enable_model_summary=False,
-        enable_progress_bar=opts.progress, default_root_dir=out,
-    )  # fmt: skip
+    trainer = run.trainer(opts.epochs, callbacks, checkpointing=True)
     trainer.fit(module, datamodule=datamodule)
     if not trainer.is_global_zero:
         return None
 
     # best checkpoint (plain tensors; weights_only refuses anything else) -> registry model
     state, chosen = _best_state(module, checkpoint)
-    simulated = _read_simulated(data)
-    training = {
-        "data": str(data.resolve()),
-        "participants": len(participants),
-        "simulated": simulated,
-        "splits": splits,
-        "splits_from": base.ref if inherited else None,
-        "split_fractions": list(opts.fractions),
-        "seed": opts.seed,
-        "epochs": int(trainer.current_epoch),
-        "global_steps": int(trainer.global_step),
-        "max_epochs": opts.epochs,
-        "checkpoint": chosen,
-        "monitor": monitor,
-        "best_score": None
+    extra: dict[str, Any] = (
+        {"loss": opts.loss, "patch_size": list(roi), "patches_per_volume": opts.patches_per_volume}
+        if task == "segmentation"
+        else {"class_weights": class_weights}
+    )
+    training = run.training_record(
+        trainer,
+        splits_from=base.ref if run.inherited_from is not None else None,
+        epochs=int(trainer.current_epoch),
+        global_steps=int(trainer.global_step),
+        max_epochs=opts.epochs,
+        checkpoint=chosen,
+        monitor=monitor,
+        best_score=None
         if checkpoint.best_model_score is None
         else float(checkpoint.best_model_score),
-        "options": opts.record(),
-        "world_size": int(trainer.world_size),
-        "batches_per_rank": module.rank_batches,
-        "strategy": type(trainer.strategy).__name__,
-        "init": init_record,
-        "source": opts.source,
-    }
-    if task == "segmentation":
-        training.update(loss=opts.loss, patch_size=list(roi),
-                        patches_per_volume=opts.patches_per_volume)  # fmt: skip
-    else:
-        training.update(class_weights=class_weights)
+        batches_per_rank=module.rank_batches,
+        init=init_record,
+        **extra,
+    )
     inference: dict[str, Any] = (
         {"roi_size": list(roi), "overlap": 0.25, "sw_batch_size": 2}
         if task == "segmentation"
@@ -456,61 +288,29 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         if task == "segmentation"
         else ("bvFTD vs control classification")
     )
-    card = ModelCard(
+    card = run.card(
         id=model_id,
-        version=opts.version,
-        task=task,
         title=f"{architecture['name']} {what}",
         description=(
             f"{architecture['name']} ({task}) trained with napari-mrisynth on "
-            f"{len(splits['train'])} {'simulated ' if simulated else ''}subjects of {data.name} "
-            f"at {spec.spacing[0]:g} mm, validated on {len(splits['val'])}, tested on "
-            f"{len(splits['test'])} held-out subjects."
+            f"{len(splits['train'])} {'simulated ' if run.simulated else ''}subjects of "
+            f"{data.name} at {spec.spacing[0]:g} mm, validated on {len(splits['val'])}, tested "
+            f"on {len(splits['test'])} held-out subjects."
         ),
         architecture=architecture,
         labels=labels,
         input=spec,
         inference=inference,
         training=training,
-        intended_use=SIMULATED_USE
-        if simulated
-        else ("Research use only, not for clinical decisions."),
-        software=_software(),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    from napari_mrisynth.models.registry import save_model
 
-    card = save_model(card, state, out, overwrite=opts.overwrite)
+    def test_metrics(card: ModelCard, report_dir: Path) -> dict[str, Any]:
+        return _test_metrics(task, card, data, splits["test"], diagnosis, opts, report_dir)
 
-    # held-out test subjects, end to end through inference on their own scans
-    report_dir = out / "reports" / run_name
-    metrics = _test_metrics(task, card, data, splits["test"], diagnosis, opts, report_dir)
-    card = card.replace(metrics={"test": metrics})
-    run_id = logger.run_id
-    client = _client(opts, tracking)
-    training["mlflow"] = {
-        "tracking_uri": opts.tracking_uri or tracking.default_tracking_uri(),
-        "experiment": opts.experiment,
-        "run_id": run_id,
-        "registered_model": card.id,
-        "version": None,
-    }
-    training["seconds"] = round(time.perf_counter() - started, 1)
-    card = card.replace(training=training)
-    write_card(card, card.path)
-    _log_run(client, tracking, run_id, card, opts, report_dir, metrics)
-    training["mlflow"]["version"] = tracking.register_version(
-        client, card.id, run_id, "model", description=card.description
-    )
-    write_card(card, card.path)
-    client.log_artifact(run_id, str(card.path / "card.json"), "model")
-    return card
-
-
-def _client(opts: TrainOptions, tracking: Any) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=opts.tracking_uri or tracking.default_tracking_uri())
+    return run.finish(card, state, test_metrics, params={
+        "batches_per_rank": training["batches_per_rank"],
+        "init": (training["init"] or {}).get("model"),
+    })  # fmt: skip
 
 
 def _best_state(module: Any, checkpoint: Any) -> tuple[dict[str, Any], str]:
@@ -525,32 +325,6 @@ def _best_state(module: Any, checkpoint: Any) -> tuple[dict[str, Any], str]:
         epoch = Path(path).name
         return state, f"best {checkpoint.monitor} ({epoch})"
     return {k: v.detach().cpu() for k, v in module.network.state_dict().items()}, "last"
-
-
-def _log_run(
-    client: Any, tracking: Any, run_id: str, card: ModelCard, opts: TrainOptions,
-    report_dir: Path, metrics: dict[str, Any],
-) -> None:  # fmt: skip
-    """Parameters, test metrics and artifacts (model folder, reports) on the MLflow run."""
-    training = card.training
-    tracking.log_params(client, run_id, {
-        "options": opts.record(),
-        "card": {"id": card.id, "version": card.version, "task": card.task,
-                 "architecture": card.architecture, "input_spacing": list(card.input.spacing),
-                 "input_shape": list(card.input.shape)},
-        "data": training["data"], "participants": training["participants"],
-        "simulated": training["simulated"],
-        "splits": {k: len(v) for k, v in training["splits"].items()},
-        "world_size": training["world_size"], "batches_per_rank": training["batches_per_rank"],
-        "init": (training["init"] or {}).get("model"),
-    })  # fmt: skip
-    from napari_mrisynth.reports.report import flatten_metrics
-
-    for name, value in flatten_metrics(metrics, "test/").items():
-        client.log_metric(run_id, name, value)
-    client.log_artifacts(run_id, str(card.path), "model")
-    if report_dir.exists():
-        client.log_artifacts(run_id, str(report_dir), "reports")
 
 
 def _test_device(opts: TrainOptions) -> Any:
@@ -573,7 +347,7 @@ def _test_metrics(
     device = _test_device(opts)
     if task == "segmentation":
         from napari_mrisynth.reports.metrics import segmentation_summary
-        from napari_mrisynth.reports.report import segmentation_report
+        from napari_mrisynth.reports.model_report import segmentation_report
 
         pairs = []
         for subject in test:
@@ -584,9 +358,9 @@ def _test_metrics(
         report = segmentation_report(summary, None, report_dir, model_ref=card.ref,
                                      subjects=test, title=card.title)  # fmt: skip
         return report["metrics"]
-    from napari_mrisynth.reports.report import classification_report
+    from napari_mrisynth.reports.model_report import classification_report
 
-    names = [name for name, _ in CLASSES]
+    names = NAMES
     y_true, scores = [], []
     for subject in test:
         result = classify(subject_image(data, subject, opts.source), card, device=device)

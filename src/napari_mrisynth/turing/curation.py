@@ -9,6 +9,7 @@ decision is appended to the store; the latest one per volume counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -309,8 +310,46 @@ def audit_study(
         return rows
 
 
+@dataclass
+class ApprovedVolume:
+    """One curated synthetic volume with everything the study recorded about it.
+
+    Parameters
+    ----------
+    volume_id : str
+        Neutral, stable study id (e.g. ``"V017"``); exports are numbered in its order.
+    path : Path
+        The synthetic volume (NIfTI) as generated.
+    provenance : dict
+        The generator's JSON sidecar (``{}`` if none).
+    condition : dict
+        ``{"diagnosis": "bvFTD" | "control", "age": float | None, "sex": "F" | "M" | None}``.
+    scores : dict
+        Rater scores: ``n_judgments``, ``fooled_rate``, ``mean_realism``, ``mean_confidence``.
+    audit : dict
+        Memorization audit (``{}`` if not audited).
+    curation : dict
+        ``decision``, ``curator``, ``reason``, ``decided_at`` (ISO 8601).
+    mask_path : Path, optional
+        Corrected label mask (NIfTI) on the volume's grid.
+    mask_labels : dict
+        The mask's label schema, ``{value: (name, (r, g, b))}``, from the card of the model
+        that made it (see :func:`mask_schema`).
+    """
+
+    volume_id: str
+    path: Path
+    provenance: dict
+    condition: dict
+    scores: dict
+    audit: dict
+    curation: dict
+    mask_path: Path | None = None
+    mask_labels: dict[int, tuple[str, tuple[int, int, int]]] = field(default_factory=dict)
+
+
 def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = None,
-                     masks: Sequence[str | Path] = ()) -> list[Any]:  # fmt: skip
+                     masks: Sequence[str | Path] = ()) -> list[ApprovedVolume]:  # fmt: skip
     """The volumes whose latest decision is "approved", as the export takes them.
 
     A volume's corrected mask is the one found when the study was created, else one found
@@ -318,7 +357,6 @@ def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = Non
     widget saves it; see :func:`~napari_mrisynth.turing.design.find_mask`): masks are often
     corrected after the rating.
     """
-    from napari_mrisynth.export import ApprovedVolume
     from napari_mrisynth.turing.design import find_mask
 
     with opened(db) as store:
@@ -337,6 +375,7 @@ def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = Non
                 for k in ("n_judgments", "fooled_rate", "mean_realism", "mean_confidence")
             }
             curation = {k: c.decision[k] for k in ("decision", "curator", "reason", "decided_at")}
+            mask = Path(c.mask) if c.mask else find_mask(c.source, masks)
             out.append(
                 ApprovedVolume(
                     volume_id=c.volume_id,
@@ -346,7 +385,35 @@ def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = Non
                     scores=scores,
                     audit=audit,
                     curation=curation,
-                    mask_path=Path(c.mask) if c.mask else find_mask(c.source, masks),
+                    mask_path=mask,
                 )
             )
         return sorted(out, key=lambda v: v.volume_id)
+
+
+def mask_schema(mask: str | Path) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """The label schema of a mask, read from a model card: the segmentation model its
+    correction record names (``<stem>_correction.json`` beside ``<stem>_labels.nii.gz``, as
+    the Correct mask widget saves them) when the registry has it, else the registry's
+    default segmentation model. Empty when no card is found (labels are then named by value).
+    """
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.io.files import volume_stem
+    from napari_mrisynth.models.registry import default_model, find_model
+
+    mask = Path(mask)
+    record = mask.with_name(f"{volume_stem(mask).removesuffix('_labels')}_correction.json")
+    try:
+        ref = json.loads(record.read_text(encoding="utf-8")).get("base_model")
+    except (OSError, ValueError, AttributeError):
+        ref = None
+    card = None
+    if isinstance(ref, str) and ref:
+        with contextlib.suppress(ModelError):
+            card = find_model(ref, task="segmentation")
+    if card is None:
+        try:
+            card = default_model("segmentation")
+        except ModelError:
+            return {}
+    return {label.value: (label.name, tuple(label.color)) for label in card.labels}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.models.card import sha256_file
+from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 from napari_mrisynth.turing import store as tables
 from napari_mrisynth.turing.store import RatingStore, StudyError, check_id, now
 
@@ -85,13 +86,13 @@ def find_real(path: str | Path) -> list[StudyVolume]:
 def find_mask(volume: str | Path, folders: Sequence[str | Path] = ()) -> Path | None:
     """A corrected mask of ``volume``: ``<stem>_labels.nii.gz`` (or ``_dseg``, ``_mask``; NIfTI)
     beside it or in one of ``folders``, the first found."""
-    from napari_mrisynth.io.files import _stem
+    from napari_mrisynth.io.files import volume_stem
 
     volume = Path(volume)
     for folder in (volume.parent, *map(Path, folders)):
         for suffix in MASK_SUFFIXES:
             for extension in (".nii.gz", ".nii"):
-                candidate = folder / f"{_stem(volume)}{suffix}{extension}"
+                candidate = folder / f"{volume_stem(volume)}{suffix}{extension}"
                 if candidate.is_file():
                     return candidate
     return None
@@ -100,7 +101,7 @@ def find_mask(volume: str | Path, folders: Sequence[str | Path] = ()) -> Path | 
 def find_synthetic(path: str | Path) -> list[StudyVolume]:
     """Synthetic volumes in a folder, with the generator's sidecar (condition, provenance)."""
     from napari_mrisynth.evaluation.folders import volume_files
-    from napari_mrisynth.io.files import _stem
+    from napari_mrisynth.io.files import volume_stem
 
     folder = Path(path)
     if not folder.is_dir():
@@ -108,10 +109,10 @@ def find_synthetic(path: str | Path) -> list[StudyVolume]:
     found = []
     files = volume_files(folder)
     for file in files:
-        if _stem(file).endswith(MASK_SUFFIXES):
+        if volume_stem(file).endswith(MASK_SUFFIXES):
             continue
         mask = find_mask(file)
-        sidecar = file.with_name(f"{_stem(file)}.json")
+        sidecar = file.with_name(f"{volume_stem(file)}.json")
         provenance: dict[str, Any] = {}
         if sidecar.is_file():
             try:
@@ -201,7 +202,7 @@ def create_study(
     trials: int = 20,
     seed: int = 0,
     study_id: str = "study",
-    spacing: float = 2.0,
+    spacing: float = DEFAULT_MODEL_SPACING_MM,
     resolution: float | None = None,
     cache: str | Path | None = None,
     device: Any = None,

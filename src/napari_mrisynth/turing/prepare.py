@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.models.card import sha256_file
+from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 from napari_mrisynth.turing.store import StudyError
 from napari_mrisynth.volume import Volume
 
@@ -124,7 +125,7 @@ def prepare_study_volumes(
     sources: Sequence[tuple[str, Volume]],
     cache: str | Path,
     *,
-    spacing: float = 2.0,
+    spacing: float = DEFAULT_MODEL_SPACING_MM,
     resolution: float | None = None,
     device: Any = None,
     progress: Callable[[int, int], None] | None = None,

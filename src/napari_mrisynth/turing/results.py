@@ -79,8 +79,8 @@ def study_report(
 
     Returns the statistics and the paths written (``{"statistics": ..., "files": ...}``).
     """
-    from napari_mrisynth.turing.report import write_study_report
     from napari_mrisynth.turing.statistics import study_statistics
+    from napari_mrisynth.turing.study_report import write_study_report
 
     with opened(db) as store:
         study_id = study_id or store.only_study()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
+from napari_mrisynth.cli._options import add_device_option, chosen_device
 from napari_mrisynth.errors import MrisynthError
-
-_DEVICE_HELP = "auto (cuda -> mps -> cpu, the default), cuda, cuda:N, mps or cpu"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="MASK.nii.gz for one scan, or a folder (SRC-name_seg.nii.gz + volumes.tsv)",
     )
-    seg.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    add_device_option(seg)
     seg.add_argument("--series", help="series (key, UID or number) in a multi-series folder")
     seg.add_argument("--json", action="store_true", help="print results as JSON lines")
     seg.set_defaults(func=run_segment)
@@ -46,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cls.add_argument("sources", nargs="+", metavar="SRC", help="scan(s) to classify")
     cls.add_argument("--model", help="model id[@version] (default: the best classifier)")
-    cls.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    add_device_option(cls)
     cls.add_argument("--series", help="series (key, UID or number) in a multi-series folder")
     cls.add_argument("--saliency", type=Path, metavar="DIR", help="write saliency NIfTI files here")
     cls.add_argument("--json", action="store_true", help="print results as JSON lines")
@@ -55,12 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def source_stem(source: str | Path) -> str:
     """A file-name stem for a scan path: the folder's name, or the file name without suffix."""
-    path = Path(source)
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or "scan"
-    return name or "scan"
+    from napari_mrisynth.io.files import volume_stem
+
+    return volume_stem(Path(source).name) or "scan"
 
 
 def _unique_stems(sources: list[str]) -> list[str]:
@@ -73,17 +68,6 @@ def _unique_stems(sources: list[str]) -> list[str]:
     return stems
 
 
-def _announce_device(args: argparse.Namespace) -> None:
-    from napari_mrisynth.models.device import CpuFallbackWarning, choose_device
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CpuFallbackWarning)
-        device = choose_device(args.device)
-    for warning in caught:
-        print(f"mrisynth {args.command}: note: {warning.message}", file=sys.stderr)
-    args.device = str(device)
-
-
 def run_segment(args: argparse.Namespace) -> int:
     from napari_mrisynth.io.files import save_volume
     from napari_mrisynth.models.inference import segment
@@ -93,7 +77,7 @@ def run_segment(args: argparse.Namespace) -> int:
         if args.out.suffix.lower() in (".nii", ".gz"):
             raise MrisynthError(f"{args.out}: several scans need an output folder, not a file")
         args.out.mkdir(parents=True, exist_ok=True)
-    _announce_device(args)
+    args.device = str(chosen_device(args.device, args.command))
     failures = 0
     rows = []
     for source, stem in zip(args.sources, _unique_stems(args.sources), strict=True):
@@ -111,21 +95,13 @@ def run_segment(args: argparse.Namespace) -> int:
             print(json.dumps(record))
         else:
             total = result.seconds
-            brain = sum(row["ml"] for row in result.table() if row["name"] in _brain_names())
-            print(
-                f"{source}: {path} ({result.card.ref}, {result.device}, {total:.2f} s; "
-                f"brain {brain:.0f} mL)"
-            )
+            brain_names = {result.card.label_names[v] for v in result.card.brain_labels}
+            brain = sum(row["ml"] for row in result.table() if row["name"] in brain_names)
+            volume = f"brain {brain:.0f} mL" if brain_names else "brain labels not in the card"
+            print(f"{source}: {path} ({result.card.ref}, {result.device}, {total:.2f} s; {volume})")
     if rows and not single_file:
         _write_volumes_table(args.out / "volumes.tsv", rows)
     return 1 if failures else 0
-
-
-def _brain_names() -> set[str]:
-    """Names of the cohort schema's intracranial labels (brain tissue and ventricles)."""
-    from napari_mrisynth.cohort.labels import BRAIN_LABELS, LABELS
-
-    return {LABELS[value][0] for value in BRAIN_LABELS}
 
 
 def _write_volumes_table(path: Path, rows: list) -> None:
@@ -145,7 +121,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
     if args.saliency is not None:
         args.saliency.mkdir(parents=True, exist_ok=True)
-    _announce_device(args)
+    args.device = str(chosen_device(args.device, args.command))
     failures = 0
     for source, stem in zip(args.sources, _unique_stems(args.sources), strict=True):
         try:

@@ -6,15 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
+from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device
 from napari_mrisynth.errors import MrisynthError
-
-_DEVICE_HELP = "auto (cuda -> mps -> cpu, the default), cuda, cuda:N, mps or cpu"
-MISSING_MLFLOW = "logging to MLflow needs MLflow: pip install 'napari-mrisynth[train]'"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--metrics", default="fid,kid,is,ms_ssim,mmd", help="comma-separated subset to compute"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="real-set halves, subsets, pairs")
-    evaluate.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    add_device_option(evaluate)
     evaluate.add_argument("--tracking-uri", help="log the metrics to this MLflow store")
     evaluate.add_argument(
         "--mlflow",
@@ -66,19 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--threshold", type=float, help="flag above this similarity (default: from the data)"
     )
-    audit.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    add_device_option(audit)
     audit.set_defaults(func=run_audit)
-
-
-def _device(requested: str, command: str) -> Any:
-    from napari_mrisynth.models.device import CpuFallbackWarning, choose_device
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CpuFallbackWarning)
-        device = choose_device(requested)
-    for warning in caught:
-        print(f"mrisynth {command}: note: {warning.message}", file=sys.stderr)
-    return device
 
 
 def extractor_from_option(option: str, device: Any) -> Any:
@@ -110,19 +95,6 @@ def _write_json(data: dict[str, Any], target: str | None) -> None:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise MrisynthError(f"{path}: cannot write the report ({exc})") from exc
-
-
-def _bar(total_desc: str) -> Any:
-    from tqdm import tqdm
-
-    bar = tqdm(total=1, desc=total_desc, unit="step", file=sys.stderr, leave=False)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, progress
 
 
 def _number(value: float | None) -> str:
@@ -162,69 +134,18 @@ def evaluation_table(report: Any) -> str:
     return "\n".join(lines)
 
 
-def log_evaluation_to_mlflow(data: dict[str, Any], tracking_uri: str | None, experiment: str):
-    """One MLflow run with every metric (``fid``, ``fid_floor``...), parameters and the JSON."""
-    try:
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric, Param
-    except ImportError as exc:
-        raise MrisynthError(MISSING_MLFLOW) from exc
-    import time
-
-    from napari_mrisynth.training.tracking import default_tracking_uri, local_artifact_location
-
-    uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(
-            experiment, artifact_location=local_artifact_location(uri, experiment)
-        )
-    )
-    extractor = data["extractor"].get("model", "")
-    run = client.create_run(
-        experiment_id,
-        run_name=f"evaluate {extractor}".strip(),
-        tags={"mrisynth.report": "generative-evaluation"},
-    )
-    now = int(time.time() * 1000)
-    metrics = []
-    for name, entry in data["metrics"].items():
-        metrics.append(Metric(name, float(entry["value"]), now, 0))
-        if entry.get("floor") is not None:
-            metrics.append(Metric(f"{name}_floor", float(entry["floor"]), now, 0))
-    params = {
-        "n_real": data["n_real"],
-        "n_synthetic": data["n_synthetic"],
-        "seed": data["seed"],
-        "extractor": extractor,
-        "extractor_sha256": data["extractor"].get("weights_sha256", ""),
-    }
-    client.log_batch(
-        run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()]
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "evaluation.json"
-        path.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        client.log_artifact(run.info.run_id, str(path))
-    client.set_terminated(run.info.run_id)
-    return uri, run.info.run_id
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     from napari_mrisynth.evaluation import evaluate_sets, load_folder
+    from napari_mrisynth.evaluation.tracking import log_evaluation
 
     wanted = [name.strip() for name in args.metrics.split(",") if name.strip()]
     real = load_folder(args.real)
     synthetic = load_folder(args.synthetic)
-    device = _device(args.device, "evaluate")
+    device = chosen_device(args.device, "evaluate")
     extractor = None
     if {"fid", "kid"} & set(wanted):
         extractor = extractor_from_option(args.features, device)
-    bar, progress = _bar("evaluate")
-    with bar:
+    with ProgressBar("evaluate", leave=False) as progress:
         report = evaluate_sets(
             real, synthetic, extractor=extractor, seed=args.seed, device=device,
             metrics=wanted, progress=progress,
@@ -232,7 +153,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data = report.to_json()
     data["folders"] = {"real": str(args.real), "synthetic": str(args.synthetic)}
     if args.tracking_uri or args.mlflow:
-        uri, run_id = log_evaluation_to_mlflow(data, args.tracking_uri, args.experiment)
+        uri, run_id = log_evaluation(data, args.tracking_uri, args.experiment)
         data["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
     table = evaluation_table(report)
     if "mlflow" in data:
@@ -266,9 +187,8 @@ def run_audit(args: argparse.Namespace) -> int:
 
     train = load_folder(args.train)
     synthetic = load_folder(args.synthetic)
-    device = _device(args.device, "audit")
-    bar, progress = _bar("audit")
-    with bar:
+    device = chosen_device(args.device, "audit")
+    with ProgressBar("audit", leave=False) as progress:
         report = audit_memorization(
             train, synthetic, threshold=args.threshold, progress=progress, device=device
         )

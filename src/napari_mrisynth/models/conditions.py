@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari_mrisynth.errors import MrisynthError
+from napari_mrisynth.models.card import LabelSpec
+
+#: The diagnoses a classifier tells apart and a generator is asked for: its card's labels,
+#: in output order, with their colours.
+DIAGNOSIS_CLASSES = (LabelSpec(0, "control", (60, 160, 230)), LabelSpec(1, "bvFTD", (220, 20, 10)))
 
 #: Vector entries, in order.
 CONDITION_NAMES = ("diagnosis", "age", "sex")

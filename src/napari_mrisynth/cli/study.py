@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any
+
+from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device
+from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 
 DB_HELP = "ratings database: a SQLite file, or a SQLAlchemy URL (e.g. postgresql+psycopg://…)"
 
@@ -54,7 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--db", required=True, help=DB_HELP)
     create.add_argument("--study", default="study", help="study id (default 'study')")
     create.add_argument(
-        "--spacing", type=float, default=2.0, help="voxel size of the study grid in mm (default 2)"
+        "--spacing",
+        type=float,
+        default=DEFAULT_MODEL_SPACING_MM,
+        help="voxel size of the study grid in mm (default %(default)g)",
     )
     create.add_argument(
         "--resolution",
@@ -65,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--cache", type=Path, help="folder for the prepared volumes (default: beside the database)"
     )
-    create.add_argument("--device", default="auto", help="where to resample (auto, cpu, cuda)")
+    add_device_option(create, help="where to resample (auto, cpu, cuda)")
     create.set_defaults(func=run_create)
 
     add = sub.add_parser("add-rater", help="give a new rater the study's items, in their order")
@@ -144,42 +148,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audit.set_defaults(func=run_audit)
 
 
-def _progress(what: str) -> Any:
-    from tqdm import tqdm
-
-    bar: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, desc=what, unit="step", file=sys.stderr)
-        bar["bar"].n = done
-        bar["bar"].refresh()
-        if done >= total:
-            bar["bar"].close()
-
-    return update
-
-
 def run_create(args: argparse.Namespace) -> int:
-    from napari_mrisynth.models.device import choose_device
     from napari_mrisynth.turing.design import create_study
 
     raters = [r.strip() for r in args.raters.split(",") if r.strip()]
-    study = create_study(
-        args.db,
-        real=args.real,
-        synthetic=args.synthetic,
-        raters=raters,
-        mode=args.mode,
-        trials=args.trials,
-        seed=args.seed,
-        study_id=args.study,
-        spacing=args.spacing,
-        resolution=args.resolution,
-        cache=args.cache,
-        device=choose_device(args.device),
-        progress=_progress("preparing volumes"),
-    )
+    with ProgressBar("preparing volumes") as progress:
+        study = create_study(
+            args.db,
+            real=args.real,
+            synthetic=args.synthetic,
+            raters=raters,
+            mode=args.mode,
+            trials=args.trials,
+            seed=args.seed,
+            study_id=args.study,
+            spacing=args.spacing,
+            resolution=args.resolution,
+            cache=args.cache,
+            device=chosen_device(args.device, "study create"),
+            progress=progress,
+        )
     grid = study["grid"]
     print(
         f"study {study['study_id']!r}: {study['mode']} mode, {study['trials_per_rater']} "
@@ -218,15 +206,9 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_rate(args: argparse.Namespace) -> int:
-    import napari
+    from napari_mrisynth._widgets._turing_widget import rate_in_napari
 
-    viewer = napari.Viewer(title="Visual Turing test")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mrisynth", "Visual Turing test")
-    widget.db_path.setText(str(args.db))
-    if args.rater:
-        widget.rater_id.setText(args.rater)
-    napari.run()
-    return 0
+    return rate_in_napari(str(args.db), args.rater)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -319,7 +301,8 @@ def run_apply(args: argparse.Namespace) -> int:
 def run_audit(args: argparse.Namespace) -> int:
     from napari_mrisynth.turing.curation import audit_study
 
-    rows = audit_study(args.db, args.train, study_id=args.study, progress=_progress("auditing"))
+    with ProgressBar("auditing") as progress:
+        rows = audit_study(args.db, args.train, study_id=args.study, progress=progress)
     for row in rows:
         flag = "FLAGGED as a possible copy" if row["flagged"] else "not a copy"
         print(

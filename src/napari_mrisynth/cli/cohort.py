@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from napari_mrisynth.cli._options import ProgressBar
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -27,21 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from napari_mrisynth.cohort import build_cohort
 
     if args.subjects < 1 or args.spacing <= 0 or args.seed < 0:
         raise SystemExit("mrisynth cohort: --subjects must be >= 1, --spacing > 0, --seed >= 0")
     start = time.perf_counter()
-    with tqdm(total=args.subjects, unit="subject", desc="simulating") as bar:
-        root = build_cohort(
-            args.out,
-            args.subjects,
-            args.seed,
-            args.spacing,
-            progress=lambda done, total: bar.update(done - bar.n),
-        )
+    with ProgressBar("simulating", unit="subject") as progress:
+        root = build_cohort(args.out, args.subjects, args.seed, args.spacing, progress=progress)
     print(
         f"wrote {args.subjects} simulated subjects to {root} in "
         f"{time.perf_counter() - start:.1f} s (participants.tsv, sub-*/anat, sub-*/dicom)"

@@ -1,12 +1,13 @@
 """``mrisynth train segmentation|classification|vae|gan|ldm``: train a model on a cohort,
-track it in MLflow and write it to a model registry folder (the generator families' options
-are in :mod:`napari_mrisynth.synthesis.commands`)."""
+track it in MLflow and write it to a model registry folder."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
+
+from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 
 #: Options shared by both tasks; their defaults are TrainOptions'.
 _TASKS = {
@@ -46,7 +47,8 @@ def _add_common(parser: argparse.ArgumentParser, architectures: tuple, default: 
         nargs="+",
         help="channels per level (UNet) or per stage (ResNet); overrides --init-filters",
     )
-    add("--spacing", type=float, default=2.0, help="model grid spacing in mm")
+    add("--spacing", type=float, default=DEFAULT_MODEL_SPACING_MM,
+        help="model grid spacing in mm (default %(default)g)")  # fmt: skip
     add(
         "--source",
         choices=("nifti", "dicom"),
@@ -117,16 +119,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument("--patience", type=int, default=10,
                              help="early stopping: epochs without a better val/loss")  # fmt: skip
         sub.set_defaults(func=run)
-    from napari_mrisynth.synthesis.commands import register_training
-
-    register_training(tasks)
+    _register_generators(tasks)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword options of :func:`~napari_mrisynth.training.train.train_segmentation`."""
     from napari_mrisynth.training.train import TrainOptions
 
-    names = {f for f in TrainOptions.__dataclass_fields__ if f != "callbacks"}
+    return _options(args, TrainOptions)
+
+
+def _options(args: argparse.Namespace, options_class: type) -> dict[str, Any]:
+    """The parsed arguments that are fields of a run's options dataclass (given ones only)."""
+    names = {f for f in options_class.__dataclass_fields__ if f != "callbacks"}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
@@ -136,15 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.batch_size < 1 or args.num_nodes < 1 or args.num_workers < 0:
         raise SystemExit("mrisynth train: --epochs, --batch-size, --num-nodes must be >= 1, "
                          "--num-workers >= 0")  # fmt: skip
-    from napari_mrisynth.training import MISSING_EXTRA
-
     train = train_segmentation if args.task == "segmentation" else train_classification
-    try:
-        card = train(args.data, args.out, **options_from_args(args))
-    except ImportError as exc:
-        if str(exc) == MISSING_EXTRA:
-            raise SystemExit(f"mrisynth train: {exc}") from exc
-        raise
+    card = train(args.data, args.out, **options_from_args(args))
     if card is None:  # a non-zero rank of a distributed run
         return 0
     test = card.metrics.get("test", {})
@@ -157,4 +155,110 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {card.ref} to {card.path}: {figure}; MLflow run {mlflow.get('run_id')} "
           f"({mlflow.get('tracking_uri')}), registered {mlflow.get('registered_model')} "
           f"version {mlflow.get('version')}")  # fmt: skip
+    return 0
+
+
+_FAMILIES = {
+    "vae": "train a conditional VAE (MONAI AutoencoderKL encoder/decoder)",
+    "gan": "train a conditional GAN (decoder generator, PatchDiscriminator, DiffAugment, R1, EMA)",
+    "ldm": "train a latent diffusion model (AutoencoderKL, then DiffusionModelUNet; DDIM)",
+}
+
+
+def _conditions(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _register_generators(tasks: argparse._SubParsersAction) -> None:
+    """Add ``vae``, ``gan`` and ``ldm`` to ``mrisynth train``."""
+    for family, help_text in _FAMILIES.items():
+        sub = tasks.add_parser(
+            family,
+            help=help_text,
+            description=help_text
+            + (
+                ". The model is conditioned on diagnosis (and optionally age and sex), trained on "
+                "the training split, and assessed on the held-out test subjects (FID, KID, IS, "
+                "MS-SSIM, MMD beside real-vs-real floors; memorization audit against the training "
+                "subjects)."
+            ),
+        )
+        add = sub.add_argument
+        add("--data", type=Path, required=True, help="cohort folder (participants.tsv, sub-*/)")
+        add("--out", type=Path, required=True, help="registry folder the model is written to")
+        add("--id", help=f"model id (default: {family}-bvftd-<spacing>mm)")
+        add("--version", default="1.0.0", help="model version, MAJOR.MINOR.PATCH")
+        add(
+            "--condition",
+            dest="conditions",
+            type=_conditions,
+            default=("diagnosis",),
+            help="diagnosis, or diagnosis,age,sex",
+        )
+        add("--spacing", type=float, default=4.0, help="model grid spacing in mm (default 4)")
+        add("--channels", type=int, nargs="+", help="channels per level (autoencoder/decoder)")
+        add(
+            "--latent-channels", type=int, help="latent channels (VAE, LDM) or noise channels (GAN)"
+        )
+        add("--epochs", type=int, default=100, help="epochs (LDM: of the diffusion model)")
+        if family == "ldm":
+            add("--autoencoder-epochs", type=int, default=100, help="epochs of stage 1")
+            add(
+                "--autoencoder",
+                metavar="MODEL_ID",
+                help="take stage 1 (the autoencoder) from a registry latent diffusion model and "
+                "train a new diffusion model on its latents (its grid and split; with "
+                "--autoencoder-epochs 0 the autoencoder is not trained further)",
+            )
+            add("--sample-steps", type=int, default=50, help="DDIM steps recorded as default")
+            add(
+                "--guidance",
+                type=float,
+                default=1.0,
+                help="classifier-free guidance scale recorded as default",
+            )
+        add("--max-steps", type=int, default=-1, help="stop after this many steps (-1: epochs)")
+        add("--batch-size", type=int, default=4)
+        add("--lr", type=float, help="learning rate (default per family)")
+        if family != "gan":
+            add("--kl-weight", type=float, help="KL weight (VAE 0.01, LDM autoencoder 1e-6)")
+        add(
+            "--evaluate-per-class",
+            type=int,
+            default=6,
+            help="volumes generated per class for the card's metrics (0: skip)",
+        )
+        add(
+            "--split",
+            type=float,
+            nargs=3,
+            default=(0.6, 0.2, 0.2),
+            dest="fractions",
+            metavar=("TRAIN", "VAL", "TEST"),
+            help="subject fractions, stratified",
+        )
+        add("--seed", type=int, default=0)
+        add(
+            "--init",
+            metavar="MODEL_ID",
+            help="continue from a registry generator of this family (its architecture, grid "
+            "and split; for ldm, --autoencoder-epochs 0 keeps its autoencoder)",
+        )
+        add("--source", choices=("nifti", "dicom"), default="nifti")
+        add_runtime_options(sub)
+        sub.set_defaults(func=run_generator_training, family=family)
+
+
+def run_generator_training(args: argparse.Namespace) -> int:
+    from napari_mrisynth.synthesis.train import GenerativeOptions, train_generator
+
+    card = train_generator(args.family, args.data, args.out, **_options(args, GenerativeOptions))
+    if card is None:
+        return 0
+    fid = card.metric("fid")
+    mlflow = card.training.get("mlflow", {})
+    print(
+        f"wrote {card.ref} to {card.path}: test FID {fid if fid is not None else 'n/a'}; "
+        f"MLflow run {mlflow.get('run_id')} ({mlflow.get('tracking_uri')})"
+    )
     return 0

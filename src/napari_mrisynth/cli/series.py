@@ -9,8 +9,6 @@ from pathlib import Path
 from napari_mrisynth.errors import MrisynthError, SeriesError
 from napari_mrisynth.volume import orientation_code
 
-OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``series`` and ``convert`` subcommands."""
@@ -101,7 +99,9 @@ def _sanitize(text: str) -> str:
 
 def _output_file(out: str, gzip: bool) -> Path:
     path = Path(out)
-    if path.name.lower().endswith(OUTPUT_SUFFIXES):
+    from napari_mrisynth.io.files import is_volume_file
+
+    if is_volume_file(path):
         return path
     return path.with_name(path.name + (".nii.gz" if gzip else ".nii"))
 

@@ -10,7 +10,6 @@ the confusion matrix) and ``roc.png``, ``pr.png``, ``confusion.png``. A segmente
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,14 +22,9 @@ from napari_mrisynth.reports import metrics, plots
 
 REPORT_FILE = "report.json"
 
-MISSING_MLFLOW = "logging a report needs MLflow: pip install 'napari-mrisynth[train]'"
-
-#: Summary entries that are tables, not single metrics: kept in the JSON, not logged.
-_NOT_LOGGED = frozenset({"per_label", "per_subject", "confusion", "subjects", "threshold"})
-
 
 def _header(kind: str, model_ref: str | None, title: str | None) -> dict[str, Any]:
-    from napari_mrisynth import __version__
+    from napari_mrisynth._version import __version__
 
     return {
         "kind": kind,
@@ -194,32 +188,6 @@ def segmentation_report(
     return report
 
 
-def flatten_metrics(summary: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Single numbers of a summary as MLflow metric names: ``auc``, ``auc.ci95_low``,
-    ``sensitivity``, ``dice.frontal_gm``, ``dice_mean``... Tables, None, NaN and inf are
-    left out."""
-    flat: dict[str, float] = {}
-
-    def add(name: str, value: Any) -> None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            flat[name] = float(value)
-
-    for key, value in summary.items():
-        if key in _NOT_LOGGED:
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and "value" in value:
-            add(name, value["value"])
-            if value.get("ci95"):
-                add(f"{name}.ci95_low", value["ci95"][0])
-                add(f"{name}.ci95_high", value["ci95"][1])
-        elif isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, f"{name}."))
-        else:
-            add(name, value)
-    return flat
-
-
 def log_report_to_mlflow(
     report: Mapping[str, Any],
     out_dir: str | Path,
@@ -229,8 +197,9 @@ def log_report_to_mlflow(
     experiment: str = "reports",
     artifact_path: str = "report",
 ) -> str:
-    """Log a report's metrics (flattened, see :func:`flatten_metrics`) and the files of
-    ``out_dir`` (``report.json``, PNGs) to MLflow.
+    """Log a report's metrics (flattened by
+    :func:`~napari_mrisynth.models.tracking.flatten_metrics`) and the files of ``out_dir``
+    (``report.json``, PNGs) to MLflow.
 
     Parameters
     ----------
@@ -252,44 +221,26 @@ def log_report_to_mlflow(
     str
         The run id.
     """
-    try:
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric, Param
-    except ImportError as exc:
-        raise MrisynthError(MISSING_MLFLOW) from exc
-    from napari_mrisynth.training.tracking import default_tracking_uri, local_artifact_location
+    from napari_mrisynth.models import tracking
 
+    tracking.require_mlflow("logging a report")
     out_dir = Path(out_dir)
     if not (out_dir / REPORT_FILE).is_file():
         raise MrisynthError(f"{out_dir}: no {REPORT_FILE} (write the report before logging it)")
-    uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
     created = run_id is None
     if created:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = (
-            found.experiment_id
-            if found is not None
-            else client.create_experiment(
-                experiment, artifact_location=local_artifact_location(uri, experiment)
-            )
-        )
         tags = {"mrisynth.report": str(report.get("kind"))}
         if report.get("model"):
             tags["mrisynth.model"] = str(report["model"])
         run_name = f"{report.get('kind', 'report')} {report.get('model') or ''}".strip()
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    now = int(datetime.now(timezone.utc).timestamp() * 1000)
-    values = flatten_metrics(report.get("metrics", {}))
-    batch = [Metric(name, value, now, 0) for name, value in values.items()]
+        client, run_id = tracking.start_run(tracking_uri, experiment, run_name, tags)
+    else:
+        client = tracking.mlflow_client(tracking_uri)
     params = {"report.kind": report.get("kind"), "report.model": report.get("model")}
     if "threshold" in report.get("metrics", {}):
         params["report.threshold"] = report["metrics"]["threshold"]
-    logged = set(client.get_run(run_id).data.params)
-    param_list = [Param(k, str(v)) for k, v in params.items() if v is not None and k not in logged]
-    for start in range(0, max(len(batch), 1), 500):
-        client.log_batch(run_id, metrics=batch[start : start + 500],
-                         params=param_list if start == 0 else [])  # fmt: skip
+    tracking.log_params(client, run_id, {k: str(v) for k, v in params.items() if v is not None})
+    tracking.log_metrics(client, run_id, tracking.flatten_metrics(report.get("metrics", {})))
     client.log_artifacts(run_id, str(out_dir), artifact_path)
     if created:
         client.set_terminated(run_id)

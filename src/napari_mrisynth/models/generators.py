@@ -1,6 +1,6 @@
 """The three generator families, assembled from MONAI's generative networks.
 
-Each takes the condition vector of :mod:`~napari_mrisynth.synthesis.conditions` as constant
+Each takes the condition vector of :mod:`~napari_mrisynth.models.conditions` as constant
 channels beside its input (the usual conditional VAE/GAN recipe; "concat" conditioning for
 the diffusion UNet), and each has the same generation interface::
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_mrisynth.synthesis.conditions import CONDITION_NAMES
+from napari_mrisynth.models.conditions import CONDITION_NAMES
 
 #: Upper end of the model-grid intensity range (normalise_intensity clips to [0, 1.5]).
 INTENSITY_MAX = 1.5

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
+from napari_mrisynth.cli._options import add_device_option, chosen_device
 from napari_mrisynth.errors import ModelError, MrisynthError
-
-_DEVICE_HELP = "auto (cuda -> mps -> cpu, the default), cuda, cuda:N, mps or cpu"
 
 #: The class whose probability is the classifier's score.
 POSITIVE_CLASS = "bvFTD"
@@ -52,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--tracking-uri", help="log to this MLflow store, e.g. sqlite:///mlflow.db"
         )
         sub.add_argument("--experiment", default="reports", help="MLflow experiment (new runs)")
-        sub.add_argument("--device", default="auto", help=_DEVICE_HELP)
+        add_device_option(sub)
         sub.add_argument("--json", action="store_true", help="print the report as JSON")
         if kind == "classifier":
             sub.add_argument(
@@ -89,17 +87,6 @@ def select_subjects(card: Any, participants: list[dict[str, str]], which: str, c
             f"(it has {len(by_id)}: {', '.join(list(by_id)[:5])}...)"
         )
     return [by_id[s] for s in ids]
-
-
-def _device(requested: str) -> Any:
-    from napari_mrisynth.models.device import CpuFallbackWarning, choose_device
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CpuFallbackWarning)
-        device = choose_device(requested)
-    for warning in caught:
-        print(f"mrisynth report: note: {warning.message}", file=sys.stderr)
-    return device
 
 
 def _classifier_cases(card: Any, rows: list[dict[str, str]], cohort: Path, device: Any, bar: Any):
@@ -149,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_mrisynth.models.registry import default_model, find_model
-    from napari_mrisynth.reports.report import (
+    from napari_mrisynth.reports.model_report import (
         classification_report,
         log_report_to_mlflow,
         segmentation_report,
@@ -160,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     task = "classification" if args.report_kind == "classifier" else "segmentation"
     card = find_model(args.model, task=task) if args.model else default_model(task)
     rows = select_subjects(card, read_participants(args.data), args.subjects, args.data)
-    device = _device(args.device)
+    device = chosen_device(args.device, "report")
     ids = [row["participant_id"] for row in rows]
     with tqdm(total=len(rows), unit="subject", desc=f"{card.ref}", file=sys.stderr) as bar:
         if task == "classification":

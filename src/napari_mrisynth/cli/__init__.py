@@ -1,8 +1,10 @@
 """The ``mrisynth`` command: every station of the pipeline, headless.
 
-Each subcommand lives beside the code it drives, in a module with ``register(subparsers)``
-that adds its parser and sets ``func``; modules are imported only when listed here, so
-``mrisynth --help`` stays fast and torch is never imported by commands that do not need it.
+Each module of this package adds the subcommands of one station with ``register(subparsers)``
+(its parser and ``func``) and calls that station's public functions; a command's work is
+imported only when it runs, so ``mrisynth --help`` stays fast and torch is never imported by
+commands that do not need it. The CLI sits on top of every station: it may use them all,
+and none of them uses it.
 """
 
 from __future__ import annotations
@@ -11,22 +13,22 @@ import argparse
 import importlib
 import sys
 
-from napari_mrisynth import __version__
+from napari_mrisynth._version import __version__
 from napari_mrisynth.errors import MrisynthError
 
 #: Modules that contribute subcommands, in the order they appear in ``--help``.
 COMMAND_MODULES = (
-    "napari_mrisynth.io.commands",  # series, convert
-    "napari_mrisynth.cohort.commands",  # cohort
-    "napari_mrisynth.demo",  # demo
-    "napari_mrisynth.models.commands",  # models list|show|search|verify
-    "napari_mrisynth.models.inference_commands",  # segment, classify
-    "napari_mrisynth.training.commands",  # train segmentation|classification|vae|gan|ldm
-    "napari_mrisynth.synthesis.commands",  # generate
-    "napari_mrisynth.reports.commands",  # report classifier|segmenter
-    "napari_mrisynth.evaluation.commands",  # evaluate, audit
-    "napari_mrisynth.turing.commands",  # study, curate
-    "napari_mrisynth.export.commands",  # export
+    "napari_mrisynth.cli.series",  # series, convert
+    "napari_mrisynth.cli.cohort",  # cohort
+    "napari_mrisynth.cli.demo",  # demo
+    "napari_mrisynth.cli.models",  # models list|show|search|verify
+    "napari_mrisynth.cli.inference",  # segment, classify
+    "napari_mrisynth.cli.train",  # train segmentation|classification|vae|gan|ldm
+    "napari_mrisynth.cli.generate",  # generate
+    "napari_mrisynth.cli.report",  # report classifier|segmenter
+    "napari_mrisynth.cli.evaluate",  # evaluate, audit
+    "napari_mrisynth.cli.study",  # study, curate
+    "napari_mrisynth.cli.export",  # export
 )
 
 

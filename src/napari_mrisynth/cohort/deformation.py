@@ -1,0 +1,94 @@
+"""How a simulated subject's anatomy departs from the template head.
+
+* **Disease and age.** Every subject thins its cortex a little with age; bvFTD patients thin
+  the orbital/medial frontal, insular, anterior cingulate and anterior temporal cortex by up
+  to about 2 mm at severity 1 (grey matter becomes sulcal CSF) and enlarge the ventricles (a
+  smooth radial expansion field that moves image and labels alike).
+* **Subject.** A random smooth deformation (a few mm) and head size.
+* **Pose.** The head's translation and a few degrees of rotation in the scanner.
+
+All of it is composed into one displacement field from the scanner grid to the template, so
+image and labels move together and the labels stay exact ground truth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_mrisynth.anatomy.labels import LABEL_IDS
+from napari_mrisynth.anatomy.template import TISSUE_INTENSITY, HeadModel
+from napari_mrisynth.cohort.draws import SubjectDraws
+
+#: Cortical thinning (mm) of a bvFTD patient at severity 1 where the weight is 1.
+MAX_BVFTD_THINNING_MM = 2.0
+#: Cortical thinning (mm) per year of age past 50, everyone.
+AGEING_THINNING_MM_PER_YEAR = 0.01
+#: Ventricular wall displacement (mm) at severity 1, and per year of age past 50.
+MAX_BVFTD_VENTRICLE_MM = 3.0
+AGEING_VENTRICLE_MM_PER_YEAR = 0.04
+
+
+def atrophy(model: HeadModel, age: int, severity: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Model intensity and labels after cortical thinning; also the thinning peak (mm)."""
+    years = max(age - 50, 0)
+    thinning = AGEING_THINNING_MM_PER_YEAR * years + severity * MAX_BVFTD_THINNING_MM * (
+        model.gm_weight
+    )
+    # Fraction of each grey-matter voxel left once `thinning` mm is removed from its pial side.
+    keep = np.clip((model.gm_depth - thinning) / model.h, 0.0, 1.0)
+    intensity = model.intensity.copy()
+    labels = model.labels.copy()
+    flat_i, flat_l = intensity.reshape(-1), labels.reshape(-1)
+    csf_level = TISSUE_INTENSITY["csf"]
+    flat_i[model.gm_index] = keep * flat_i[model.gm_index] + (1.0 - keep) * csf_level
+    flat_l[model.gm_index[keep < model.gm_dither]] = LABEL_IDS["sulcal_csf"]
+    return intensity, labels, float(thinning.max()) if thinning.size else 0.0
+
+
+def rotation_matrix(degrees: np.ndarray) -> np.ndarray:
+    """Rotation about L (pitch), P (roll) and S (yaw), in that order."""
+    ax, ay, az = np.deg2rad(degrees)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def smooth_random_field(rng: np.random.Generator, model: HeadModel, rms_mm: float) -> np.ndarray:
+    """(3, z, y, x) displacement (mm) on a 12 mm control grid over the model canvas."""
+    extent = np.array(model.intensity.shape[::-1]) * model.h
+    nodes = np.ceil(extent / 12.0).astype(int) + 1
+    noise = rng.standard_normal((3, nodes[2], nodes[1], nodes[0]))
+    smooth = np.stack([ndi.gaussian_filter(c, 1.0, mode="nearest") for c in noise])
+    return smooth * (rms_mm / float(np.sqrt((smooth**2).mean())))
+
+
+def sample_field(field: np.ndarray, points: np.ndarray, origin: np.ndarray, h: float) -> np.ndarray:
+    """Trilinear values of a (3, z, y, x) field at LPS points (3, N)."""
+    index = ((points - origin[:, None]) / h)[::-1]  # (z, y, x) order
+    return np.stack([ndi.map_coordinates(c, index, order=1, mode="nearest") for c in field])
+
+
+def displacement_field(
+    model: HeadModel, draws: SubjectDraws, points: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Template-space positions of scanner-space LPS ``points`` (3, N), through pose, head
+    size, the subject's random deformation and the ventricles' expansion.
+
+    Returns
+    -------
+    template : ndarray (3, N)
+        Where each point samples the template head.
+    ventricle_mm : float
+        The ventricular wall displacement applied (age and disease).
+    """
+    deformation = smooth_random_field(draws.anatomy, model, draws.deformation_mm)
+    years = max(draws.age - 50, 0)
+    ventricle_mm = AGEING_VENTRICLE_MM_PER_YEAR * years + MAX_BVFTD_VENTRICLE_MM * draws.severity
+    c = model.brain_centre[:, None]
+    rotation = rotation_matrix(draws.rotation_deg)
+    head = c + rotation.T @ (points - c - draws.translation_mm[:, None]) / draws.head_scale
+    head = head + sample_field(deformation, head, model.origin, 12.0)
+    push = sample_field(model.ventricle_field, head, model.ventricle_origin, model.ventricle_h)
+    return head + ventricle_mm * push, ventricle_mm
