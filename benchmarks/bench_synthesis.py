@@ -153,10 +153,9 @@ def untrained_card(family: str, spec: Any, model_id: str, root: Path) -> Any:
     import torch
 
     from napari_mrisynth.models.card import ModelCard
+    from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES, encoding
     from napari_mrisynth.models.networks import build_network
     from napari_mrisynth.models.registry import save_model
-    from napari_mrisynth.models.conditions import encoding
-    from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES
     from napari_mrisynth.synthesis.train import GenerativeOptions, architecture_for
 
     arch = architecture_for(family, spec.shape, GenerativeOptions(spacing=spec.spacing[0]))
@@ -270,8 +269,8 @@ def _reference_sample(network: Any, family: str, noise: Any, condition: Any, ste
 def time_reference(card: Any, batch: int, steps: int, device: str, runs: int) -> dict:
     import torch
 
-    from napari_mrisynth.models.inference import get_model
     from napari_mrisynth.models.conditions import Condition
+    from napari_mrisynth.models.inference import get_model
 
     loaded = get_model(card, "generation", device)
     network, family = loaded.network, card.inference["family"]
@@ -296,10 +295,10 @@ def same_volume(card: Any, steps: int, device: str) -> float:
     import torch
 
     from napari_mrisynth import generate
-    from napari_mrisynth.models.inference import get_model
     from napari_mrisynth.models.conditions import Condition
-    from napari_mrisynth.synthesis.generate import volume_noise
     from napari_mrisynth.models.generators import INTENSITY_MAX
+    from napari_mrisynth.models.inference import get_model
+    from napari_mrisynth.synthesis.generate import volume_noise
 
     loaded = get_model(card, "generation", device)
     network = loaded.network
@@ -385,8 +384,8 @@ def train_child(stage: str, args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     from napari_mrisynth.models.networks import build_network, count_parameters
-    from napari_mrisynth.training.generator_modules import DiffusionModule, GANModule, VAEModule
     from napari_mrisynth.synthesis.train import architecture_for, generation_spec
+    from napari_mrisynth.training.generator_modules import DiffusionModule, GANModule, VAEModule
 
     cuda = str(args.device).startswith("cuda")
     base = _rss()

@@ -217,8 +217,8 @@ def run_commit(kind: str, db: Path, n: int, procs: int, interval: float) -> dict
 
 # -- trial turnover --------------------------------------------------------------------------
 def study_inputs(n: int) -> tuple[Path, Path]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from turing_fixtures import build_study_inputs
+    sys.path.insert(0, str(ROOT))  # the test suite's builders: tests/support
+    from tests.support.study_inputs import build_study_inputs
 
     root = WORK / f"inputs-{n}"
     if not (root / "synthetic").is_dir():

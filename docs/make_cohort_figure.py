@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from napari_mrisynth.anatomy import LABEL_IDS, LABELS
-
 from napari_mrisynth.cohort import simulate_subject  # noqa: E402
 from napari_mrisynth.volume import reorient_to_patient_axes  # noqa: E402
 

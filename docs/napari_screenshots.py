@@ -216,8 +216,8 @@ def main(views: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    import dicom_corpus
+    sys.path.insert(0, str(ROOT))  # the test suite's builders: tests/support
+    from tests.support import dicom_corpus
 
     views = views or list(VIEWS)
     unknown = sorted(set(views) - set(VIEWS))

@@ -1,20 +1,23 @@
-"""Session-wide fixtures: the DICOM corpus is written once per test session (about 1 s)."""
+"""Fixtures shared by every test package.
+
+The tests mirror the package: ``tests/io`` tests ``napari_mrisynth.io``, ``tests/_widgets``
+the napari corner, and so on. Builders too big for a fixture (the DICOM corpus, tiny
+registry models and generators, study inputs) are plain modules in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import dicom_corpus  # noqa: E402
+from tests.support import dicom_corpus
 
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    """name -> CorpusSeries for every series in :func:`dicom_corpus.build_corpus`."""
+    """name -> CorpusSeries for every series in :func:`dicom_corpus.build_corpus` (about 1 s,
+    written once per test session)."""
     return dicom_corpus.build_corpus(tmp_path_factory.mktemp("dicom_corpus"))
 
 
@@ -36,3 +39,28 @@ def dcm2niix_of(tmp_path_factory):
         return cache[name]
 
     return convert
+
+
+@pytest.fixture(scope="session")
+def simulated_cohort(tmp_path_factory):
+    """``simulated_cohort(subjects, seed, spacing=4.0)`` -> a cohort folder written by
+    :func:`~napari_mrisynth.cohort.build_cohort`, once per session for each argument set
+    (tests must not change it)."""
+    from napari_mrisynth.cohort import build_cohort
+
+    built: dict[tuple, Path] = {}
+
+    def cohort(subjects: int, seed: int, spacing: float = 4.0) -> Path:
+        key = (subjects, seed, spacing)
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"cohort-{subjects}-{seed}-{spacing:g}mm")
+            built[key] = build_cohort(folder, subjects, seed, spacing=spacing)
+        return built[key]
+
+    return cohort
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    """A fresh MLflow SQLite store shared by the tests of one module."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

@@ -10,10 +10,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "napari_mrisynth"
@@ -87,8 +87,11 @@ def test_package_graph_has_no_cycle_and_gui_stays_in_its_corner():
 def test_every_package_is_in_the_contract_and_the_docs():
     """The contract names every station, and docs/architecture.md gives the same order."""
     layers = [name.strip() for layer in _contract()["layers"] for name in layer.split("|")]
-    packages = {p.stem for p in PACKAGE.iterdir()
-                if (p / "__init__.py").exists() or (p.suffix == ".py" and p.stem != "__init__")}  # fmt: skip
+    packages = {
+        p.stem
+        for p in PACKAGE.iterdir()
+        if (p / "__init__.py").exists() or (p.suffix == ".py" and p.stem != "__init__")
+    }
     assert set(layers) == packages
     docs = (ROOT / "docs" / "architecture.md").read_text()
     block = re.search(r"<!-- layers -->\n```\n(.*?)```", docs, re.S)
@@ -116,7 +119,9 @@ def test_a_gui_import_outside_the_corner_breaks_the_contract(tmp_path):
     copy = tmp_path / "napari_mrisynth"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("bundled", "__pycache__"))
     store = copy / "turing" / "store.py"
-    store.write_text(store.read_text() + "\n\ndef _show():\n    import napari\n\n    return napari\n")
+    store.write_text(
+        store.read_text() + "\n\ndef _show():\n    import napari\n\n    return napari\n"
+    )
     done = _lint(tmp_path)
     assert done.returncode != 0
     assert "napari_mrisynth.turing.store -> napari" in done.stdout

@@ -4,8 +4,8 @@ The weights are seeded and never trained: these models exercise saving, loading,
 generation, provenance and the widgets, not image quality. Their cards say so
 (``training.trained`` false). ``tests/test_synthesis.py`` trains tiny ones for real.
 
-    import generator_fixtures
-    card = generator_fixtures.make_tiny_generator(tmp_path, "ldm")
+    from tests.support import tiny_generators
+    card = tiny_generators.make_tiny_generator(tmp_path, "ldm")
 """
 
 from __future__ import annotations

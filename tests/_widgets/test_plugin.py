@@ -17,8 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dicom_corpus import OBLIQUE, PYDICOM_FILES, canonical
 from napari_mrisynth.volume import Volume, orientation_code, volume_to_nifti
+from tests.support.dicom_corpus import OBLIQUE, PYDICOM_FILES, canonical
 
 PLUGIN = "napari-mrisynth"
 

@@ -1,6 +1,6 @@
 """Segmentation and classification inference: geometry, invariance, batches, bad input, CLI.
 
-The models here are tiny and randomly initialised (tests/model_fixtures.py): these tests are
+The models here are tiny and randomly initialised (tests/tiny_models.py): these tests are
 about the path (source grid in, source grid out, errors), not about accuracy, which the demo
 model cards report from held-out subjects.
 """
@@ -13,7 +13,6 @@ import warnings
 import numpy as np
 import pytest
 
-import model_fixtures
 from napari_mrisynth.cli import main
 from napari_mrisynth.cohort import simulate_subject
 from napari_mrisynth.errors import InputError, ModelError, MrisynthError
@@ -22,6 +21,7 @@ from napari_mrisynth.io.files import load_volume, save_volume
 from napari_mrisynth.models import inference
 from napari_mrisynth.models.device import CpuFallbackWarning, choose_device
 from napari_mrisynth.volume import Volume, reorient_to_axes
+from tests.support import tiny_models
 
 #: The tiny models outrank the bundled demo models as the default of their task here.
 DEFAULT = {"default": True}
@@ -30,10 +30,10 @@ DEFAULT = {"default": True}
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    seg = model_fixtures.make_tiny_model(
+    seg = tiny_models.make_tiny_model(
         root, "segmentation", id="tiny-seg", spacing=8.0, training=DEFAULT
     )
-    cls = model_fixtures.make_tiny_model(
+    cls = tiny_models.make_tiny_model(
         root, "classification", id="tiny-cls", spacing=8.0, training=DEFAULT
     )
     return root, seg, cls

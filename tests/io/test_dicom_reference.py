@@ -15,7 +15,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from dicom_corpus import (
+from napari_mrisynth.cli import main
+from napari_mrisynth.errors import GeometryError, SeriesError
+from napari_mrisynth.io.dicom import load_dicom, load_series, scan_folder
+from tests.support.dicom_corpus import (
     IRREGULAR,
     REGULAR,
     SPACING,
@@ -27,9 +30,6 @@ from dicom_corpus import (
     sitk_read_series,
     volume_to_nib,
 )
-from napari_mrisynth.cli import main
-from napari_mrisynth.errors import GeometryError, SeriesError
-from napari_mrisynth.io.dicom import load_dicom, load_series, scan_folder
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -511,7 +511,7 @@ def test_real_lossless_j2k_equals_uncompressed(compressed, uncompressed):
 
 @pytest.mark.parametrize("name", ["MR_small.dcm", "CT_small.dcm", "MR2_UNCR.dcm"])
 def test_real_single_files_match_dcm2niix(name, tmp_path):
-    from dicom_corpus import dcm2niix
+    from tests.support.dicom_corpus import dcm2niix
 
     source = tmp_path / "src"
     source.mkdir()
@@ -624,7 +624,7 @@ def test_enhanced_ct_shared_rescale_and_frames_placed_by_position():
 
 def test_enhanced_mr_with_per_frame_rescale(corpus, tmp_path):
     """Philips-style enhanced MR: every frame its own slope/intercept, frames reversed."""
-    from dicom_corpus import write_enhanced_mr
+    from tests.support.dicom_corpus import write_enhanced_mr
 
     truth = corpus["axial"].volume
     series = write_enhanced_mr(truth, tmp_path / "E0001", number=90)
@@ -645,7 +645,13 @@ def test_enhanced_mr_with_per_frame_rescale(corpus, tmp_path):
 
 def test_enhanced_three_plane_localizer_in_one_file_is_three_stacks(tmp_path):
     """Siemens XA style: one multi-frame localizer, three orientations, per-frame IOP."""
-    from dicom_corpus import AXIAL, CORONAL, SAGITTAL, sample_template, write_enhanced_mr
+    from tests.support.dicom_corpus import (
+        AXIAL,
+        CORONAL,
+        SAGITTAL,
+        sample_template,
+        write_enhanced_mr,
+    )
 
     spacing = np.array([5.0, 5.0, 6.0])
     planes = [

@@ -2,7 +2,7 @@
 and a folder with some bad files still loads what is good.
 
 Every bad file here is a real file on disk, made from pydicom's MR_small.dcm (64x64 int16,
-8192 bytes of pixel data), from the corpus series (tests/dicom_corpus.py), or written with
+8192 bytes of pixel data), from the corpus series (tests/support/dicom_corpus.py), or written with
 nibabel / SimpleITK. Memory for huge declared sizes is measured with tracemalloc.
 """
 
@@ -21,7 +21,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_corpus import PYDICOM_FILES, assert_same_image
 from napari_mrisynth.cli import main
 from napari_mrisynth.errors import (
     DicomFileError,
@@ -31,6 +30,7 @@ from napari_mrisynth.errors import (
 )
 from napari_mrisynth.io.dicom import load_dicom, scan_folder
 from napari_mrisynth.io.files import is_dicom_file, load_volume
+from tests.support.dicom_corpus import PYDICOM_FILES, assert_same_image
 
 MR_SMALL = PYDICOM_FILES / "MR_small.dcm"
 PIXEL_BYTES = 64 * 64 * 2
@@ -483,7 +483,7 @@ def test_truncated_compressed_slice_says_truncated(tmp_path, corpus, syntax):
 
 
 def test_real_truncated_j2k_frames_say_truncated():
-    from dicom_corpus import pydicom_file
+    from tests.support.dicom_corpus import pydicom_file
 
     path = pydicom_file("emri_small_jpeg_2k_lossless_too_short.dcm")
     with pytest.raises(DicomFileError) as info:

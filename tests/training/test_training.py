@@ -29,15 +29,8 @@ TINY_CLS = dict(architecture="ResNet", init_filters=4, spacing=GRID, batch_size=
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from napari_mrisynth.cohort import build_cohort
-
-    return build_cohort(tmp_path_factory.mktemp("train_cohort"), 8, 3, spacing=4.0)
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def cohort(simulated_cohort):
+    return simulated_cohort(8, 3)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """The ratings store, the study design and the rater session, on real SQLite files.
 
-No mocks: studies are frozen from the small simulated cohort of ``turing_fixtures``, raters
-run in separate processes (``sys.executable -c``), crashes are real ``SIGKILL``\\ s, and the
-database is inspected afterwards through a plain :mod:`sqlite3` connection.
+No mocks: studies are frozen from the small simulated cohort of
+``tests.support.study_inputs``, raters run in separate processes (``sys.executable -c``),
+crashes are real ``SIGKILL``\\ s, and the database is inspected afterwards through a plain
+:mod:`sqlite3` connection.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import turing_fixtures
 from napari_mrisynth.turing.design import add_rater, create_study
 from napari_mrisynth.turing.session import Answer, Panel, Presentation, RaterSession
 from napari_mrisynth.turing.store import SCHEMA_VERSION, RatingStore, StudyError
-from turing_fixtures import read_line, run_python
+from tests.support import study_inputs
+from tests.support.study_inputs import read_line, run_python
 
 RATERS = [f"r{k}" for k in range(1, 9)]
 TRIALS = 6
@@ -68,7 +69,7 @@ def _answer(mode: str, k: int) -> Answer:
 # -- fixtures ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from turing_fixtures import build_study_inputs
+    from tests.support.study_inputs import build_study_inputs
 
     return build_study_inputs(tmp_path_factory.mktemp("turing-inputs"))
 
@@ -272,7 +273,7 @@ def test_eight_raters_in_separate_processes_lose_no_write(pair_db):
         rater: CONCURRENT_RATER.replace("sys.argv[1], sys.argv[2]", f"{str(pair_db)!r}, {rater!r}")
         for rater in RATERS
     }
-    turing_fixtures.rate_concurrently(scripts, f"DONE {TRIALS}", timeout=180)
+    study_inputs.rate_concurrently(scripts, f"DONE {TRIALS}", timeout=180)
     rows = _sql(pair_db, "SELECT rater_id, position, choice, confidence, comment, "
                          "viewer_state FROM ratings")  # fmt: skip
     assert len(rows) == len(RATERS) * TRIALS
@@ -505,5 +506,5 @@ with RatingStore({db!r}, create=True) as store:
 def test_processes_creating_the_schema_at_once_share_one(tmp_path):
     db = tmp_path / "new.db"
     scripts = {f"p{k}": CREATING_SITE.format(db=str(db)) for k in range(6)}
-    turing_fixtures.rate_concurrently(scripts, f"DONE {SCHEMA_VERSION}", timeout=120)
+    study_inputs.rate_concurrently(scripts, f"DONE {SCHEMA_VERSION}", timeout=120)
     assert _sql(db, "SELECT count(*) FROM meta WHERE key = 'schema_version'") == [(1,)]

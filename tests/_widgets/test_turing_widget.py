@@ -2,7 +2,8 @@
 the blinding-leak probe, pause and resume, curation, and the CLI from create to export.
 
 The real scans are a simulated 4 mm cohort; the "synthetic" volumes are other simulated
-subjects written the way a generator writes its output (``turing_fixtures``), so real and
+subjects written the way a generator writes its output
+(``tests.support.study_inputs``), so real and
 synthetic differ only in their origin. GUI tests need Xvfb; they are marked ``gui``.
 """
 
@@ -18,10 +19,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import turing_fixtures
 from napari_mrisynth.turing.design import create_study
 from napari_mrisynth.turing.session import Answer, RaterSession
 from napari_mrisynth.turing.store import RatingStore
+from tests.support import study_inputs
 
 PLUGIN = "napari-mrisynth"
 TURING = "Visual Turing test"
@@ -32,7 +33,7 @@ TRIALS = 6
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    return turing_fixtures.build_study_inputs(tmp_path_factory.mktemp("turing_inputs"))
+    return study_inputs.build_study_inputs(tmp_path_factory.mktemp("turing_inputs"))
 
 
 @pytest.fixture
@@ -434,7 +435,7 @@ def test_a_napari_rater_killed_mid_trial_resumes_there(viewer, qtbot, pair_study
     import os
     import signal
 
-    from turing_fixtures import read_line, run_python
+    from tests.support.study_inputs import read_line, run_python
 
     proc = run_python(GUI_RATER.format(db=str(pair_study)))
     try:

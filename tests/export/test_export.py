@@ -31,7 +31,7 @@ from napari_mrisynth.io.dicom_seg import read_dicom_seg
 from napari_mrisynth.io.files import load_volume
 from napari_mrisynth.volume import Volume, volume_to_nifti
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIDS_VALIDATOR = REPO / ".tools" / "node" / "node_modules" / ".bin" / "bids-validator"
 DCIODVFY = shutil.which("dciodvfy")
 

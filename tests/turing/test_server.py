@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import turing_fixtures
 from napari_mrisynth.turing.design import add_rater, create_study
 from napari_mrisynth.turing.prepare import load_prepared
 from napari_mrisynth.turing.session import Answer, RaterSession
 from napari_mrisynth.turing.store import SCHEMA_VERSION, RatingStore, StudyError
-from turing_fixtures import read_line, run_python
+from tests.support import study_inputs
+from tests.support.study_inputs import read_line, run_python
 
 RATERS = [f"r{k}" for k in range(1, 5)]
 TRIALS = 6
@@ -229,7 +229,7 @@ def test_an_unreachable_or_missing_server_database_is_a_study_error(pg):
 # -- a study on the server -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from turing_fixtures import build_study_inputs
+    from tests.support.study_inputs import build_study_inputs
 
     return build_study_inputs(tmp_path_factory.mktemp("turing-server-inputs"))
 
@@ -306,7 +306,7 @@ CONCURRENT_RATER = """
 def test_four_rater_processes_on_the_server_lose_no_write(pg, server_study):
     name, url, _ = server_study
     scripts = {rater: CONCURRENT_RATER.format(url=url, rater=rater) for rater in RATERS}
-    turing_fixtures.rate_concurrently(scripts, f"DONE {TRIALS}", timeout=300,
+    study_inputs.rate_concurrently(scripts, f"DONE {TRIALS}", timeout=300,
                                       diagnostics=pg.server_log)  # fmt: skip
     rows = pg.sql(name, "SELECT rater_id, position, choice, confidence, realism, comment, "
                         "viewer_state, called_synthetic FROM ratings")  # fmt: skip
@@ -512,6 +512,6 @@ with RatingStore({url!r}, create=True) as store:
 def test_sites_creating_the_schema_at_once_share_one(pg, pg_db):
     url = pg.url(pg_db)
     scripts = {f"site{k}": CREATING_SITE.format(url=url) for k in range(6)}
-    turing_fixtures.rate_concurrently(scripts, f"DONE {SCHEMA_VERSION}", timeout=120,
+    study_inputs.rate_concurrently(scripts, f"DONE {SCHEMA_VERSION}", timeout=120,
                                       diagnostics=pg.server_log)  # fmt: skip
     assert pg.sql(pg_db, "SELECT count(*) FROM meta WHERE key = 'schema_version'") == [(1,)]

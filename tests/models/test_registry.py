@@ -17,7 +17,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import model_fixtures
 from napari_mrisynth import cli
 from napari_mrisynth.errors import ModelError
 from napari_mrisynth.models import registry
@@ -38,6 +37,7 @@ from napari_mrisynth.models.registry import (
     verify_weights,
     version_key,
 )
+from tests.support import tiny_models
 
 SEG_METRICS = {"test": {"dice_mean": {"value": 0.81, "ci95": [0.79, 0.83]}}}
 
@@ -66,7 +66,7 @@ def _flip_byte_in_tensor_data(path: Path) -> None:
 
 # -- saving --------------------------------------------------------------------------------
 def test_save_writes_weights_then_card_with_checksum_and_provenance(tmp_path):
-    card = model_fixtures.make_tiny_model(tmp_path, "segmentation", metrics=SEG_METRICS)
+    card = tiny_models.make_tiny_model(tmp_path, "segmentation", metrics=SEG_METRICS)
     folder = tmp_path / "tiny-seg-test-1.0.0"
     assert card.path == folder
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no temp leftovers
@@ -98,7 +98,7 @@ def test_save_writes_weights_then_card_with_checksum_and_provenance(tmp_path):
 
 
 def test_save_returns_a_copy_and_keeps_an_existing_created_time(tmp_path):
-    card = model_fixtures.tiny_card("classification", created="2025-01-02T03:04:05+00:00")
+    card = tiny_models.tiny_card("classification", created="2025-01-02T03:04:05+00:00")
     saved = save_model(card, _seeded_state(card), tmp_path)
     assert card.weights == {} and card.path is None  # the argument is not changed
     assert saved.created == "2025-01-02T03:04:05+00:00"
@@ -106,13 +106,13 @@ def test_save_returns_a_copy_and_keeps_an_existing_created_time(tmp_path):
 
 
 def test_save_refuses_an_existing_version_unless_overwrite(tmp_path):
-    first = model_fixtures.make_tiny_model(tmp_path, "classification", seed=1)
+    first = tiny_models.make_tiny_model(tmp_path, "classification", seed=1)
     with pytest.raises(ModelError, match="tiny-cla-test@1.0.0 already exists"):
-        model_fixtures.make_tiny_model(tmp_path, "classification", seed=2)
+        tiny_models.make_tiny_model(tmp_path, "classification", seed=2)
     assert read_card(first.path).weights["sha256"] == first.weights["sha256"]
 
     second = save_model(
-        model_fixtures.tiny_card("classification"),
+        tiny_models.tiny_card("classification"),
         _seeded_state(first, seed=2),
         tmp_path,
         overwrite=True,
@@ -123,7 +123,7 @@ def test_save_refuses_an_existing_version_unless_overwrite(tmp_path):
 
 
 def test_save_refuses_weights_that_do_not_fit_the_card(tmp_path):
-    card = model_fixtures.tiny_card("segmentation")
+    card = tiny_models.tiny_card("segmentation")
     state = dict(_seeded_state(card))
     dropped = next(iter(state))
     del state[dropped]
@@ -139,7 +139,7 @@ def test_save_refuses_weights_that_do_not_fit_the_card(tmp_path):
 
 
 def test_save_makes_tensors_contiguous_and_refuses_non_tensors(tmp_path):
-    card = model_fixtures.tiny_card("segmentation")
+    card = tiny_models.tiny_card("segmentation")
     state = dict(_seeded_state(card))
     key = next(k for k, v in state.items() if v.ndim == 5)
     transposed = state[key].transpose(3, 4).contiguous().transpose(3, 4)  # same shape
@@ -153,7 +153,7 @@ def test_save_makes_tensors_contiguous_and_refuses_non_tensors(tmp_path):
 
 
 def test_save_stores_tied_weights_as_separate_tensors(tmp_path):
-    card = model_fixtures.tiny_card("segmentation")
+    card = tiny_models.tiny_card("segmentation")
     state = dict(_seeded_state(card))
     by_shape: dict[tuple, list[str]] = {}
     for key, tensor in state.items():
@@ -177,16 +177,16 @@ def test_semantic_version_order(tmp_path):
         "1.10.0",
     ]
     for version in ("1.9.0", "1.10.0", "1.10.0-rc.2"):
-        model_fixtures.make_tiny_model(tmp_path, "classification", id="cls", version=version)
+        tiny_models.make_tiny_model(tmp_path, "classification", id="cls", version=version)
     assert find_model("cls", roots=[tmp_path]).version == "1.10.0"
     assert find_model("cls@1.9.0", roots=[tmp_path]).version == "1.9.0"
     assert [c.version for c in list_models(roots=[tmp_path])] == ["1.10.0", "1.10.0-rc.2", "1.9.0"]
 
 
 def test_unknown_models_and_wrong_tasks_are_named(tmp_path):
-    model_fixtures.make_tiny_model(tmp_path, "segmentation", id="seg-a")
-    model_fixtures.make_tiny_model(tmp_path, "segmentation", id="seg-b", version="2.0.0")
-    model_fixtures.make_tiny_model(tmp_path, "classification", id="cls-a")
+    tiny_models.make_tiny_model(tmp_path, "segmentation", id="seg-a")
+    tiny_models.make_tiny_model(tmp_path, "segmentation", id="seg-b", version="2.0.0")
+    tiny_models.make_tiny_model(tmp_path, "classification", id="cls-a")
     roots = [tmp_path]
     with pytest.raises(ModelError) as info:
         find_model("seg-c", task="segmentation", roots=roots)
@@ -218,9 +218,9 @@ def test_roots_from_environment_user_folder_and_package(tmp_path, monkeypatch):
 
     # The same id@version in three places: the first root wins, whatever its contents.
     for root, seed in ((bundled, 1), (user, 2), (env_b, 3)):
-        model_fixtures.make_tiny_model(root, "segmentation", id="shared", seed=seed)
-    model_fixtures.make_tiny_model(user, "segmentation", id="shared", version="0.9.0")
-    model_fixtures.make_tiny_model(bundled, "classification", id="demo-cls")
+        tiny_models.make_tiny_model(root, "segmentation", id="shared", seed=seed)
+    tiny_models.make_tiny_model(user, "segmentation", id="shared", version="0.9.0")
+    tiny_models.make_tiny_model(bundled, "classification", id="demo-cls")
     env_copy = read_card(env_b / "shared-1.0.0")
 
     found = find_model("shared@1.0.0")
@@ -250,7 +250,7 @@ def test_user_models_dir_follows_the_platform_conventions(tmp_path, monkeypatch)
 
 
 def test_unreadable_cards_are_skipped_with_a_warning_naming_the_file(tmp_path):
-    good = model_fixtures.make_tiny_model(tmp_path, "segmentation")
+    good = tiny_models.make_tiny_model(tmp_path, "segmentation")
     broken = tmp_path / "broken-1.0.0"
     broken.mkdir()
     (broken / "card.json").write_text("{not json", encoding="utf-8")
@@ -287,7 +287,7 @@ def test_unreadable_cards_are_skipped_with_a_warning_naming_the_file(tmp_path):
 def library(tmp_path_factory):
     """Five models: three segmentation, two classification, with and without metrics."""
     root = tmp_path_factory.mktemp("library")
-    make = model_fixtures.make_tiny_model
+    make = tiny_models.make_tiny_model
     make(
         root,
         "segmentation",
@@ -371,7 +371,7 @@ def test_default_model_prefers_the_flagged_card_then_the_best_metric(library, tm
 
 # -- verifying and loading -----------------------------------------------------------------
 def test_changed_weights_are_refused_with_both_checksums(tmp_path):
-    card = model_fixtures.make_tiny_model(tmp_path, "segmentation")
+    card = tiny_models.make_tiny_model(tmp_path, "segmentation")
     weights = card.path / "model.safetensors"
     _flip_byte_in_tensor_data(weights)
     actual = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -411,7 +411,7 @@ def test_a_pickle_named_model_safetensors_is_refused_without_running_it(tmp_path
     pickle.loads(pickle.dumps(_Payload(control)))  # the payload really does run when unpickled
     assert control.exists()
 
-    card = model_fixtures.make_tiny_model(tmp_path / "models", "classification")
+    card = tiny_models.make_tiny_model(tmp_path / "models", "classification")
     weights = card.path / "model.safetensors"
     marker = tmp_path / "marker"
     payload = pickle.dumps({"state_dict": _Payload(marker)}, protocol=4)
@@ -440,7 +440,7 @@ def test_a_pickle_named_model_safetensors_is_refused_without_running_it(tmp_path
 
 
 def test_weights_files_other_than_plain_safetensors_names_are_refused(tmp_path):
-    card = model_fixtures.make_tiny_model(tmp_path, "classification")
+    card = tiny_models.make_tiny_model(tmp_path, "classification")
     shutil.copy(card.path / "model.safetensors", card.path / "model.pt")
     renamed = card.replace(weights={**card.weights, "file": "model.pt"})
     with pytest.raises(ModelError, match=r"model.pt: not a .safetensors file.*are refused"):
@@ -454,8 +454,8 @@ def test_weights_files_other_than_plain_safetensors_names_are_refused(tmp_path):
 
 
 def test_load_model_builds_the_network_in_eval_mode(tmp_path):
-    seg = model_fixtures.make_tiny_model(tmp_path, "segmentation", metrics=SEG_METRICS)
-    model_fixtures.make_tiny_model(tmp_path, "classification", seed=3)
+    seg = tiny_models.make_tiny_model(tmp_path, "segmentation", metrics=SEG_METRICS)
+    tiny_models.make_tiny_model(tmp_path, "classification", seed=3)
     loaded = load_model("tiny-seg-test", "segmentation", device="cpu", roots=[tmp_path])
     assert loaded.card == seg and loaded.device == torch.device("cpu")
     assert not loaded.network.training
@@ -476,7 +476,7 @@ def test_load_model_builds_the_network_in_eval_mode(tmp_path):
 
 
 def test_a_card_whose_architecture_does_not_fit_its_weights_is_refused(tmp_path):
-    card = model_fixtures.make_tiny_model(tmp_path, "segmentation")
+    card = tiny_models.make_tiny_model(tmp_path, "segmentation")
     data = json.loads((card.path / "card.json").read_text())
     data["architecture"]["args"]["channels"] = [8, 16]
     (card.path / "card.json").write_text(json.dumps(data))
@@ -506,7 +506,7 @@ def mrisynth(monkeypatch):
 def cli_models(library, tmp_path, monkeypatch):
     """The library as the only env root, a user model, and an empty bundled folder."""
     user, _ = _isolate(monkeypatch, tmp_path, [library])
-    model_fixtures.make_tiny_model(
+    tiny_models.make_tiny_model(
         user,
         "segmentation",
         id="user-seg",
@@ -623,7 +623,7 @@ def test_cli_reports_skipped_cards_on_stderr(mrisynth, cli_models, capsys):
 
 
 def test_models_commands_do_not_import_torch(tmp_path):
-    model_fixtures.make_tiny_model(tmp_path, "classification")
+    tiny_models.make_tiny_model(tmp_path, "classification")
     script = (
         "import sys\n"
         "from napari_mrisynth import cli\n"

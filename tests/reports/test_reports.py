@@ -21,6 +21,7 @@ from napari_mrisynth.reports.model_report import (
     segmentation_report,
 )
 from napari_mrisynth.volume import Volume
+from tests.support import tiny_models
 
 # A tiny case worked by hand: positives score 0.9, 0.5, 0.3; negatives 0.5, 0.1.
 Y_TINY = np.array([1, 1, 0, 0, 1])
@@ -394,16 +395,13 @@ def test_report_logged_to_a_real_sqlite_store(cls_report, store, tmp_path):
 
 # -- mrisynth report, end to end -------------------------------------------------------------
 @pytest.fixture(scope="module")
-def cohort_and_models(tmp_path_factory):
-    import model_fixtures
-    from napari_mrisynth.cohort import build_cohort
-
-    cohort = build_cohort(tmp_path_factory.mktemp("report_cohort"), 4, 5, spacing=4.0)
+def cohort_and_models(tmp_path_factory, simulated_cohort):
+    cohort = simulated_cohort(4, 5)
     root = tmp_path_factory.mktemp("report_models")
     split = {"train": ["sub-001", "sub-002"], "val": [], "test": ["sub-003", "sub-004"]}
-    model_fixtures.make_tiny_model(root, "classification", id="rep-cls", training={"splits": split})
-    model_fixtures.make_tiny_model(root, "segmentation", id="rep-seg", training={"split": split})
-    model_fixtures.make_tiny_model(root, "classification", id="rep-nosplit")
+    tiny_models.make_tiny_model(root, "classification", id="rep-cls", training={"splits": split})
+    tiny_models.make_tiny_model(root, "segmentation", id="rep-seg", training={"split": split})
+    tiny_models.make_tiny_model(root, "classification", id="rep-nosplit")
     return cohort, root
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from generator_fixtures import TINY, make_tiny_generator
+from tests.support.tiny_generators import TINY, make_tiny_generator
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
@@ -18,15 +18,8 @@ FAMILIES = ("vae", "gan", "ldm")
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from napari_mrisynth.cohort import build_cohort
-
-    return build_cohort(tmp_path_factory.mktemp("synth_cohort"), 10, 5, spacing=4.0)
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def cohort(simulated_cohort):
+    return simulated_cohort(10, 5)
 
 
 @pytest.fixture(scope="module")

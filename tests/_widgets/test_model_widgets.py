@@ -1,6 +1,6 @@
 """The Segment and Classify dock widgets, docked through the manifest in a real viewer.
 
-Models are tiny registry models with RANDOM weights (``model_fixtures.make_tiny_model``):
+Models are tiny registry models with RANDOM weights (``tiny_models.make_tiny_model``):
 these tests check plumbing and geometry (layers exactly over the scan, the card's names and
 colours, volumes in mL, probabilities, saliency range, clear errors), not accuracy.
 
@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import model_fixtures
 from napari_mrisynth._widgets._segment_widget import (
     label_color_dict,
     label_features,
@@ -28,6 +27,7 @@ from napari_mrisynth._widgets._segment_widget import (
 )
 from napari_mrisynth.errors import InputError, ModelError
 from napari_mrisynth.volume import Volume
+from tests.support import tiny_models
 
 PLUGIN = "napari-mrisynth"
 SEGMENT = "Segment"
@@ -76,8 +76,8 @@ def model_root(tmp_path_factory):
     """One tiny segmentation and one tiny classification model, saved once per module."""
     pytest.importorskip("napari_mrisynth.preprocess")  # written beside this; skip until it lands
     root = tmp_path_factory.mktemp("models")
-    seg = model_fixtures.make_tiny_model(root, "segmentation", spacing=8.0, training=DEFAULT)
-    cls = model_fixtures.make_tiny_model(root, "classification", spacing=8.0, training=DEFAULT)
+    seg = tiny_models.make_tiny_model(root, "segmentation", spacing=8.0, training=DEFAULT)
+    cls = tiny_models.make_tiny_model(root, "classification", spacing=8.0, training=DEFAULT)
     return root, seg, cls
 
 
@@ -402,7 +402,7 @@ def test_bad_images_give_clear_errors_and_the_viewer_goes_on(viewer, widget_name
 def test_a_card_that_does_not_match_its_weights_is_a_clear_error(
     viewer, tmp_path, monkeypatch, subject_nifti
 ):
-    card = model_fixtures.make_tiny_model(tmp_path, "segmentation", id="tiny-seg-broken")
+    card = tiny_models.make_tiny_model(tmp_path, "segmentation", id="tiny-seg-broken")
     card_file = Path(card.path) / "card.json"
     data = json.loads(card_file.read_text())
     data["architecture"]["args"]["channels"] = [6, 12]  # the weights are for [4, 8]

@@ -1,6 +1,6 @@
 """The Synthesize dock widget, docked through the manifest in a real viewer.
 
-Generators are tiny registry models with RANDOM weights (``generator_fixtures``): these
+Generators are tiny registry models with RANDOM weights (``tests.support.tiny_generators``): these
 tests check plumbing, geometry, determinism, linking and errors, not image quality.
 
 GUI tests need a display with OpenGL (``xvfb-run -a -s "-screen 0 1400x1000x24" ...``);
@@ -22,7 +22,6 @@ import pytest
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel
 
-import generator_fixtures
 from napari_mrisynth._widgets._synthesize_widget import (
     generator_label,
     grid_shape,
@@ -32,6 +31,7 @@ from napari_mrisynth.errors import InputError, ModelError
 from napari_mrisynth.models.conditions import ConditionError
 from napari_mrisynth.models.registry import default_model
 from napari_mrisynth.synthesis.generate import generate
+from tests.support import tiny_generators
 
 PLUGIN = "napari-mrisynth"
 SYNTHESIZE = "Synthesize"
@@ -68,11 +68,11 @@ def generators(tmp_path_factory):
     age and sex; the VAE and the GAN are flagged default, the LDM is not."""
     root = tmp_path_factory.mktemp("generators")
     cards = {
-        "ldm": generator_fixtures.make_tiny_generator(
+        "ldm": tiny_generators.make_tiny_generator(
             root, "ldm", metrics={"test": {"fid": 0.123}}, default=False
         ),
-        "vae": generator_fixtures.make_tiny_generator(root, "vae"),
-        "gan": generator_fixtures.make_tiny_generator(
+        "vae": tiny_generators.make_tiny_generator(root, "vae"),
+        "gan": tiny_generators.make_tiny_generator(
             root, "gan", model_id="tiny-gan-aged", conditions=CONDITIONED
         ),
     }
@@ -163,7 +163,7 @@ def test_generators_are_listed_with_family_ref_and_fid(viewer, generators, tmp_p
     assert widget.steps.isHidden() and widget.guidance.isHidden()
     assert widget.request().steps is None and widget.request().guidance is None
     # a generator saved while the dock is open is listed when the dock is shown again
-    late = generator_fixtures.make_tiny_generator(tmp_path, "vae", model_id="tiny-vae-late")
+    late = tiny_generators.make_tiny_generator(tmp_path, "vae", model_id="tiny-vae-late")
     monkeypatch.setenv("MRISYNTH_MODEL_PATH", os.pathsep.join([str(root), str(tmp_path)]))
     dock.hide()
     dock.show()

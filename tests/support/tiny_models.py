@@ -4,8 +4,8 @@ The weights are randomly initialised from a seed and never trained: these models
 geometry, saving, loading, verification and the inference plumbing, not accuracy. Their
 cards say so (``training.simulated`` true, ``training.trained`` false).
 
-    import model_fixtures
-    card = model_fixtures.make_tiny_model(tmp_path, "segmentation")
+    from tests.support import tiny_models
+    card = tiny_models.make_tiny_model(tmp_path, "segmentation")
 """
 
 from __future__ import annotations
