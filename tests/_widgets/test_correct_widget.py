@@ -129,7 +129,7 @@ def test_paint_autosave_save_writes_nifti_seg_and_record(viewer, source, tmp_pat
     assert saved.same_geometry(labels)  # the source grid, not the display grid
     np.testing.assert_array_equal(saved.data, expected)
 
-    from test_dicom_seg import dciodvfy
+    from tests.support.validators import dciodvfy
 
     assert dciodvfy(seg)[0] == []
     seg_labels, names = read_dicom_seg(seg, files)

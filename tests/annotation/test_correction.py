@@ -270,7 +270,7 @@ def test_save_writes_nifti_seg_and_record(dicom_case, tmp_path):
     np.testing.assert_array_equal(np.asarray(image.dataobj).transpose(2, 1, 0), edited)
     assert image.get_data_dtype() == np.uint8
 
-    from test_dicom_seg import dciodvfy
+    from tests.support.validators import dciodvfy
 
     assert dciodvfy(seg)[0] == []
     labels, names = read_dicom_seg(seg, files)

@@ -30,10 +30,10 @@ from napari_mrisynth.export import ApprovedVolume, ExportError, ExportResult, ex
 from napari_mrisynth.io.dicom_seg import read_dicom_seg
 from napari_mrisynth.io.files import load_volume
 from napari_mrisynth.volume import Volume, volume_to_nifti
+from tests.support.validators import dciodvfy
 
 REPO = Path(__file__).resolve().parents[2]
 BIDS_VALIDATOR = REPO / ".tools" / "node" / "node_modules" / ".bin" / "bids-validator"
-DCIODVFY = shutil.which("dciodvfy")
 
 #: Identifiers of the (fake) real patient behind the training data; none may be exported.
 SOURCE_PATIENT = "Doe^Jane"
@@ -152,14 +152,6 @@ def _by_participant(source: list[ApprovedVolume]) -> dict[str, ApprovedVolume]:
     return {f"sub-synth{k:03d}": v for k, v in enumerate(ordered, start=1)}
 
 
-def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    if DCIODVFY is None:
-        pytest.fail("dciodvfy (Debian package dicom3tools) is not installed")
-    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warn")]
-
-
 # -- layout and result ---------------------------------------------------------------------
 def test_result_lists_every_file_and_progress_is_per_volume(exported):
     result, calls = exported
@@ -240,7 +232,7 @@ def test_bids_validator_reports_no_errors(exported):
     assert "T1w" in report["summary"]["dataTypes"]
 
 
-def test_dicom_passes_dciodvfy(exported):
+def test_dicom_passesdciodvfy(exported):
     result, _ = exported
     dicom = result.out / "dicom"
     files = sorted((dicom / "sub-synth002").glob("*.dcm"))  # all of one series and its SEG
@@ -248,7 +240,7 @@ def test_dicom_passes_dciodvfy(exported):
         series = sorted((dicom / sub).glob("IM*.dcm"))
         files += [series[0], series[len(series) // 2], series[-1]]
     for path in files:
-        errors, warnings = _dciodvfy(path)
+        errors, warnings = dciodvfy(path)
         print(
             f"dciodvfy {path.parent.name}/{path.name}: {len(errors)} errors, {len(warnings)} warn"
         )

@@ -7,8 +7,6 @@ are the subject's own ground truth on that grid.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -23,8 +21,8 @@ from napari_mrisynth.io.dicom import load_dicom
 from napari_mrisynth.io.dicom_seg import DicomSegError, read_dicom_seg, write_dicom_seg
 from napari_mrisynth.io.dicom_write import write_dicom_series
 from napari_mrisynth.volume import Volume, reorient_to_patient_axes
+from tests.support.validators import dciodvfy
 
-DCIODVFY = shutil.which("dciodvfy")
 #: A few labels of the schema, inside and outside the brain.
 KEPT = (2, 3, 11, 12, 16)
 
@@ -44,20 +42,6 @@ def _rotation(degrees_xyz) -> np.ndarray:
 
 
 OBLIQUE = _rotation((12.0, -8.0, 20.0))
-
-
-def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """(error lines, warning lines) of ``dciodvfy`` on one file."""
-    if DCIODVFY is None:
-        pytest.fail("dciodvfy (Debian package dicom3tools) is not installed")
-    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    errors = [line for line in lines if line.startswith("Error")]
-    warnings = [line for line in lines if line.startswith("Warning")]
-    print(f"dciodvfy {path.name}: {len(errors)} errors, {len(warnings)} warnings")
-    for line in warnings:
-        print("  ", line)
-    return errors, warnings
 
 
 class Case:
