@@ -32,8 +32,9 @@ import pytest
 
 from napari_mrisynth.turing.design import add_rater, create_study
 from napari_mrisynth.turing.prepare import load_prepared
+from napari_mrisynth.turing.schema import SCHEMA_VERSION
 from napari_mrisynth.turing.session import Answer, RaterSession
-from napari_mrisynth.turing.store import SCHEMA_VERSION, RatingStore, StudyError
+from napari_mrisynth.turing.store import RatingStore, StudyError
 from tests.support import study_inputs
 from tests.support.study_inputs import read_line, run_python
 

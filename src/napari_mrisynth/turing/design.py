@@ -27,7 +27,7 @@ import numpy as np
 
 from napari_mrisynth.models.card import sha256_file
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
-from napari_mrisynth.turing import store as tables
+from napari_mrisynth.turing import schema
 from napari_mrisynth.turing.store import RatingStore, StudyError, check_id, now
 
 MODES = ("pair", "single")
@@ -285,12 +285,12 @@ def create_study(
             "raters": rater_ids, "items": len(items),
         }  # fmt: skip
         with store.transaction() as conn:
-            conn.execute(tables.studies.insert(), {
+            conn.execute(schema.studies.insert(), {
                 "study_id": study_id, "created_at": now(), "mode": mode, "seed": int(seed),
                 "trials_per_rater": trials, "grid": json.dumps(grid.describe()),
                 "cache": str(Path(cache).resolve()), "design": json.dumps(design),
             })  # fmt: skip
-            conn.execute(tables.volumes.insert(), [
+            conn.execute(schema.volumes.insert(), [
                 {"study_id": study_id, "volume_id": ids[i], "kind": pool[i].kind,
                  "source": str(pool[i].source), "source_sha256": digests[i],
                  "prepared_sha256": prepared[ids[i]],
@@ -299,7 +299,7 @@ def create_study(
                  "mask": str(pool[i].mask) if pool[i].mask else None}
                 for i in used
             ])  # fmt: skip
-            conn.execute(tables.items.insert(), [
+            conn.execute(schema.items.insert(), [
                 {"study_id": study_id, "item_id": item_id, "volumes": json.dumps(vols)}
                 for item_id, vols, _ in items
             ])  # fmt: skip
@@ -313,9 +313,9 @@ def create_study(
 def _insert_rater(conn: Any, study_id: str, rater_id: str,
                   items: Sequence[tuple[str, Sequence[str], Sequence[bool]]], mode: str,
                   seed: int) -> None:  # fmt: skip
-    conn.execute(tables.raters.insert(),
+    conn.execute(schema.raters.insert(),
                  {"study_id": study_id, "rater_id": rater_id, "added_at": now()})  # fmt: skip
-    conn.execute(tables.trials.insert(), [
+    conn.execute(schema.trials.insert(), [
         {"study_id": study_id, "rater_id": rater_id, "position": position,
          "item_id": item_id, "shown": json.dumps(shown)}
         for position, (item_id, shown) in enumerate(rater_order(items, mode, seed, rater_id))
@@ -329,8 +329,8 @@ def study_items(store: RatingStore, study_id: str) -> list[tuple[str, list[str],
     kinds = {v: r["kind"] == "synthetic" for v, r in store.volumes(study_id).items()}
     with store.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(tables.items.c.item_id, tables.items.c.volumes)
-            .where(tables.items.c.study_id == study_id).order_by("item_id")
+            sa.select(schema.items.c.item_id, schema.items.c.volumes)
+            .where(schema.items.c.study_id == study_id).order_by("item_id")
         ).all()  # fmt: skip
     out = []
     for item_id, text in rows:

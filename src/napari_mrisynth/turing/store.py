@@ -7,8 +7,8 @@ process the moment :meth:`RatingStore.add_rating` returns; ``synchronous=FULL`` 
 survive a power cut as well. Ratings are never updated or deleted: a second answer to the
 same trial is refused.
 
-The schema is versioned (``meta.schema_version``); opening a database written by a newer
-version of the software is refused rather than risked.
+The schema (:mod:`.schema`) is versioned (``meta.schema_version``); opening a database
+written by a newer version of the software is refused rather than risked.
 """
 
 from __future__ import annotations
@@ -26,9 +26,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from napari_mrisynth.errors import MrisynthError
-
-#: Bump with a migration in ``_MIGRATIONS`` whenever a table changes.
-SCHEMA_VERSION = 1
+from napari_mrisynth.turing.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    audits,
+    decisions,
+    drafts,
+    meta_table,
+    metadata,
+    raters,
+    ratings,
+    studies,
+    trials,
+    volumes,
+)
 
 #: How long a writer waits for another process's transaction (SQLite), seconds.
 BUSY_TIMEOUT_S = 30.0
@@ -37,120 +48,6 @@ BUSY_TIMEOUT_S = 30.0
 class StudyError(MrisynthError):
     """A study cannot be created, found, rated or reported: the message says which and why."""
 
-
-metadata = sa.MetaData()
-
-meta_table = sa.Table(
-    "meta", metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)  # fmt: skip
-
-studies = sa.Table(
-    "studies", metadata,
-    sa.Column("study_id", sa.String(64), primary_key=True),
-    sa.Column("created_at", sa.String(32), nullable=False),
-    sa.Column("mode", sa.String(8), nullable=False),
-    sa.Column("seed", sa.BigInteger, nullable=False),
-    sa.Column("trials_per_rater", sa.Integer, nullable=False),
-    sa.Column("grid", sa.Text, nullable=False),  # JSON: spacing, shape, preparation
-    sa.Column("cache", sa.Text, nullable=False),  # folder of prepared volumes
-    sa.Column("design", sa.Text, nullable=False),  # JSON: how it was made (sources, counts)
-)  # fmt: skip
-
-volumes = sa.Table(
-    "volumes", metadata,
-    sa.Column("study_id", sa.String(64), sa.ForeignKey("studies.study_id"), primary_key=True),
-    sa.Column("volume_id", sa.String(16), primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # "real" or "synthetic": the answer
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("source_sha256", sa.String(64), nullable=False),
-    sa.Column("prepared_sha256", sa.String(64), nullable=False),
-    sa.Column("condition", sa.Text, nullable=False),  # JSON
-    sa.Column("provenance", sa.Text, nullable=False),  # JSON: the generator's sidecar, or {}
-    sa.Column("mask", sa.Text),  # a corrected mask on the volume's grid, when there is one
-)  # fmt: skip
-
-items = sa.Table(
-    "items", metadata,
-    sa.Column("study_id", sa.String(64), sa.ForeignKey("studies.study_id"), primary_key=True),
-    sa.Column("item_id", sa.String(16), primary_key=True),
-    sa.Column("volumes", sa.Text, nullable=False),  # JSON list of volume ids
-)  # fmt: skip
-
-raters = sa.Table(
-    "raters", metadata,
-    sa.Column("study_id", sa.String(64), sa.ForeignKey("studies.study_id"), primary_key=True),
-    sa.Column("rater_id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.Text),
-    sa.Column("role", sa.Text),
-    sa.Column("years", sa.Float),
-    sa.Column("added_at", sa.String(32), nullable=False),
-    sa.Column("signed_in_at", sa.String(32)),
-)  # fmt: skip
-
-trials = sa.Table(
-    "trials", metadata,
-    sa.Column("study_id", sa.String(64), primary_key=True),
-    sa.Column("rater_id", sa.String(64), primary_key=True),
-    sa.Column("position", sa.Integer, primary_key=True),
-    sa.Column("item_id", sa.String(16), nullable=False),
-    sa.Column("shown", sa.Text, nullable=False),  # JSON list of volume ids, left to right
-    sa.ForeignKeyConstraint(["study_id", "rater_id"], ["raters.study_id", "raters.rater_id"]),
-)  # fmt: skip
-
-ratings = sa.Table(
-    "ratings", metadata,
-    sa.Column("study_id", sa.String(64), primary_key=True),
-    sa.Column("rater_id", sa.String(64), primary_key=True),
-    sa.Column("position", sa.Integer, primary_key=True),
-    sa.Column("item_id", sa.String(16), nullable=False),
-    sa.Column("choice", sa.String(16), nullable=False),  # "A"/"B" (pair) or "real"/"synthetic"
-    sa.Column("called_synthetic", sa.Text, nullable=False),  # JSON list of bool per shown volume
-    sa.Column("confidence", sa.Integer, nullable=False),
-    sa.Column("realism", sa.Text, nullable=False),  # JSON list of int|None per shown volume
-    sa.Column("comment", sa.Text, nullable=False),
-    sa.Column("seconds", sa.Float, nullable=False),
-    sa.Column("viewer_state", sa.Text, nullable=False),  # JSON
-    sa.Column("submitted_at", sa.String(32), nullable=False),
-    sa.ForeignKeyConstraint(
-        ["study_id", "rater_id", "position"],
-        ["trials.study_id", "trials.rater_id", "trials.position"],
-    ),
-)  # fmt: skip
-
-drafts = sa.Table(
-    "drafts", metadata,
-    sa.Column("study_id", sa.String(64), primary_key=True),
-    sa.Column("rater_id", sa.String(64), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("state", sa.Text, nullable=False),  # JSON: answers so far, viewer state
-    sa.Column("seconds", sa.Float, nullable=False),  # time on the trial so far
-    sa.Column("updated_at", sa.String(32), nullable=False),
-)  # fmt: skip
-
-audits = sa.Table(
-    "audits", metadata,
-    sa.Column("study_id", sa.String(64), primary_key=True),
-    sa.Column("volume_id", sa.String(16), primary_key=True),
-    sa.Column("nearest", sa.Text, nullable=False),
-    sa.Column("similarity", sa.Float, nullable=False),
-    sa.Column("threshold", sa.Float, nullable=False),
-    sa.Column("flagged", sa.Boolean, nullable=False),
-    sa.Column("train", sa.Text, nullable=False),
-    sa.Column("audited_at", sa.String(32), nullable=False),
-)  # fmt: skip
-
-decisions = sa.Table(
-    "decisions", metadata,
-    sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("study_id", sa.String(64), nullable=False),
-    sa.Column("volume_id", sa.String(16), nullable=False),
-    sa.Column("decision", sa.String(16), nullable=False),  # "approved" or "rejected"
-    sa.Column("curator", sa.Text, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("decided_at", sa.String(32), nullable=False),
-)  # fmt: skip
 
 # The statements a rater's clicks run, built once: a rater submits from an idle process,
 # where building a SQLAlchemy statement costs far more than running it (benchmarks.md).
@@ -181,8 +78,6 @@ _UPDATE_DRAFT = (
             seconds=sa.bindparam("new_seconds"), updated_at=sa.bindparam("new_updated_at"))
 )  # fmt: skip
 
-#: version -> statements that bring a database from ``version - 1`` to ``version``.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -309,7 +204,7 @@ class RatingStore:
                         f"{SCHEMA_VERSION}; upgrade napari-mrisynth"
                     )
                 for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[step]:
+                    for statement in MIGRATIONS[step]:
                         conn.execute(sa.text(statement))
                     conn.execute(
                         meta_table.update().where(meta_table.c.key == "schema_version"),
