@@ -96,6 +96,105 @@ class _Steps:
             self.progress(min(self.done, self.total), self.total)
 
 
+@dataclass
+class _Sets:
+    """What every metric reads: the two sets, their features and common-grid images (when
+    a chosen metric needs them), the seeded real-set halves of the floors, the progress."""
+
+    real: list[Volume]
+    synthetic: list[Volume]
+    seed: int
+    device: Any
+    steps: _Steps
+    halves: tuple[Any, Any] | None
+    floor_reason: str | None
+    f_real: Any = None
+    f_syn: Any = None
+    images_real: list[Any] = field(default_factory=list)
+    images_syn: list[Any] = field(default_factory=list)
+    alignments: list[Any] | None = None
+    classifier: dict[str, Any] = field(default_factory=dict)
+
+
+def fid_beside_floor(s: _Sets) -> dict[str, Any]:
+    """Fréchet distance of the feature sets; floor: between the real set's two halves."""
+    floor = None
+    if s.halves is not None:
+        floor = m.frechet_distance(s.f_real[s.halves[0]], s.f_real[s.halves[1]])
+    value = m.frechet_distance(s.f_real, s.f_syn)
+    return _entry("fid", value, floor, s.floor_reason, feature_dim=int(s.f_real.shape[1]))
+
+
+def kid_beside_floor(s: _Sets) -> dict[str, Any]:
+    """Kernel inception distance (cubic polynomial kernel); floor: between real halves."""
+    value, std = m.kernel_inception_distance(s.f_real, s.f_syn, seed=s.seed)
+    floor = None
+    if s.halves is not None:
+        halves = (s.f_real[s.halves[0]], s.f_real[s.halves[1]])
+        floor = m.kernel_inception_distance(*halves, seed=s.seed)[0]
+    return _entry("kid", value, floor, s.floor_reason, std=std, kernel="(x.y/d + 1)^3",
+                  subset_size=min(1000, len(s.real), len(s.synthetic)))  # fmt: skip
+
+
+def inception_score_beside_real(s: _Sets) -> dict[str, Any]:
+    """Inception Score from the bundled classifier's probabilities; floor: the real set's."""
+    from napari_mrisynth.evaluation.features import class_probabilities
+
+    n_real = len(s.real)
+    p_syn, s.classifier = class_probabilities(
+        s.synthetic, device=s.device, progress=s.steps.step,
+        alignments=s.alignments[n_real:] if s.alignments else None,
+    )  # fmt: skip
+    floor = None
+    if s.floor_reason is None:
+        p_real, _ = class_probabilities(
+            s.real, device=s.device, progress=s.steps.step,
+            alignments=s.alignments[:n_real] if s.alignments else None,
+        )  # fmt: skip
+        floor = m.inception_score(p_real)
+    classes = len(s.classifier["classes"])
+    return _entry("is", m.inception_score(p_syn), floor, s.floor_reason,
+                  range=[1.0, float(classes)], classifier=s.classifier["model"])  # fmt: skip
+
+
+def ms_ssim_beside_real(s: _Sets) -> dict[str, Any]:
+    """Mean MS-SSIM of seeded pairs within the synthetic set (diversity); floor: the same
+    within the real set."""
+    try:
+        settings = m.ms_ssim_settings(s.images_syn[0].shape)
+    except ValueError as exc:
+        raise EvaluationError(f"{exc}; leave ms_ssim out of the metrics") from exc
+    pairs_syn = m.random_pairs(len(s.synthetic), MAX_MS_SSIM_PAIRS, s.seed)
+    value = float(np.mean(m.ms_ssim_pairs(s.images_syn, pairs_syn)))
+    floor = None
+    if s.floor_reason is None:
+        pairs_real = m.random_pairs(len(s.real), MAX_MS_SSIM_PAIRS, s.seed)
+        floor = float(np.mean(m.ms_ssim_pairs(s.images_real, pairs_real)))
+    return _entry("ms_ssim", value, floor, s.floor_reason, pairs=len(pairs_syn), **settings)
+
+
+def mmd_beside_floor(s: _Sets) -> dict[str, Any]:
+    """Maximum mean discrepancy of the images (linear kernel); floor: between real halves."""
+    value = m.maximum_mean_discrepancy(s.images_real, s.images_syn, seed=s.seed)
+    floor = None
+    if s.halves is not None:
+        first = [s.images_real[i] for i in s.halves[0]]
+        second = [s.images_real[i] for i in s.halves[1]]
+        floor = m.maximum_mean_discrepancy(first, second, seed=s.seed)
+    return _entry("mmd", value, floor, s.floor_reason,
+                  kernel="linear, images scaled by 1/sqrt(voxels)")  # fmt: skip
+
+
+#: name -> the function that measures it, in the report's order.
+METRIC_FUNCTIONS: dict[str, Callable[[_Sets], dict[str, Any]]] = {
+    "fid": fid_beside_floor,
+    "kid": kid_beside_floor,
+    "is": inception_score_beside_real,
+    "ms_ssim": ms_ssim_beside_real,
+    "mmd": mmd_beside_floor,
+}
+
+
 def evaluate_sets(
     real: Sequence[Volume],
     synthetic: Sequence[Volume],
@@ -130,7 +229,7 @@ def evaluate_sets(
         the real set has fewer than four volumes.
     """
     from napari_mrisynth.evaluation.common_grid import bring_to_common_grid
-    from napari_mrisynth.evaluation.features import FeatureExtractor, class_probabilities
+    from napari_mrisynth.evaluation.features import FeatureExtractor
 
     wanted = [name.lower() for name in metrics]
     unknown = sorted(set(wanted) - set(METRICS))
@@ -154,16 +253,16 @@ def evaluate_sets(
         + len(wanted),
         progress,
     )
-    timings: dict[str, float] = {}
     floor_reason = None
     if n_real < MIN_REAL_FOR_FLOOR:
         floor_reason = (
             f"the real set has {n_real} volumes; a floor needs {MIN_REAL_FOR_FLOOR} "
             "(two halves of at least 2)"
         )
-    halves = m.split_halves(n_real, seed) if floor_reason is None else None
-
-    alignments = None
+    sets = _Sets(real, synthetic, seed, device, steps,
+                 m.split_halves(n_real, seed) if floor_reason is None else None,
+                 floor_reason)  # fmt: skip
+    timings: dict[str, float] = {}
     grid_info: dict[str, Any] = {}
     if needs_images:
         clock = time.perf_counter()
@@ -171,118 +270,31 @@ def evaluate_sets(
         timings["common_grid"] = time.perf_counter() - clock
         grid_info = common.describe()
         if common.method != "as-is":
-            alignments = common.alignments
-        images_real, images_syn = common.images[:n_real], common.images[n_real:]
-
-    results: dict[str, dict[str, Any]] = {}
+            sets.alignments = common.alignments
+        sets.images_real, sets.images_syn = common.images[:n_real], common.images[n_real:]
     extractor_info: dict[str, Any] = {}
     if needs_features:
         clock = time.perf_counter()
         extractor = extractor or FeatureExtractor.segmentation_encoder(device=device)
-        features = extractor(volumes, alignments=alignments, progress=steps.step)
+        features = extractor(volumes, alignments=sets.alignments, progress=steps.step)
         timings["features"] = time.perf_counter() - clock
         extractor_info = dict(extractor.info)
-        f_real, f_syn = features[:n_real], features[n_real:]
-        if "fid" in wanted:
-            floor = (
-                None if halves is None else m.frechet_distance(f_real[halves[0]], f_real[halves[1]])
-            )
-            results["fid"] = _entry(
-                "fid",
-                m.frechet_distance(f_real, f_syn),
-                floor,
-                floor_reason,
-                feature_dim=int(features.shape[1]),
-            )
+        sets.f_real, sets.f_syn = features[:n_real], features[n_real:]
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, measure in METRIC_FUNCTIONS.items():
+        if name in wanted:
+            clock = time.perf_counter()
+            results[name] = measure(sets)
+            timings[{"is": "inception"}.get(name, name)] = time.perf_counter() - clock
             steps.step()
-        if "kid" in wanted:
-            value, std = m.kernel_inception_distance(f_real, f_syn, seed=seed)
-            floor = None
-            if halves is not None:
-                floor = m.kernel_inception_distance(
-                    f_real[halves[0]], f_real[halves[1]], seed=seed
-                )[0]
-            results["kid"] = _entry(
-                "kid",
-                value,
-                floor,
-                floor_reason,
-                std=std,
-                kernel="(x.y/d + 1)^3",
-                subset_size=min(1000, n_real, n_syn),
-            )
-            steps.step()
-
-    classifier_info: dict[str, Any] = {}
-    if "is" in wanted:
-        clock = time.perf_counter()
-        p_syn, classifier_info = class_probabilities(
-            synthetic,
-            device=device,
-            progress=steps.step,
-            alignments=alignments[n_real:] if alignments else None,
-        )
-        floor = None
-        if floor_reason is None:
-            p_real, _ = class_probabilities(
-                real,
-                device=device,
-                progress=steps.step,
-                alignments=alignments[:n_real] if alignments else None,
-            )
-            floor = m.inception_score(p_real)
-        timings["inception"] = time.perf_counter() - clock
-        classes = len(classifier_info["classes"])
-        results["is"] = _entry(
-            "is",
-            m.inception_score(p_syn),
-            floor,
-            floor_reason,
-            range=[1.0, float(classes)],
-            classifier=classifier_info["model"],
-        )
-        steps.step()
-
-    if "ms_ssim" in wanted:
-        clock = time.perf_counter()
-        try:
-            settings = m.ms_ssim_settings(images_syn[0].shape)
-        except ValueError as exc:
-            raise EvaluationError(f"{exc}; leave ms_ssim out of the metrics") from exc
-        pairs_syn = m.random_pairs(n_syn, MAX_MS_SSIM_PAIRS, seed)
-        value = float(np.mean(m.ms_ssim_pairs(images_syn, pairs_syn)))
-        floor = None
-        if floor_reason is None:
-            pairs_real = m.random_pairs(n_real, MAX_MS_SSIM_PAIRS, seed)
-            floor = float(np.mean(m.ms_ssim_pairs(images_real, pairs_real)))
-        timings["ms_ssim"] = time.perf_counter() - clock
-        results["ms_ssim"] = _entry(
-            "ms_ssim", value, floor, floor_reason, pairs=len(pairs_syn), **settings
-        )
-        steps.step()
-
-    if "mmd" in wanted:
-        clock = time.perf_counter()
-        value = m.maximum_mean_discrepancy(images_real, images_syn, seed=seed)
-        floor = None
-        if halves is not None:
-            floor = m.maximum_mean_discrepancy(
-                [images_real[i] for i in halves[0]], [images_real[i] for i in halves[1]], seed=seed
-            )
-        timings["mmd"] = time.perf_counter() - clock
-        results["mmd"] = _entry(
-            "mmd", value, floor, floor_reason, kernel="linear, images scaled by 1/sqrt(voxels)"
-        )
-        steps.step()
-
-    ordered = {name: results[name] for name in METRICS if name in results}
     return EvaluationReport(
-        metrics=ordered,
+        metrics=results,
         extractor=extractor_info,
         n_real=n_real,
         n_synthetic=n_syn,
         seed=seed,
-        classifier=classifier_info,
+        classifier=sets.classifier,
         common_grid=grid_info,
         timings=timings,
         names={"real": names[:n_real], "synthetic": names[n_real:]},
