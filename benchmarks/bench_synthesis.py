@@ -155,7 +155,7 @@ def untrained_card(family: str, spec: Any, model_id: str, root: Path) -> Any:
     from napari_mrisynth.models.card import ModelCard
     from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES, encoding
     from napari_mrisynth.models.networks import build_network
-    from napari_mrisynth.models.registry import save_model
+    from napari_mrisynth.models.saving import save_model
     from napari_mrisynth.synthesis.train import GenerativeOptions, architecture_for
 
     arch = architecture_for(family, spec.shape, GenerativeOptions(spacing=spec.spacing[0]))

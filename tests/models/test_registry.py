@@ -27,16 +27,14 @@ from napari_mrisynth.models.registry import (
     default_model,
     find_model,
     list_models,
-    load_model,
-    load_weights,
     model_location,
     model_roots,
-    save_model,
     search_models,
     user_models_dir,
-    verify_weights,
     version_key,
 )
+from napari_mrisynth.models.saving import save_model
+from napari_mrisynth.models.weights import load_model, load_weights, verify_weights
 from tests.support import tiny_models
 
 SEG_METRICS = {"test": {"dice_mean": {"value": 0.81, "ci95": [0.79, 0.83]}}}

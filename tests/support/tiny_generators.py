@@ -54,7 +54,7 @@ def make_tiny_generator(
     import torch
 
     from napari_mrisynth.models.networks import build_network
-    from napari_mrisynth.models.registry import save_model
+    from napari_mrisynth.models.saving import save_model
 
     arch, spec = tiny_architecture(family)
     torch.manual_seed(seed)

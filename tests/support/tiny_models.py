@@ -160,7 +160,7 @@ def make_tiny_model(
     import torch
 
     from napari_mrisynth.models.networks import build_network
-    from napari_mrisynth.models.registry import save_model
+    from napari_mrisynth.models.saving import save_model
 
     card = tiny_card(
         task, id=id, version=version, spacing=spacing, metrics=metrics, seed=seed, **fields

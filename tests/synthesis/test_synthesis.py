@@ -58,7 +58,7 @@ def trained(cohort, tracking_uri, tmp_path_factory):
 def test_every_family_trains_into_the_registry_with_its_card(trained, tracking_uri, monkeypatch):
     from mlflow import MlflowClient
 
-    from napari_mrisynth.models.registry import verify_weights
+    from napari_mrisynth.models.weights import verify_weights
     from napari_mrisynth.synthesis.generate import list_generators
 
     cards, out = trained

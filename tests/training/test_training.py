@@ -117,7 +117,7 @@ def test_segmentation_run_writes_a_verified_model_and_an_mlflow_run(seg_run, coh
 
     from napari_mrisynth.anatomy import LABELS
     from napari_mrisynth.models.card import read_card, sha256_file
-    from napari_mrisynth.models.registry import verify_weights
+    from napari_mrisynth.models.weights import verify_weights
 
     card, out = seg_run
     assert card.path == out / "seg-test-1.0.0"
@@ -155,7 +155,7 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
     import lightning.pytorch as pl
     import torch
 
-    from napari_mrisynth.models.registry import load_weights
+    from napari_mrisynth.models.weights import load_weights
     from napari_mrisynth.training.train import train_segmentation
 
     base, out = seg_run
@@ -199,7 +199,7 @@ def test_init_with_another_label_count_reinitialises_only_the_output_layer(seg_r
 
     from napari_mrisynth.errors import ModelError
     from napari_mrisynth.models.networks import build_network
-    from napari_mrisynth.models.registry import load_weights
+    from napari_mrisynth.models.weights import load_weights
     from napari_mrisynth.training.train import load_initial_weights
 
     base, _ = seg_run

@@ -293,12 +293,8 @@ def _search_command(args: argparse.Namespace) -> int:
 
 def _verify_command(args: argparse.Namespace) -> int:
     from napari_mrisynth.errors import ModelError
-    from napari_mrisynth.models.registry import (
-        find_model,
-        list_models,
-        parse_ref,
-        verify_weights,
-    )
+    from napari_mrisynth.models.registry import find_model, list_models, parse_ref
+    from napari_mrisynth.models.weights import verify_weights
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -120,9 +120,10 @@ _CACHE_SIZE = 4
 
 
 def get_model(model: str | ModelCard | None, task: str, device: Any = None) -> Any:
-    """A :class:`~napari_mrisynth.models.registry.LoadedModel`, cached per model and device."""
+    """A :class:`~napari_mrisynth.models.weights.LoadedModel`, cached per model and device."""
     from napari_mrisynth.models.device import choose_device
-    from napari_mrisynth.models.registry import find_model, load_model
+    from napari_mrisynth.models.registry import find_model
+    from napari_mrisynth.models.weights import load_model
 
     torch_device = choose_device(device)
     if model is None or isinstance(model, str):

@@ -1,4 +1,4 @@
-"""The model registry: find, rank, save, verify and load models, offline.
+"""The model registry: where models live, and finding and ranking them, offline.
 
 A model is a folder ``<id>-<version>/`` holding ``card.json`` and ``model.safetensors``.
 Folders are looked for one level deep under these roots, in this order:
@@ -8,34 +8,25 @@ Folders are looked for one level deep under these roots, in this order:
 3. ``bundled``: the demo models shipped inside the package (:data:`BUNDLED_DIR`).
 
 An earlier root shadows a later one for the same ``id@version``. Nothing here touches the
-network, and weights are read only as safetensors after their SHA-256 has been checked
-against the card: a pickle is never unpickled, whatever its file is called.
-
-torch, MONAI and safetensors are imported inside the functions that need them, so listing
-and searching models (``mrisynth models list``) stays fast.
+network or reads weights: :mod:`.weights` checks and loads them, :mod:`.saving` writes a
+model folder. Listing and searching models (``mrisynth models list``) needs neither torch
+nor MONAI.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import struct
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from napari_mrisynth.errors import ModelError
-from napari_mrisynth.models.card import CARD_FILE, TASKS, WEIGHTS_FILE, ModelCard, read_card
+from napari_mrisynth.models.card import CARD_FILE, TASKS, ModelCard, read_card
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 #: Demo models shipped with the package, one ``<id>-<version>/`` folder each.
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -155,7 +146,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 
 
 # -- discovery -----------------------------------------------------------------------------
-def _check_task(task: str | None) -> None:
+def check_task(task: str | None) -> None:
     if task is not None and task not in TASKS:
         raise ModelError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
 
@@ -213,7 +204,7 @@ def list_models(task: str | None = None, *, roots: RootsArg = None) -> list[Mode
 
     Unreadable or invalid cards are skipped with a :class:`ModelCardWarning` naming the file.
     """
-    _check_task(task)
+    check_task(task)
     return _ordered(card for _, card in _discover(roots) if task is None or card.task == task)
 
 
@@ -240,7 +231,7 @@ def find_model(ref: str, *, task: str | None = None, roots: RootsArg = None) -> 
         Unknown id or version (the message lists what is available for the task), a folder
         without a valid card, or a model of another task.
     """
-    _check_task(task)
+    check_task(task)
     if "/" in ref or os.sep in ref:
         card = read_card(Path(ref).expanduser())
         if task is not None and card.task != task:
@@ -276,7 +267,7 @@ def default_model(task: str, *, roots: RootsArg = None) -> ModelCard:
     version, then the earlier root. All roots count, ``$MRISYNTH_MODEL_PATH`` included: a
     folder put there is one the user chose.
     """
-    _check_task(task)
+    check_task(task)
     resolved = _resolve_roots(roots)
     candidates = [card for _, card in _discover(resolved) if card.task == task]
     if not candidates:
@@ -342,351 +333,3 @@ def search_models(
         with_metric.sort(key=lambda c: c.metric(rank_by), reverse=descending)
         cards = with_metric + without
     return cards
-
-
-# -- weights -------------------------------------------------------------------------------
-def weights_path(card: ModelCard) -> Path:
-    """The weights file a card points to, refusing anything but a plain ``*.safetensors``."""
-    if card.path is None:
-        raise ModelError(f"model {card.ref}: card has no folder (it was not read from disk)")
-    name = str(card.weights.get("file") or WEIGHTS_FILE)
-    if Path(name).name != name or name in (".", ".."):
-        raise ModelError(f"model {card.ref}: weights file {name!r} must be a plain file name")
-    path = Path(card.path) / name
-    if not name.endswith(".safetensors"):
-        raise ModelError(
-            f"{path}: not a .safetensors file; only safetensors weights are loaded (pickled "
-            "checkpoints such as .pt/.pth/.ckpt can run code when read and are refused)"
-        )
-    return path
-
-
-def _what_it_looks_like(data: bytes) -> str:
-    if data.startswith(b"PK\x03\x04"):
-        return " (it is a zip archive, as torch.save writes: a pickle, which is never loaded)"
-    if data[:1] == b"\x80":
-        return " (it looks like a Python pickle, which is never loaded)"
-    return ""
-
-
-def check_safetensors(data: bytes, path: Path | str) -> dict[str, Any]:
-    """Validate the safetensors layout of ``data`` without running anything; return its header.
-
-    The format is an 8-byte little-endian header length, a JSON header describing each
-    tensor's dtype, shape and byte range, then the tensor bytes. Anything else is refused.
-    """
-    header: Any = None
-    if len(data) < 8:
-        problem = f"{len(data)} bytes, too short for a header"
-    else:
-        (length,) = struct.unpack("<Q", data[:8])
-        if length < 2 or length > _MAX_HEADER_BYTES or 8 + length > len(data):
-            problem = f"header length field {length} does not fit a {len(data)}-byte file"
-        else:
-            try:
-                header = json.loads(data[8 : 8 + length].decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                problem = f"header is not JSON ({exc})"
-            else:
-                problem = _header_problem(header, len(data) - 8 - length)
-    if problem:
-        raise ModelError(
-            f"{path}: not a safetensors file: {problem}{_what_it_looks_like(data[:8])}"
-        )
-    return header
-
-
-def _header_problem(header: Any, buffer_bytes: int) -> str:
-    if not isinstance(header, dict):
-        return "header is not a JSON object"
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("dtype"), str)
-            and isinstance(entry.get("shape"), list)
-            and isinstance(entry.get("data_offsets"), list)
-            and len(entry["data_offsets"]) == 2
-        ):
-            return f"tensor {name!r} lacks dtype, shape or data_offsets"
-        start, stop = entry["data_offsets"]
-        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop):
-            return f"tensor {name!r} has invalid data_offsets {entry['data_offsets']}"
-        end = max(end, stop)
-    if end != buffer_bytes:
-        return f"tensors cover {end} bytes but the file holds {buffer_bytes} after the header"
-    return ""
-
-
-def _read_checked(card: ModelCard, verify: bool) -> tuple[Path, bytes, str]:
-    """The weights' bytes, after the layout and (if ``verify``) the SHA-256 checks."""
-    path = weights_path(card)
-    if not path.is_file():
-        raise ModelError(f"{path}: weights file of model {card.ref} is missing")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the weights ({exc})") from exc
-    check_safetensors(data, path)
-    actual = hashlib.sha256(data).hexdigest()
-    if verify:
-        expected = str(card.weights.get("sha256") or "").lower()
-        if not expected:
-            raise ModelError(
-                f"{path}: the card of {card.ref} records no weights SHA-256, so the weights "
-                "cannot be verified"
-            )
-        if actual != expected:
-            raise ModelError(
-                f"{path}: SHA-256 {actual} does not match the card's {expected}: the weights "
-                "were changed or corrupted"
-            )
-    return path, data, actual
-
-
-def verify_weights(card: ModelCard) -> str:
-    """Check a model's weights file (safetensors layout and SHA-256); return the hash.
-
-    Raises :class:`ModelError` on a missing file, a non-safetensors file or a mismatch.
-    Needs neither torch nor MONAI.
-    """
-    return _read_checked(card, verify=True)[2]
-
-
-def load_weights(card: ModelCard, *, verify: bool = True) -> dict[str, torch.Tensor]:
-    """The model's tensors, read from safetensors after the SHA-256 check (CPU tensors).
-
-    The bytes that were hashed are the bytes that are parsed: a file swapped between the
-    check and the load cannot slip through. ``torch.load`` is never called.
-
-    Raises
-    ------
-    ModelError
-        Missing file, a name not ending in ``.safetensors``, bytes that are not safetensors
-        (e.g. a ``torch.save`` pickle), or a SHA-256 that differs from the card's.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    path, data, _ = _read_checked(card, verify)
-    try:
-        return load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{path}: unreadable safetensors weights ({exc})") from exc
-
-
-def _architecture_mismatch(
-    card: ModelCard, expected: Mapping[str, Any], found: Mapping[str, Any], limit: int = 5
-) -> str:
-    """'' when the weights fit the network, else a message naming the first differences."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [
-        f"{k}: weights {tuple(found[k].shape)} vs network {tuple(expected[k].shape)}"
-        for k in expected
-        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return ""
-    parts = []
-    for what, items in (
-        ("missing from the weights", missing),
-        ("not in the network", unexpected),
-        ("shape mismatches", shapes),
-    ):
-        if items:
-            more = f" and {len(items) - limit} more" if len(items) > limit else ""
-            parts.append(f"{len(items)} {what} ({'; '.join(items[:limit])}{more})")
-    name = card.architecture.get("name")
-    return f"model {card.ref}: its weights do not fit the card's {name} network: " + ", ".join(
-        parts
-    )
-
-
-def _check_output_channels(card: ModelCard) -> None:
-    args = card.architecture.get("args", {})
-    declared = args.get("out_channels", args.get("num_classes"))
-    if declared is not None and int(declared) != card.out_channels:
-        raise ModelError(
-            f"model {card.ref}: the network has {declared} outputs but the card's labels need "
-            f"{card.out_channels} ({card.task})"
-        )
-
-
-# -- saving --------------------------------------------------------------------------------
-def _software_versions() -> dict[str, str]:
-    import monai
-    import torch
-
-    from napari_mrisynth._version import __version__
-
-    return {"napari_mrisynth": __version__, "torch": torch.__version__, "monai": monai.__version__}
-
-
-def _network_template(card: ModelCard) -> Any:
-    """The card's network built without memory (meta device), for key/shape checks."""
-    import torch
-
-    from napari_mrisynth.models.networks import build_network
-
-    try:
-        with torch.device("meta"):
-            return build_network(card.architecture)
-    except (NotImplementedError, RuntimeError):  # a network that cannot be built on meta
-        return build_network(card.architecture)
-
-
-def save_model(
-    card: ModelCard,
-    state_dict: Mapping[str, torch.Tensor],
-    root: Path | str,
-    *,
-    overwrite: bool = False,
-) -> ModelCard:
-    """Write ``root/<id>-<version>/`` (weights, then the card) and return the saved card.
-
-    The weights are written with safetensors (contiguous CPU tensors, metadata ``id`` and
-    ``version``); the returned card (a copy: ``card`` itself is not changed) has
-    ``weights = {file, sha256, parameters, bytes}``, ``created`` (now, unless set),
-    ``software`` (napari-mrisynth, torch and MONAI versions) and ``path`` filled in.
-    ``parameters`` counts the network's parameters (not buffers such as normalisation
-    statistics).
-
-    Everything is written into a hidden temporary folder in ``root`` and renamed into place,
-    ``card.json`` last, so a reader never sees half a model.
-
-    Raises
-    ------
-    ModelError
-        The state dict does not fit the card's architecture or output count, or
-        ``id@version`` already exists in ``root`` and ``overwrite`` is false.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    from napari_mrisynth.models.networks import count_parameters
-
-    root = Path(root)
-    target = root / f"{card.id}-{card.version}"
-    if target.exists() and not overwrite:
-        raise ModelError(
-            f"{target}: model {card.ref} already exists; give it a new version, or overwrite"
-        )
-    _check_output_channels(card)
-    tensors: dict[str, torch.Tensor] = {}
-    storages: set[int] = set()
-    for name, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            raise ModelError(f"model {card.ref}: state dict entry {name!r} is not a tensor")
-        tensor = value.detach().to("cpu").contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer in storages:  # tied weights: safetensors stores each tensor on its own
-            tensor = tensor.clone()
-        storages.add(tensor.untyped_storage().data_ptr())
-        tensors[name] = tensor
-    template = _network_template(card)
-    mismatch = _architecture_mismatch(card, template.state_dict(), tensors)
-    if mismatch:
-        raise ModelError(mismatch)
-
-    root.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=root))
-    try:
-        weights_file = partial / WEIGHTS_FILE
-        save_file(tensors, str(weights_file), metadata={"id": card.id, "version": card.version})
-        saved = card.replace(
-            weights={
-                "file": WEIGHTS_FILE,
-                "sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
-                "parameters": count_parameters(template),
-                "bytes": weights_file.stat().st_size,
-            },
-            created=card.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            software={**card.software, **_software_versions()},
-            path=target,
-        )
-        (partial / CARD_FILE).write_text(
-            json.dumps(saved.to_json(), indent=2) + "\n", encoding="utf-8"
-        )
-        _move_into_place(partial, target, overwrite)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return saved
-
-
-def _move_into_place(partial: Path, target: Path, overwrite: bool) -> None:
-    old = None
-    if target.exists():
-        if not overwrite:
-            raise ModelError(f"{target}: written by someone else meanwhile; not overwritten")
-        old = target.with_name(f".{target.name}.{os.getpid()}.old")
-        target.rename(old)
-    try:
-        partial.rename(target)
-    except OSError as exc:
-        if old is not None:
-            old.rename(target)
-        raise ModelError(f"{target}: cannot move the new model into place ({exc})") from exc
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# -- loading -------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """A model ready to run: its card and its network in eval mode on ``device``."""
-
-    card: ModelCard
-    network: torch.nn.Module
-    device: torch.device
-
-
-def load_model(
-    ref: str | ModelCard | None,
-    task: str,
-    *,
-    device: Any = None,
-    roots: RootsArg = None,
-) -> LoadedModel:
-    """Find, verify and load a model for ``task``, offline.
-
-    Parameters
-    ----------
-    ref : str, ModelCard or None
-        ``"id"``, ``"id@version"``, a card read from disk, or None for :func:`default_model`.
-    task : str
-        ``"segmentation"`` or ``"classification"``; a model of another task is refused.
-    device : str or torch.device, optional
-        Passed to :func:`~napari_mrisynth.models.device.choose_device` (None: cuda, mps, cpu).
-
-    Raises
-    ------
-    ModelError
-        Unknown model, wrong task, bad or changed weights, or a card whose architecture does
-        not fit its weights (the message names the first mismatching keys and shapes).
-    """
-    from napari_mrisynth.models.device import choose_device
-    from napari_mrisynth.models.networks import build_network
-
-    _check_task(task)
-    if ref is None:
-        card = default_model(task, roots=roots)
-    elif isinstance(ref, ModelCard):
-        card = ref
-    else:
-        card = find_model(ref, task=task, roots=roots)
-    if card.task != task:
-        raise ModelError(f"model {card.ref} is a {card.task} model, not {task}")
-    _check_output_channels(card)
-    state = load_weights(card)
-    network = build_network(card.architecture)
-    mismatch = _architecture_mismatch(card, network.state_dict(), state)
-    if mismatch:
-        raise ModelError(mismatch)
-    network.load_state_dict(state, strict=True)
-    chosen = choose_device(device)
-    network.to(chosen).eval()
-    return LoadedModel(card=card, network=network, device=chosen)

@@ -256,7 +256,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         network = build_network(architecture)
         _load_init(network, base)
         if stage1_base is not None:
-            from napari_mrisynth.models.registry import load_weights
+            from napari_mrisynth.models.weights import load_weights
 
             weights = {
                 k[len("autoencoder.") :]: v
@@ -358,7 +358,7 @@ def _load_init(network: Any, base: ModelCard | None) -> bool:
     """Copy a registry generator's weights into ``network`` (same architecture, strict)."""
     if base is None:
         return False
-    from napari_mrisynth.models.registry import load_weights
+    from napari_mrisynth.models.weights import load_weights
 
     network.load_state_dict(load_weights(base), strict=True)
     return True

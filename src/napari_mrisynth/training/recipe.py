@@ -283,7 +283,7 @@ class TrainingRun:
         for none) and may write figures into ``report_dir``; ``params`` are logged on the
         MLflow run beside the options and the card's facts.
         """
-        from napari_mrisynth.models.registry import save_model
+        from napari_mrisynth.models.saving import save_model
 
         self.out.mkdir(parents=True, exist_ok=True)
         card = save_model(card, dict(state), self.out, overwrite=self.opts.overwrite)

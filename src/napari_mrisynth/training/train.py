@@ -134,7 +134,7 @@ def load_initial_weights(network: Any, base: ModelCard, outputs: int) -> dict[st
     dict
         ``{"model", "sha256", "loaded", "reinitialised"}`` for the card.
     """
-    from napari_mrisynth.models.registry import load_weights
+    from napari_mrisynth.models.weights import load_weights
 
     source = load_weights(base)
     own = network.state_dict()
