@@ -22,8 +22,8 @@ from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 
 from napari_mrisynth.cli import main
 from napari_mrisynth.errors import GeometryError, SeriesError
-from napari_mrisynth.io._dicom_header import NotDicom, WalkerUnsupported, read_header
 from napari_mrisynth.io.dicom import load_dicom, load_series, scan_folder
+from napari_mrisynth.io.dicom._walker import NotDicom, WalkerUnsupported, read_header
 from napari_mrisynth.io.dicom_write import write_dicom_series
 from napari_mrisynth.io.files import load_volume, save_volume
 from napari_mrisynth.volume import Volume, orientation_code, volume_from_nifti
