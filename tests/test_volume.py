@@ -11,6 +11,7 @@ from napari_mrisynth import GeometryError, Volume
 from napari_mrisynth.volume import (
     is_axis_aligned,
     napari_layer_kwargs,
+    onto_grid,
     orientation_code,
     reorient_to_axes,
     reorient_to_patient_axes,
@@ -171,3 +172,116 @@ def test_reorient_to_another_volumes_axes(random_volume, direction):
     assert out.data[kk, jj, ii] == vol.data[k, j, i]
     with pytest.raises(GeometryError, match="oblique"):
         reorient_to_axes(vol, _rotation(0.1, 0, 0))
+
+
+def _grid_along(volume: Volume, axes: np.ndarray) -> Volume:
+    """The lattice of ``volume`` indexed along ``axes`` (a signed permutation of its axes),
+    built from its corners, not by reorient_to_axes; the voxels are a placeholder."""
+    world = np.argmax(np.abs(axes.T @ volume.direction), axis=0)  # grid axis of index axis a
+    index = np.argsort(world)  # index axis of volume along grid axis w
+    coords = (volume.corners_lps() - volume.origin) @ axes  # corners in the grid's frame
+    origin = volume.origin + axes @ coords.min(axis=0)
+    shape = tuple(int(n) for n in np.array(volume.shape[::-1])[index][::-1])
+    return Volume(np.zeros(shape, np.uint8), volume.spacing[index], origin, axes)
+
+
+def _voxels_keep_their_positions(volume: Volume, out: Volume) -> None:
+    """Every voxel of ``volume`` is a voxel of ``out`` at the same LPS position, same value."""
+    k, j, i = np.indices(volume.shape).reshape(3, -1)
+    lps = volume.index_to_lps(np.stack([i, j, k], 1))
+    q = np.linalg.solve(out.affine[:3, :3], (lps - out.origin).T).T
+    ii, jj, kk = np.rint(q).astype(int).T
+    np.testing.assert_allclose(q, np.stack([ii, jj, kk], 1), atol=1e-9)
+    assert len({*zip(ii, jj, kk, strict=True)}) == volume.data.size  # one voxel each
+    np.testing.assert_array_equal(
+        np.asarray(out.data)[kk, jj, ii], np.asarray(volume.data)[k, j, i]
+    )
+
+
+@pytest.mark.parametrize("permutation", list(_signed_permutations()))
+def test_onto_grid_reorders_every_signed_permutation_exactly(random_volume, permutation):
+    axes = _rotation(0.3, -0.2, 0.5)
+    vol = Volume(random_volume, (0.7, 0.9, 2.5), (10.0, -20.0, 30.0), axes @ permutation)
+    grid = _grid_along(vol, axes)
+    out = onto_grid(vol, grid, resample=False)
+    assert out.same_geometry(grid, atol=1e-9)
+    assert np.shares_memory(out.data, vol.data)  # a view: reordered, not interpolated
+    assert out.dtype == vol.dtype
+    _voxels_keep_their_positions(vol, out)
+    # allowed to resample, it still reorders
+    assert np.shares_memory(onto_grid(vol, grid, labels=True).data, vol.data)
+
+
+def test_onto_grid_resamples_an_oblique_grid_or_refuses_it():
+    blocks = np.zeros((12, 16, 16), np.uint8)
+    blocks[2:10, 3:13, 3:8] = 3
+    blocks[2:10, 3:13, 8:13] = 7
+    vol = Volume(blocks, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    axes = _rotation(np.radians(20), np.radians(10), np.radians(-5))
+    grid = Volume(np.zeros((14, 18, 18), np.uint8), (1.7, 1.7, 1.9), (-1.0, 2.0, -3.0), axes)
+
+    out = onto_grid(vol, grid, labels=True)
+    assert out.same_geometry(grid, atol=1e-9) and out.dtype == np.uint8
+    assert set(np.unique(out.data).tolist()) == {0, 3, 7}  # labels stay labels
+    # nearest neighbour: each voxel holds the source voxel nearest its centre (0 outside)
+    k, j, i = np.indices(grid.shape).reshape(3, -1)
+    src = (grid.index_to_lps(np.stack([i, j, k], 1)) - vol.origin) / vol.spacing
+    near = np.rint(src).astype(int)
+    inside = np.all((near >= 0) & (near < vol.shape[::-1]), axis=1)
+    clear = np.all(np.abs(np.abs(src - np.floor(src)) - 0.5) > 1e-6, axis=1)  # no ties
+    x, y, z = near[inside & clear].T
+    np.testing.assert_array_equal(out.data[k, j, i][inside & clear], blocks[z, y, x])
+    assert np.all(out.data[k, j, i][~inside] == 0)
+
+    image = onto_grid(vol.with_data(blocks.astype(np.float32)), grid)
+    assert image.same_geometry(grid, atol=1e-9)
+    assert not set(np.unique(image.data).tolist()) <= {0.0, 3.0, 7.0}  # linear for images
+
+    with pytest.raises(GeometryError, match="oblique") as refused:
+        onto_grid(vol, grid, labels=True, resample=False)
+    assert repr(vol) in str(refused.value) and repr(grid) in str(refused.value)
+
+
+def test_onto_grid_keeps_a_lazy_volume_lazy(random_volume):
+    import dask.array as da
+
+    reads = []
+
+    def read(block):
+        reads.append(block.shape)
+        return block
+
+    lazy = da.from_array(random_volume, chunks=(2, 3, 7)).map_blocks(
+        read, meta=np.array((), dtype=random_volume.dtype)
+    )
+    sagittal = np.column_stack([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
+    vol = Volume(lazy, (0.7, 0.9, 2.5), (10.0, -20.0, 30.0), sagittal)
+    grid = _grid_along(vol, np.eye(3))
+    out = onto_grid(vol, grid, labels=True)
+    assert out.is_lazy and reads == []  # nothing read
+    assert out.same_geometry(grid, atol=1e-9)
+    _voxels_keep_their_positions(vol.compute(), out.compute())
+    assert reads  # read when computed
+
+
+def test_onto_grid_does_not_reorder_onto_a_lattice_half_a_voxel_away(random_volume):
+    ras = np.diag([-1.0, -1.0, 1.0])
+    vol = Volume(random_volume.astype(np.float32), (0.7, 0.9, 2.5), (10.0, -20.0, 30.0), ras)
+    grid = _grid_along(vol, np.eye(3))
+    half = Volume(grid.data, grid.spacing, grid.origin + [0.35, 0.0, 0.0], grid.direction)
+    assert onto_grid(vol, grid, resample=False).same_geometry(grid, atol=1e-9)
+
+    with pytest.raises(GeometryError, match=r"0\.35 mm") as refused:
+        onto_grid(vol, half, resample=False)
+    assert repr(vol) in str(refused.value) and repr(half) in str(refused.value)
+
+    out = onto_grid(vol, half)
+    assert out.same_geometry(half, atol=1e-9)
+    # linearly resampled: each voxel is the mean of its two neighbours along x
+    exact = np.asarray(onto_grid(vol, grid).data)
+    mean = (exact[:, :, :-1] + exact[:, :, 1:]) / 2
+    np.testing.assert_allclose(out.data[:, :, :-1], mean, rtol=1e-5)
+
+    labels = onto_grid(vol.with_data(random_volume), half, labels=True)
+    assert labels.same_geometry(half, atol=1e-9) and labels.dtype == random_volume.dtype
+    assert set(np.unique(labels.data).tolist()) <= set(np.unique(random_volume).tolist()) | {0}

@@ -338,6 +338,115 @@ def resample_to_patient_axes(volume: Volume, *, labels: bool = False) -> Volume:
     return volume_from_sitk(out, meta)
 
 
+def onto_grid(
+    volume: Volume,
+    grid: Volume,
+    *,
+    labels: bool = False,
+    resample: bool = True,
+    axis_tol: float = AXIS_ALIGNED_TOLERANCE,
+    atol: float = 1e-4,
+) -> Volume:
+    """``volume``'s voxels on ``grid``'s voxel lattice: reordered when they already are
+    (exact), resampled when not, or refused.
+
+    When ``volume``'s index axes are a signed permutation of ``grid``'s (cosines within
+    ``axis_tol``) and, so reordered, it has ``grid``'s shape and affine (within ``atol``),
+    the voxels are transposed and flipped onto ``grid``'s index order: no interpolation,
+    and a dask array stays unread. Otherwise they are resampled onto ``grid`` when
+    ``resample`` is true, or a :class:`GeometryError` naming both geometries is raised.
+
+    Parameters
+    ----------
+    volume : Volume
+        The voxels to move.
+    grid : Volume
+        The target lattice; only its geometry is used (its voxels may be a placeholder).
+    labels : bool
+        Label voxels: resampled by nearest neighbour (0 outside ``volume``), so only values
+        of ``volume`` and 0 appear. Images are resampled linearly (``volume``'s minimum
+        outside). Both keep ``volume``'s dtype.
+    resample : bool
+        Resample when reordering cannot put ``volume`` on ``grid``; False refuses instead.
+    axis_tol : float
+        Largest direction-cosine deviation from a signed permutation of ``grid``'s axes.
+    atol : float
+        Largest difference (mm) between the reordered affine and ``grid``'s, as in
+        :meth:`Volume.same_geometry`.
+
+    Returns
+    -------
+    Volume
+        ``volume``'s voxels and metadata on ``grid``'s lattice. Reordered, its geometry is
+        ``volume``'s own in ``grid``'s index order (equal to ``grid``'s within ``atol``);
+        the voxels may be a view with negative strides. Resampled, it is ``grid``'s.
+
+    Raises
+    ------
+    GeometryError
+        ``resample`` is false and ``volume`` is not on ``grid``'s lattice: oblique to it,
+        or of another shape, spacing or position.
+
+    Examples
+    --------
+    The same grid stored in another axis order (a RAS NIfTI of an LPS series) comes back
+    exactly:
+
+    >>> import numpy as np
+    >>> grid = Volume(np.zeros((2, 3, 4), np.uint8), (1.0, 1.0, 2.0))
+    >>> ras = Volume(np.arange(24).reshape(2, 3, 4)[:, ::-1, ::-1], (1.0, 1.0, 2.0),
+    ...              (3.0, 2.0, 0.0), np.diag([-1.0, -1.0, 1.0]))
+    >>> onto_grid(ras, grid).data[0]
+    array([[ 0,  1,  2,  3],
+           [ 4,  5,  6,  7],
+           [ 8,  9, 10, 11]])
+
+    A grid half a voxel away is resampled, or refused:
+
+    >>> shifted = Volume(np.zeros((2, 3, 4), np.uint8), (1.0, 1.0, 2.0), (0.5, 0.0, 0.0))
+    >>> onto_grid(ras, shifted, labels=True).same_geometry(shifted)
+    True
+    >>> onto_grid(ras, shifted, resample=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    napari_mrisynth.errors.GeometryError: Volume(int64 (2, 3, 4), ...) is not on the grid of ...
+    """
+    deviation = nearest_axis_permutation(grid.direction.T @ volume.direction)[2]
+    if deviation <= axis_tol:
+        moved = reorient_to_axes(volume, grid.direction)
+        if moved.same_geometry(grid, atol=atol):
+            return moved
+        if moved.shape != grid.shape:
+            reason = f"reordered onto the grid's axes it is {moved!r}, of another shape"
+        else:
+            offset = np.linalg.norm(moved.corners_lps() - grid.corners_lps(), axis=1).max()
+            reason = (
+                f"reordered onto the grid's axes it is {moved!r}, whose corner voxels lie up "
+                f"to {offset:.4g} mm from the grid's (affine tolerance {atol:g} mm)"
+            )
+    else:
+        reason = f"its axes are oblique to the grid's (cosine deviation {deviation:.3g})"
+    if not resample:
+        raise GeometryError(f"{volume!r} is not on the grid of {grid!r}: {reason}")
+    import SimpleITK as sitk
+
+    volume = volume.compute()
+    source = volume_to_sitk(volume)
+    fill = 0.0 if labels or volume.data.size == 0 else float(np.min(volume.data))
+    out = sitk.Resample(
+        source,
+        [int(n) for n in grid.shape[::-1]],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor if labels else sitk.sitkLinear,
+        grid.origin.tolist(),
+        grid.spacing.tolist(),
+        grid.direction.reshape(-1).tolist(),
+        fill,
+        source.GetPixelID(),
+    )
+    return volume_from_sitk(out, dict(volume.metadata))
+
+
 def to_display_volume(volume: Volume, *, labels: bool = False) -> Volume:
     """The volume on a patient-axis-aligned grid: reordered when possible (exact, lazy),
     resampled when the series is oblique (``metadata['resampled_from']`` records it)."""

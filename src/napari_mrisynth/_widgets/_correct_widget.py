@@ -40,14 +40,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_mrisynth.annotation import CorrectionRecord, MaskCorrection
-from napari_mrisynth.errors import MrisynthError
-from napari_mrisynth.volume import (
-    Volume,
-    nearest_axis_permutation,
-    reorient_to_axes,
-    volume_from_sitk,
-    volume_to_sitk,
-)
+from napari_mrisynth.errors import GeometryError, MrisynthError
+from napari_mrisynth.volume import Volume, onto_grid
 
 from ._layer_data import layer_volume
 from ._segment_widget import threads_enabled
@@ -84,25 +78,14 @@ def source_grid_template(layer: Any) -> Volume | None:
     return Volume.from_affine(placeholder, np.asarray(meta["source_affine_lps"]))
 
 
-def _resample_labels(volume: Volume, grid: Volume) -> Volume:
-    """``volume`` onto ``grid`` by nearest neighbour (0 outside)."""
-    import SimpleITK as sitk
-
-    reference = volume_to_sitk(grid.with_data(np.zeros(grid.shape, np.uint8)))
-    out = sitk.Resample(
-        volume_to_sitk(volume), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0
-    )
-    return volume_from_sitk(out, dict(volume.metadata))
-
-
 def to_grid(volume: Volume, grid: Volume) -> tuple[Volume, bool]:
     """``volume``'s labels on ``grid``: exactly reordered when the axes agree, otherwise
     resampled by nearest neighbour. Returns (volume, exact)."""
-    if nearest_axis_permutation(grid.direction.T @ volume.direction)[2] <= 1e-4:
-        moved = reorient_to_axes(volume, grid.direction)
-        if moved.same_geometry(grid):
-            return moved.with_data(np.ascontiguousarray(moved.data)), True
-    return _resample_labels(volume, grid), False
+    try:
+        moved = onto_grid(volume, grid, labels=True, resample=False)
+    except GeometryError:
+        return onto_grid(volume, grid, labels=True), False
+    return moved.with_data(np.ascontiguousarray(moved.data)), True
 
 
 def find_source_files(layer: Any, viewer: Any) -> list[Path] | None:

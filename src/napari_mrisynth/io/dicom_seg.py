@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.errors import DicomFileError, GeometryError, MrisynthError
-from napari_mrisynth.volume import Volume, nearest_axis_permutation, reorient_to_axes
+from napari_mrisynth.volume import Volume, is_axis_aligned, onto_grid, reorient_to_axes
 
 #: RGB colour (0-255) of a segment whose label value has no entry in ``segments``.
 UNNAMED_COLOR = (128, 128, 128)
@@ -130,23 +130,54 @@ def _read_sources(source_files: Sequence[Path], context: Path) -> list[Any]:
     return [datasets[k] for k in order]
 
 
-def _source_grid_volume(labels: Volume, datasets: list[Any], context: Path) -> Volume:
-    """``labels`` on the grid of ``datasets``: as given, or exactly reordered (transpose and
-    flips) when it is the same grid displayed along other axes; GeometryError otherwise."""
+def _source_grid(labels: Volume, datasets: list[Any]) -> Volume:
+    """The grid of ``datasets`` (voxels: a zero placeholder): their orientation, PixelSpacing
+    and first position. Along the slice normal it takes the labels' own step, since
+    :func:`_check_slices` checks every slice's position (a series may be unevenly spaced)."""
     first = datasets[0]
     iop = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
     row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
     direction = np.column_stack([row, col, np.cross(row, col)])
-    volume = labels
-    if not np.allclose(labels.direction, direction, atol=ORIENTATION_TOLERANCE):
-        deviation = nearest_axis_permutation(direction.T @ labels.direction)[2]
-        if deviation > ORIENTATION_TOLERANCE:
+    pixel_spacing = np.asarray(first.PixelSpacing, dtype=np.float64)  # (row step, column step)
+    along_normal = int(np.argmax(np.abs(labels.direction.T @ direction[:, 2])))
+    spacing = [pixel_spacing[1], pixel_spacing[0], labels.spacing[along_normal]]
+    shape = (len(datasets), int(first.Rows), int(first.Columns))
+    placeholder = np.broadcast_to(np.zeros(1, np.uint8), shape)
+    origin = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    return Volume(placeholder, spacing, origin, direction)
+
+
+def _source_grid_volume(labels: Volume, datasets: list[Any], context: Path) -> Volume:
+    """``labels`` on the grid of ``datasets``: as given, or exactly reordered (transpose and
+    flips) when it is the same grid displayed along other axes; GeometryError otherwise."""
+    grid = _source_grid(labels, datasets)
+    try:
+        volume = onto_grid(
+            labels,
+            grid,
+            labels=True,
+            resample=False,
+            axis_tol=ORIENTATION_TOLERANCE,
+            atol=POSITION_TOLERANCE_MM,
+        )
+    except GeometryError as exc:
+        # say what differs: the axes, or (reordered onto them) the shape, spacing or positions
+        if not is_axis_aligned(grid.direction.T @ labels.direction, ORIENTATION_TOLERANCE):
             raise GeometryError(
                 f"{context}: the labels' axes {np.round(labels.direction, 4).tolist()} are not "
-                f"those of the source series {np.round(direction, 4).tolist()} (nor a "
+                f"those of the source series {np.round(grid.direction, 4).tolist()} (nor a "
                 "reordering of them); resample the labels onto the source grid first"
-            )
-        volume = reorient_to_axes(labels, direction)
+            ) from exc
+        _check_slices(reorient_to_axes(labels, grid.direction), datasets, context)
+        raise GeometryError(f"{context}: {exc}") from exc
+    _check_slices(volume, datasets, context)
+    return volume
+
+
+def _check_slices(volume: Volume, datasets: list[Any], context: Path) -> None:
+    """GeometryError unless ``volume`` (in the source's index order) has the shape, pixel
+    spacing and slice positions of ``datasets``."""
+    first = datasets[0]
     nz, ny, nx = volume.shape
     rows, columns = int(first.Rows), int(first.Columns)
     if (len(datasets), rows, columns) != (nz, ny, nx):
@@ -170,7 +201,6 @@ def _source_grid_volume(labels: Volume, datasets: list[Any], context: Path) -> V
             f"{np.round(found[worst], 3).tolist()} mm, the labels' slice {worst} at "
             f"{np.round(expected[worst], 3).tolist()} mm: not the source grid"
         )
-    return volume
 
 
 # -- writing ---------------------------------------------------------------------------------

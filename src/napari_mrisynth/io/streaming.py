@@ -36,7 +36,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from napari_mrisynth.errors import GeometryError
 from napari_mrisynth.io.files import load_volume
-from napari_mrisynth.volume import Volume, reorient_to_axes
+from napari_mrisynth.volume import Volume, onto_grid
 
 #: Largest seed MONAI's ``set_random_state`` accepts, plus one.
 _TRANSFORM_SEED_RANGE = 2**32
@@ -310,15 +310,22 @@ class SeriesPatchDataset(IterableDataset):
         image = load_volume(item.image, series=item.series).compute()
         if not isinstance(item.label, Path):
             return image, None
-        label = _on_grid_of(image, load_volume(item.label).compute())
-        if not image.same_geometry(label, atol=GEOMETRY_TOLERANCE_MM):
+        label = load_volume(item.label).compute()
+        try:
+            # a label map indexed in another order (a NIfTI saved as RAS from a DICOM series)
+            # is transposed and flipped into the image's index order: exact, no interpolation;
+            # one already on the image's grid (within the tolerance) is taken as it is
+            if not label.same_geometry(image, atol=GEOMETRY_TOLERANCE_MM):
+                label = onto_grid(label, image, resample=False, atol=GEOMETRY_TOLERANCE_MM)
+        except GeometryError as exc:
             raise GeometryError(
                 f"{item.label}: label grid {label.shape} (z, y, x) with affine\n"
                 f"{np.array2string(label.affine, precision=4)}\n"
                 f"does not match image {item.image}: {image.shape} with affine\n"
                 f"{np.array2string(image.affine, precision=4)}"
-            )
-        return image, label
+            ) from exc
+        # flips are negative-stride views, which torch.from_numpy refuses: copy once here
+        return image, label.with_data(np.ascontiguousarray(label.data))
 
     def _patch_starts(
         self, rng: np.random.Generator, shape: tuple[int, int, int], label: np.ndarray | None
@@ -369,19 +376,6 @@ class _ForegroundIndex:
             return None
         flat = voxels[int(rng.integers(voxels.size))]
         return np.array(np.unravel_index(flat, self.label.shape))
-
-
-def _on_grid_of(image: Volume, label: Volume) -> Volume:
-    """``label`` with its voxels transposed and flipped into ``image``'s index order, when
-    its index axes run along the image's in another order (a NIfTI saved as RAS from a DICOM
-    series); unchanged otherwise, for the caller's geometry check to refuse. Exact: no
-    interpolation."""
-    try:
-        aligned = reorient_to_axes(label, image.direction)
-    except GeometryError:
-        return label
-    # flips are negative-stride views, which torch.from_numpy refuses: copy once here
-    return aligned.with_data(np.ascontiguousarray(aligned.data))
 
 
 def _crop(
