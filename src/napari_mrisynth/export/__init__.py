@@ -7,8 +7,8 @@ the complete new export or untouched. Pure Python: no Qt, napari or torch.
 Layout::
 
     out/manifest.json   out/SHA256SUMS
-    out/bids/...        (see napari_mrisynth.export.bids)
-    out/dicom/...       (see napari_mrisynth.export.dicom)
+    out/bids/...        (see napari_mrisynth.export.bids_export)
+    out/dicom/...       (see napari_mrisynth.export.dicom_export)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from napari_mrisynth._version import __version__
-from napari_mrisynth.export import bids, dicom
+from napari_mrisynth.export import bids_export, dicom_export
 from napari_mrisynth.export.common import (
     ExportError,
     ExportResult,
@@ -144,15 +144,15 @@ def export_set(
             raise ExportError(f"{partial}: cannot create the export folder: {exc}") from exc
         writer = FileWriter(partial)
         if "bids" in formats:
-            bids.write_dataset(writer, subjects, study, __version__)
+            bids_export.write_dataset(writer, subjects, study, __version__)
         entries = []
         for done, subject in enumerate(subjects, start=1):
             images = load_images(subject)
             written: list[str] = []
             if "bids" in formats:
-                written += bids.write_subject(writer, subject, images, __version__)
+                written += bids_export.write_subject(writer, subject, images, __version__)
             if "dicom" in formats:
-                written += dicom.write_subject(
+                written += dicom_export.write_subject(
                     writer, subject, images, study_key=study_key, software_version=__version__
                 )
             entries.append(volume_entry(subject, [writer.records[p] for p in written]))
