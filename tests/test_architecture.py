@@ -101,27 +101,26 @@ def test_every_package_is_in_the_contract_and_the_docs():
     assert documented == top_down
 
 
-def test_a_new_backward_import_breaks_the_contract(tmp_path):
-    """A copy of the package where io imports turing (upward) fails the check."""
+def _lint_a_copy_with(tmp_path: Path, module: str, addition: str) -> subprocess.CompletedProcess:
+    """lint-imports on a copy of the package whose ``module`` (a path under it) ends with
+    ``addition``."""
     copy = tmp_path / "napari_mrisynth"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("bundled", "__pycache__"))
-    files = copy / "io" / "files.py"
-    files.write_text(
-        files.read_text() + "\n\ndef _upward():\n    from napari_mrisynth.turing import store\n"
-        "\n    return store\n"
-    )
-    done = _lint(tmp_path)
+    target = copy / module
+    target.write_text(target.read_text() + addition)
+    return _lint(tmp_path)
+
+
+def test_a_new_backward_import_breaks_the_contract(tmp_path):
+    """A copy of the package where io imports turing (upward) fails the check."""
+    upward = "\n\ndef _up():\n    from napari_mrisynth.turing import store\n\n    return store\n"
+    done = _lint_a_copy_with(tmp_path, "io/files.py", upward)
     assert done.returncode != 0
     assert "napari_mrisynth.io is not allowed to import napari_mrisynth.turing" in done.stdout
 
 
 def test_a_gui_import_outside_the_corner_breaks_the_contract(tmp_path):
-    copy = tmp_path / "napari_mrisynth"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("bundled", "__pycache__"))
-    store = copy / "turing" / "store.py"
-    store.write_text(
-        store.read_text() + "\n\ndef _show():\n    import napari\n\n    return napari\n"
-    )
-    done = _lint(tmp_path)
+    gui = "\n\ndef _show():\n    import napari\n\n    return napari\n"
+    done = _lint_a_copy_with(tmp_path, "turing/store.py", gui)
     assert done.returncode != 0
     assert "napari_mrisynth.turing.store -> napari" in done.stdout
