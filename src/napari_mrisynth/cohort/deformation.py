@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_mrisynth.anatomy.deform import sample_field
 from napari_mrisynth.anatomy.labels import LABEL_IDS
 from napari_mrisynth.anatomy.template import TISSUE_INTENSITY, HeadModel
 from napari_mrisynth.cohort.draws import SubjectDraws
@@ -29,12 +30,20 @@ MAX_BVFTD_VENTRICLE_MM = 3.0
 AGEING_VENTRICLE_MM_PER_YEAR = 0.04
 
 
-def atrophy(model: HeadModel, age: int, severity: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Model intensity and labels after cortical thinning; also the thinning peak (mm)."""
+def atrophy(
+    model: HeadModel, age: int, severity: float, extra: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Model intensity and labels after cortical thinning; also the thinning peak (mm).
+
+    ``extra`` (mm per cortical grey-matter voxel) is the subject's own thinning on top of
+    age and disease (cohort version 2).
+    """
     years = max(age - 50, 0)
     thinning = AGEING_THINNING_MM_PER_YEAR * years + severity * MAX_BVFTD_THINNING_MM * (
         model.gm_weight
     )
+    if extra is not None:
+        thinning = thinning + extra
     # Fraction of each grey-matter voxel left once `thinning` mm is removed from its pial side.
     keep = np.clip((model.gm_depth - thinning) / model.h, 0.0, 1.0)
     intensity = model.intensity.copy()
@@ -62,12 +71,6 @@ def smooth_random_field(rng: np.random.Generator, model: HeadModel, rms_mm: floa
     noise = rng.standard_normal((3, nodes[2], nodes[1], nodes[0]))
     smooth = np.stack([ndi.gaussian_filter(c, 1.0, mode="nearest") for c in noise])
     return smooth * (rms_mm / float(np.sqrt((smooth**2).mean())))
-
-
-def sample_field(field: np.ndarray, points: np.ndarray, origin: np.ndarray, h: float) -> np.ndarray:
-    """Trilinear values of a (3, z, y, x) field at LPS points (3, N)."""
-    index = ((points - origin[:, None]) / h)[::-1]  # (z, y, x) order
-    return np.stack([ndi.map_coordinates(c, index, order=1, mode="nearest") for c in field])
 
 
 def displacement_field(

@@ -19,8 +19,10 @@ def resample_through_field(
     spacing: float,
     step: int,
     size: np.ndarray,
+    template_transform: object | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image (linear) and labels (nearest) through the same displacement field."""
+    """Image (linear) and labels (nearest) through the same displacement field, then (when
+    given) a transform in template space (the subject's fine folding), in one resampling."""
     import SimpleITK as sitk
 
     field_image = sitk.GetImageFromArray(displacement.astype(np.float64), isVector=True)
@@ -28,6 +30,9 @@ def resample_through_field(
     field_image.SetSpacing([spacing * step] * 3)
     field_image.SetDirection(direction.reshape(-1).tolist())
     transform = sitk.DisplacementFieldTransform(field_image)
+    if template_transform is not None:
+        # A composite applies its last transform first: scanner -> template, then folding.
+        transform = sitk.CompositeTransform([template_transform, transform])
     reference = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
     reference.SetOrigin(origin.tolist())
     reference.SetSpacing([spacing] * 3)

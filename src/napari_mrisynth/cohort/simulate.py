@@ -19,6 +19,14 @@ from napari_mrisynth.anatomy.labels import BRAIN_LABELS
 from napari_mrisynth.anatomy.template import head_model
 from napari_mrisynth.cohort.deformation import atrophy, displacement_field
 from napari_mrisynth.cohort.draws import DIAGNOSES, PLANES, draw_subject
+from napari_mrisynth.cohort.fine_anatomy import (
+    COHORT_VERSION,
+    COHORT_VERSIONS,
+    add_texture,
+    draw_fine_anatomy,
+    extra_thinning,
+    fine_transform,
+)
 from napari_mrisynth.cohort.imaging import acquire, resample_through_field
 from napari_mrisynth.volume import Volume
 
@@ -61,6 +69,7 @@ def simulate_subject(
     severity: float | None = None,
     age: int | None = None,
     sex: str | None = None,
+    version: int = COHORT_VERSION,
 ) -> SimulatedSubject:
     """Simulate one subject's T1-weighted head MRI with exact ground-truth labels.
 
@@ -83,6 +92,10 @@ def simulate_subject(
         Years; drawn from the seed (62 +- 7, 45..80) when omitted.
     sex : {"F", "M"}, optional
         Drawn from the seed when omitted.
+    version : {1, 2}
+        Cohort version: 2 (the default) gives every head its own fine folding, cortical
+        thickness and texture (:mod:`~napari_mrisynth.cohort.fine_anatomy`); 1 reproduces
+        subjects made before it, voxel for voxel.
 
     Returns
     -------
@@ -93,9 +106,17 @@ def simulate_subject(
         raise ValueError(f"diagnosis must be one of {DIAGNOSES}, got {diagnosis!r}")
     if not spacing > 0:
         raise ValueError(f"spacing must be positive, got {spacing!r}")
+    if version not in COHORT_VERSIONS:
+        raise ValueError(f"cohort version must be one of {COHORT_VERSIONS}, got {version!r}")
     draws = draw_subject(diagnosis, seed, severity=severity, age=age, sex=sex)
     model = head_model(_model_spacing(spacing))
-    intensity, labels, thinning_mm = atrophy(model, draws.age, draws.severity)
+    fine = draw_fine_anatomy(np.random.default_rng([seed, 4])) if version >= 2 else None
+    shape = model.intensity.shape
+    extra = (None if fine is None
+             else extra_thinning(fine, model.gm_index, shape, model.origin, model.h))  # fmt: skip
+    intensity, labels, thinning_mm = atrophy(model, draws.age, draws.severity, extra)
+    if fine is not None:
+        add_texture(intensity, labels, fine, model.origin, model.h)
 
     # Output grid: the scanner frame puts the head's brain centre at c + translation.
     direction, spans = PLANES[draws.plane]
@@ -115,8 +136,9 @@ def simulate_subject(
     displacement = (template - points).T.reshape(coarse[2], coarse[1], coarse[0], 3)
 
     t1, label_data = resample_through_field(
-        intensity, labels, model, displacement, origin, direction, spacing, step, size
-    )
+        intensity, labels, model, displacement, origin, direction, spacing, step, size,
+        template_transform=None if fine is None else fine_transform(fine),
+    )  # fmt: skip
     t1 = acquire(t1, draws.scan, draws.gain, draws.bias_amplitude, draws.noise_fraction)
 
     info = {
@@ -126,6 +148,7 @@ def simulate_subject(
         "sex": draws.sex,
         "severity": round(draws.severity, 2),
         "simulated": True,
+        "cohort_version": version,
         "seed": int(seed),
         "spacing_mm": float(spacing),
         "plane": draws.plane,
@@ -138,6 +161,7 @@ def simulate_subject(
         "ventricle_expansion_mm": round(ventricle_mm, 3),
         "bias_amplitude": round(draws.bias_amplitude, 3),
         "noise_fraction": round(draws.noise_fraction, 4),
+        **({} if fine is None else fine.info()),
     }
     meta = {"modality": "MR", "simulated": True, "subject": subject_id}
     t1_volume = Volume(t1, [spacing] * 3, origin, direction, {**meta, "name": "T1w (simulated)"})
