@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device
-from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 
 DB_HELP = "ratings database: a SQLite file, or a SQLAlchemy URL (e.g. postgresql+psycopg://…)"
 
@@ -30,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "create",
         help="freeze a study: volumes, trial items and each rater's seeded order",
         description=(
-            "Prepare every volume identically (study grid, equal resolution, one intensity "
-            "mapping, uint8) and freeze the design into the ratings database. Every rater "
+            "Prepare every volume identically (study grid at the real scans' own resolution, "
+            "one intensity mapping, uint8) and freeze the design into the ratings database. "
+            "Every rater "
             "rates the same items, each in their own seeded order; in pair mode the real "
             "volume is on the left in exactly half of each rater's trials."
         ),
@@ -57,14 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--spacing",
         type=float,
-        default=DEFAULT_MODEL_SPACING_MM,
-        help="voxel size of the study grid in mm (default %(default)g)",
+        help="voxel size of the study grid in mm (default: the real scans' own, so they are "
+        "shown at their native resolution)",
     )
     create.add_argument(
         "--resolution",
         type=float,
-        help="effective resolution in mm every volume is brought to "
-        "(default: the coarsest voxel size among the volumes)",
+        help="bring every volume down to this coarser resolution in mm first (off by default: "
+        "it blurs the real scans to a coarse generator's level; the report says so)",
     )
     create.add_argument(
         "--cache", type=Path, help="folder for the prepared volumes (default: beside the database)"
@@ -174,9 +174,11 @@ def run_create(args: argparse.Namespace) -> int:
         f"trials for each of {len(raters)} rater(s) ({', '.join(raters)}), seed "
         f"{study['seed']}"
     )
+    blurred = (f", every volume first brought down to {grid['resolution']:g} mm (asked for)"
+               if grid.get("degraded") else ", nothing blurred first")  # fmt: skip
     print(
-        f"  volumes prepared on a {grid['spacing']:g} mm grid {tuple(grid['shape'])} at "
-        f"{grid['resolution']:g} mm effective resolution into {study['cache']}"
+        f"  volumes prepared on a {grid['spacing']:g} mm grid {tuple(grid['shape'])}"
+        f"{blurred}, into {study['cache']}"
     )
     print(f"  database: {args.db}")
     print(f"  rate with: mrisynth study rate --db {args.db} --rater {raters[0]}")

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.models.card import sha256_file
-from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 from napari_mrisynth.turing import schema
 from napari_mrisynth.turing.store import RatingStore, StudyError, check_id, now
 
@@ -202,7 +201,7 @@ def create_study(
     trials: int = 20,
     seed: int = 0,
     study_id: str = "study",
-    spacing: float = DEFAULT_MODEL_SPACING_MM,
+    spacing: float | None = None,
     resolution: float | None = None,
     cache: str | Path | None = None,
     device: Any = None,
@@ -219,11 +218,13 @@ def create_study(
     mode : {"pair", "single"}
     trials : int
         Trials per rater (the same items for every rater).
-    spacing : float
-        Voxel size of the study grid in mm (1 or 2 for a reader study).
+    spacing : float, optional
+        Voxel size of the study grid in mm; by default the real scans' own (the coarsest
+        voxel size among them), so they are shown at their native resolution.
     resolution : float, optional
-        Effective resolution (mm) every volume is brought to before the study grid; by
-        default the coarsest voxel size among the volumes (see :mod:`.prepare`).
+        A coarser effective resolution (mm) to bring every volume to first. Off by
+        default: it blurs the real scans down to a coarse generator's level, and the
+        study's grid and report say so when it is used.
     cache : folder, optional
         Where the prepared volumes go; default ``<db>.volumes/<study id>`` beside a SQLite
         file (required for a server database: a folder every rater's machine can read).
@@ -233,6 +234,7 @@ def create_study(
     dict
         The study row (see :meth:`RatingStore.study`).
     """
+    from napari_mrisynth.evaluation.presentation import native_resolution
     from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.turing.prepare import prepare_study_volumes
 
@@ -262,18 +264,21 @@ def create_study(
         if len(set(digests.values())) != len(digests):
             raise StudyError("the same file is offered twice (or as both real and synthetic)")
         ids = {i: f"V{k + 1:03d}" for k, i in enumerate(rng.permutation(used).tolist())}
-        sources = []
+        sources, native = [], []
         for i in sorted(used, key=lambda i: ids[i]):
             volume = load_volume(pool[i].source).compute()
             volume.metadata["source"] = str(pool[i].source)
+            if pool[i].kind == "real":
+                native.append(volume)
             if pool[i].kind == "synthetic":
                 grid = pool[i].provenance.get("grid") or {}
                 if isinstance(grid.get("space"), str):
                     volume.metadata["space"] = grid["space"]
             sources.append((ids[i], volume))
-        grid, prepared = prepare_study_volumes(sources, cache, spacing=spacing,
-                                               resolution=resolution, device=device,
-                                               progress=progress)  # fmt: skip
+        own = native_resolution(native or [v for _, v in sources])
+        grid, prepared = prepare_study_volumes(sources, cache, spacing=spacing or own,
+                                               resolution=resolution, native=own,
+                                               device=device, progress=progress)  # fmt: skip
         items = [
             (f"I{k + 1:03d}", [ids[i] for i in item], [pool[i].kind == "synthetic" for i in item])
             for k, item in enumerate(chosen)

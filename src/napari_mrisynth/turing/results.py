@@ -95,9 +95,7 @@ def study_report(
             "created": study["created_at"],
             "seed": study["seed"],
             "trials per rater": study["trials_per_rater"],
-            "grid": f"{study['grid']['spacing']:g} mm voxels, "
-            f"{study['grid'].get('resolution', study['grid']['spacing']):g} mm "
-            "effective resolution",
+            "grid": _grid_fact(study["grid"]),
             "ratings": f"{status['rated']} of {status['total']} trials rated",
         }
         files = write_study_report(
@@ -173,3 +171,19 @@ def study_status(db: str | Path | RatingStore, study_id: str | None = None) -> d
             "rated": sum(r["rated"] for r in raters.values()),
             "total": sum(r["total"] for r in raters.values()),
         }
+
+
+def _grid_fact(grid: dict[str, Any]) -> str:
+    """What the report says about the resolution raters saw, degraded or not."""
+    spacing = float(grid["spacing"])
+    resolution = float(grid.get("resolution", spacing))
+    native = grid.get("native_resolution")
+    text = f"{spacing:g} mm voxels"
+    if native:
+        text += f"; the real scans' own resolution {float(native):g} mm"
+    if resolution > spacing + 1e-6:
+        text += (f"; EVERY VOLUME WAS BROUGHT DOWN TO {resolution:g} mm first (asked for): "
+                 "the real scans were shown blurred to a generator's resolution")  # fmt: skip
+    else:
+        text += "; shown at that resolution, nothing blurred first"
+    return text
