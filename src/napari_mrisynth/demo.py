@@ -56,6 +56,11 @@ def run_viewer(screenshot: Path | None = None):
     QApplication.processEvents()  # lay out the docks, then fit the head to the canvas
     viewer.reset_view()
     if screenshot is not None:
+        from napari.qt.threading import WorkerBase
+
+        # The docked widgets list torch's devices in worker threads; closing the viewer
+        # under a running worker aborts the process (its signals outlive their widget).
+        WorkerBase.await_workers(msecs=120_000)
         QApplication.processEvents()
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(screenshot), canvas_only=False)
