@@ -174,8 +174,9 @@ def test_identical_sets_score_zero(real, extractor, shifted_report):
     shifted = shifted_report[0].metrics
     assert report.metrics["fid"]["value"] < 1e-6 * shifted["fid"]["value"]
     # unbiased KID of a set against itself is slightly negative (the cross term holds the
-    # self-similarities); it is tiny next to a real shift
-    assert abs(report.metrics["kid"]["value"]) < 0.01 * shifted["kid"]["value"]
+    # self-similarities); it is tiny next to a real shift (1.0 % with these four heads of
+    # cohort version 2, whose fine anatomy makes heads differ more than version 1's)
+    assert abs(report.metrics["kid"]["value"]) < 0.02 * shifted["kid"]["value"]
 
 
 def test_shifted_distribution_scores_clearly_worse(shifted_report):
@@ -299,7 +300,8 @@ def test_cli_evaluate_aligns_scans_and_writes_the_report(tmp_path, raw, blurred,
         (tmp_path / "synthetic" / f"s{i}.json").write_text(json.dumps(sidecar))
     out = tmp_path / "evaluation.json"
     args = ["evaluate", "--real", str(tmp_path / "real"), "--synthetic",
-            str(tmp_path / "synthetic"), "--metrics", "fid,kid", "--device", "cpu",
+            str(tmp_path / "synthetic"), "--metrics", "fid,kid", "--classifiers", "none",
+            "--device", "cpu",
             "--json", str(out)]  # fmt: skip
     assert main(args) == 0
     table = capsys.readouterr().out

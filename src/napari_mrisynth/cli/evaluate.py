@@ -16,11 +16,15 @@ from napari_mrisynth.errors import MrisynthError
 def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
-        help="FID, KID, IS, MS-SSIM and MMD of a synthetic set against a real one",
+        help="FID, KID, IS, MS-SSIM, MMD and the automated Turing test of a synthetic set",
         description=(
             "Compare a folder of synthetic volumes with a folder of real ones. Each metric "
             "is shown beside its floor: the same metric between two halves of the real set "
-            "(FID, KID, MMD), or the real set's own value (IS, MS-SSIM)."
+            "(FID, KID, MMD), or the real set's own value (IS, MS-SSIM). Then the automated "
+            "Turing test: both sets prepared exactly as raters would see them (a grid at the "
+            "real scans' own resolution), sharpness measured, and two classifiers (texture "
+            "statistics, a patch CNN) cross-validated at telling them apart (AUC 0.5: they "
+            "cannot)."
         ),
     )
     evaluate.add_argument("--real", type=Path, required=True, help="folder of real volumes")
@@ -37,6 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--metrics", default="fid,kid,is,ms_ssim,mmd", help="comma-separated subset to compute"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="real-set halves, subsets, pairs")
+    evaluate.add_argument(
+        "--classifiers", default="texture,cnn",
+        help="automated Turing test classifiers: texture, cnn, both (default) or none",
+    )  # fmt: skip
+    evaluate.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    evaluate.add_argument(
+        "--study-spacing", type=float,
+        help="grid of the prepared volumes in mm (default: the real scans' own resolution)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--study-resolution", type=float,
+        help="bring every volume down to this coarser resolution first (as a study can)",
+    )  # fmt: skip
     add_device_option(evaluate)
     evaluate.add_argument("--tracking-uri", help="log the metrics to this MLflow store")
     evaluate.add_argument(
@@ -134,6 +151,28 @@ def evaluation_table(report: Any) -> str:
     return "\n".join(lines)
 
 
+def turing_table(report: Any) -> str:
+    """The automated Turing test in a few lines: each classifier's AUC, sharpness ratios."""
+    grid = report.grid
+    degraded = f", degraded to {grid['resolution']:g} mm" if grid["degraded"] else ""
+    lines = [f"automated Turing test on volumes prepared as raters see them "
+             f"({grid['spacing']:g} mm grid{degraded})"]  # fmt: skip
+    for name in ("texture", "cnn"):
+        entry = report.two_sample.get(name)
+        if entry:
+            low, high = entry["ci95"]
+            lines.append(f"  {name:<8} AUC {entry['value']:.3f} (95% CI {low:.3f}-{high:.3f}); "
+                         "0.5 = cannot tell synthetic from real")  # fmt: skip
+    for key, title in (("hf_energy", "high-frequency energy"), ("gradient_p50", "gradient p50"),
+                       ("gradient_p90", "gradient p90")):  # fmt: skip
+        entry = report.sharpness[key]
+        low, high = entry["ci95"]
+        floor = "n/a" if entry["floor"] is None else f"{entry['floor']:.3f}"
+        lines.append(f"  {title:<22} synthetic/real {entry['ratio']:.3f} (95% CI {low:.3f}-"
+                     f"{high:.3f}; real halves {floor})")  # fmt: skip
+    return "\n".join(lines)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from napari_mrisynth.evaluation import evaluate_sets, load_folder
     from napari_mrisynth.evaluation.tracking import log_evaluation
@@ -151,11 +190,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
             metrics=wanted, progress=progress,
         )  # fmt: skip
     data = report.to_json()
+    classifiers = [c.strip() for c in args.classifiers.split(",") if c.strip() != "none"]
+    classifiers = ["texture", "cnn"] if classifiers == ["both"] else classifiers
+    turing = None
+    if classifiers:
+        from napari_mrisynth.evaluation.two_sample import automated_turing_test
+
+        with ProgressBar("automated Turing test", leave=False) as progress:
+            turing = automated_turing_test(
+                real, synthetic, spacing=args.study_spacing, resolution=args.study_resolution,
+                models=classifiers, folds=args.folds, seed=args.seed, device=device,
+                progress=progress,
+            )  # fmt: skip
+        data["automated_turing"] = turing.to_json()
     data["folders"] = {"real": str(args.real), "synthetic": str(args.synthetic)}
     if args.tracking_uri or args.mlflow:
         uri, run_id = log_evaluation(data, args.tracking_uri, args.experiment)
         data["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
     table = evaluation_table(report)
+    if turing is not None:
+        table += "\n" + turing_table(turing)
     if "mlflow" in data:
         table += f"\nMLflow run {data['mlflow']['run_id']} ({data['mlflow']['tracking_uri']})"
     print(table, file=sys.stderr if args.json == "-" else sys.stdout)

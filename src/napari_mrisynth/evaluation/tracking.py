@@ -41,6 +41,13 @@ def log_evaluation(
         metrics[name] = float(entry["value"])
         if entry.get("floor") is not None:
             metrics[f"{name}_floor"] = float(entry["floor"])
+    turing = data.get("automated_turing") or {}
+    for name, entry in turing.get("two_sample", {}).items():
+        if isinstance(entry, dict) and "value" in entry:
+            metrics[f"c2st_{name}_auc"] = float(entry["value"])
+    for name, entry in turing.get("sharpness", {}).items():
+        if isinstance(entry, dict) and "ratio" in entry:
+            metrics[f"{name}_ratio"] = float(entry["ratio"])
     tracking.log_metrics(client, run_id, metrics)
     tracking.log_params(client, run_id, {
         "n_real": data["n_real"], "n_synthetic": data["n_synthetic"], "seed": data["seed"],
