@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 _FAMILIES = {
+    "anatomy": "fit the anatomy-first generator (groupwise template, diffeomorphic shape model, "
+    "appearance; at the scans' own resolution, with label maps)",
     "vae": "train a conditional VAE (MONAI AutoencoderKL encoder/decoder)",
     "gan": "train a conditional GAN (decoder generator, PatchDiscriminator, DiffAugment, R1, EMA)",
     "ldm": "train a latent diffusion model (AutoencoderKL, then DiffusionModelUNet; DDIM)",
@@ -170,7 +172,7 @@ def _conditions(text: str) -> tuple[str, ...]:
 
 
 def _register_generators(tasks: argparse._SubParsersAction) -> None:
-    """Add ``vae``, ``gan`` and ``ldm`` to ``mrisynth train``."""
+    """Add ``anatomy``, ``vae``, ``gan`` and ``ldm`` to ``mrisynth train``."""
     for family, help_text in _FAMILIES.items():
         sub = tasks.add_parser(
             family,
@@ -195,12 +197,23 @@ def _register_generators(tasks: argparse._SubParsersAction) -> None:
             default=("diagnosis",),
             help="diagnosis, or diagnosis,age,sex",
         )
-        add("--spacing", type=float, default=4.0, help="model grid spacing in mm (default 4)")
-        add("--channels", type=int, nargs="+", help="channels per level (autoencoder/decoder)")
-        add(
-            "--latent-channels", type=int, help="latent channels (VAE, LDM) or noise channels (GAN)"
-        )
-        add("--epochs", type=int, default=100, help="epochs (LDM: of the diffusion model)")
+        if family == "anatomy":
+            add("--spacing", type=float, default=2.0,
+                help="the scans' resolution: grid spacing in mm (default 2)")  # fmt: skip
+            add("--node-mm", type=float, default=6.0, help="velocity node grid (mm, default 6)")
+            add("--registration-mm", type=float, default=4.0,
+                help="finest level of the groupwise registration (mm, default 4)")  # fmt: skip
+            add("--rounds", type=int, default=3, help="groupwise template rounds (default 3)")
+            add("--shape-model", choices=("auto", "gaussian", "vae"), default="auto",
+                help="auto: the one closer to the validation scans' fields")  # fmt: skip
+            add("--epochs", type=int, default=300, help="epochs of the VAE shape model")
+        else:
+            add("--spacing", type=float, default=4.0, help="model grid spacing in mm (default 4)")
+            add("--channels", type=int, nargs="+",
+                help="channels per level (autoencoder/decoder)")  # fmt: skip
+            add("--latent-channels", type=int,
+                help="latent channels (VAE, LDM) or noise channels (GAN)")  # fmt: skip
+            add("--epochs", type=int, default=100, help="epochs (LDM: of the diffusion model)")
         if family == "ldm":
             add("--autoencoder-epochs", type=int, default=100, help="epochs of stage 1")
             add(
@@ -220,7 +233,7 @@ def _register_generators(tasks: argparse._SubParsersAction) -> None:
         add("--max-steps", type=int, default=-1, help="stop after this many steps (-1: epochs)")
         add("--batch-size", type=int, default=4)
         add("--lr", type=float, help="learning rate (default per family)")
-        if family != "gan":
+        if family not in ("gan", "anatomy"):
             add("--kl-weight", type=float, help="KL weight (VAE 0.01, LDM autoencoder 1e-6)")
         add(
             "--evaluate-per-class",
@@ -238,12 +251,13 @@ def _register_generators(tasks: argparse._SubParsersAction) -> None:
             help="subject fractions, stratified",
         )
         add("--seed", type=int, default=0)
-        add(
-            "--init",
-            metavar="MODEL_ID",
-            help="continue from a registry generator of this family (its architecture, grid "
-            "and split; for ldm, --autoencoder-epochs 0 keeps its autoencoder)",
-        )
+        if family != "anatomy":
+            add(
+                "--init",
+                metavar="MODEL_ID",
+                help="continue from a registry generator of this family (its architecture, grid "
+                "and split; for ldm, --autoencoder-epochs 0 keeps its autoencoder)",
+            )
         add("--source", choices=("nifti", "dicom"), default="nifti")
         add_runtime_options(sub)
         sub.set_defaults(func=run_generator_training, family=family)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_mrisynth.errors import MrisynthError, VolumeFileError
-from napari_mrisynth.io.files import VOLUME_SUFFIXES, is_volume_file
+from napari_mrisynth.io.files import VOLUME_SUFFIXES, is_label_map, is_volume_file
 from napari_mrisynth.volume import Volume
 
 #: Files a set folder may hold (one volume each); anything else is ignored.
@@ -23,13 +23,14 @@ def volume_name(volume: Volume, index: int) -> str:
 
 
 def volume_files(path: str | Path) -> list[Path]:
-    """The volume files directly in ``path``, sorted by name."""
+    """The volume files directly in ``path``, sorted by name (label maps beside them, such
+    as ``x_labels.nii.gz``, are not volumes)."""
     folder = Path(path)
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: not a folder")
     return sorted(
         p for p in folder.iterdir()
-        if p.is_file() and is_volume_file(p)
+        if p.is_file() and is_volume_file(p) and not is_label_map(p)
     )  # fmt: skip
 
 

@@ -22,6 +22,8 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", *ITK_SUFFIXES)
 #: Named DICOM: a broken one gets the DICOM reader's specific error, not "unknown format".
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 FORMATS = "a DICOM folder or file, .nii, .nii.gz, .mha, .mhd, .nrrd or .nhdr"
+#: Name endings (before the suffix) of label maps kept beside their volume (BIDS-like).
+MASK_SUFFIXES = ("_labels", "_dseg", "_mask")
 
 
 def volume_suffix(path: str | Path) -> str:
@@ -37,6 +39,11 @@ def volume_suffix(path: str | Path) -> str:
 def is_volume_file(path: str | Path) -> bool:
     """True for a name ending in a single-file volume format (not DICOM)."""
     return Path(path).name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def is_label_map(path: str | Path) -> bool:
+    """True for a file named as a label map of the volume beside it (``x_labels.nii.gz``)."""
+    return volume_stem(path).endswith(MASK_SUFFIXES)
 
 
 def volume_stem(path: str | Path) -> str:

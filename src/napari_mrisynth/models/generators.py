@@ -1,4 +1,5 @@
-"""The three generator families, assembled from MONAI's generative networks.
+"""The generator families: three assembled from MONAI's generative networks, and the
+anatomy-first generator (:mod:`~napari_mrisynth.models.anatomy_generator`).
 
 Each takes the condition vector of :mod:`~napari_mrisynth.models.conditions` as constant
 channels beside its input (the usual conditional VAE/GAN recipe; "concat" conditioning for
@@ -16,6 +17,9 @@ seeded generator per volume: the same seed gives the same volume at any batch si
   grid), MONAI's PatchDiscriminator as critic; both see the condition.
 - :class:`LatentDiffusion`: AutoencoderKL (stage 1) and DiffusionModelUNet (stage 2) with
   DDIM sampling and classifier-free guidance (the null condition is the zero vector).
+- :class:`~napari_mrisynth.models.anatomy_generator.AnatomyFirst`: a learned template head
+  deformed by a sampled diffeomorphism and rendered; its ``generate`` also returns the
+  volume's label map.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from napari_mrisynth.models.anatomy_generator import AnatomyFirst
 from napari_mrisynth.models.conditions import CONDITION_NAMES
 
 #: Upper end of the model-grid intensity range (normalise_intensity clips to [0, 1.5]).
@@ -71,6 +76,7 @@ class ConditionalVAE(nn.Module):
         condition_dim: int = len(CONDITION_NAMES),
         global_latent: int = 0,
         spatial_dims: int = 3,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         from monai.networks.nets.autoencoderkl import Decoder, Encoder
@@ -90,12 +96,12 @@ class ConditionalVAE(nn.Module):
             "with_nonlocal_attn": False,
         }
         self.encoder = Encoder(
-            in_channels=1 + condition_dim, out_channels=latent_channels, **common
+            in_channels=in_channels + condition_dim, out_channels=latent_channels, **common
         )
         self.quant_mu = nn.Conv3d(latent_channels, latent_channels, 1)
         self.quant_log_var = nn.Conv3d(latent_channels, latent_channels, 1)
         self.decoder = Decoder(
-            in_channels=latent_channels + condition_dim, out_channels=1, **common
+            in_channels=latent_channels + condition_dim, out_channels=in_channels, **common
         )
         if self.global_latent:
             cells = latent_channels * int(torch.tensor(self.latent_shape).prod())
@@ -372,5 +378,7 @@ class LatentDiffusion(nn.Module):
 
 
 #: Card architecture names -> classes.
-GENERATORS = {cls.__name__: cls for cls in (ConditionalVAE, ConditionalGAN, LatentDiffusion)}
+GENERATORS = {
+    cls.__name__: cls for cls in (ConditionalVAE, ConditionalGAN, LatentDiffusion, AnatomyFirst)
+}
 FAMILIES = {cls.family: cls for cls in GENERATORS.values()}

@@ -43,6 +43,9 @@ class Synthetic:
     provenance: dict[str, Any]
     path: Path | None = None
     sidecar: Path | None = None
+    #: The volume's exact label map (generators that make one: the anatomy-first family).
+    labels: Volume | None = None
+    labels_path: Path | None = None
 
 
 def noise_seed(seed: int, index: int) -> int:
@@ -182,6 +185,9 @@ def generate(
             ),
             "eta": 0.0,
         }
+    if family == "anatomy":
+        default = card.inference.get("guidance", 1.0)
+        sampling = {"guidance": float(default if guidance is None else guidance)}
     units = sampling.get("steps", 1)
     total = n * units
     batch = int(batch_size or card.inference.get("batch_size", 4))
@@ -208,7 +214,7 @@ def generate(
                 enabled=autocast is not None,
             ),
         ):
-            images = network.generate(
+            made = network.generate(
                 c.to(torch_device),
                 noise.to(torch_device),
                 steps=sampling.get("steps", 50),
@@ -216,12 +222,15 @@ def generate(
                 sampler=sampling.get("sampler", "ddim"),
                 progress=step,
             )
-        images = images.float().cpu().numpy()[:, 0]
+        label_maps: Any = [None] * len(indices)
+        if isinstance(made, tuple):  # (images, label maps)
+            made, label_maps = made[0], made[1].cpu().numpy()[:, 0]
+        images = made.float().cpu().numpy()[:, 0]
         seconds = (time.perf_counter() - began) / len(indices)
         done += len(indices) * units
         if progress is not None:
             progress(done, total)
-        for i, image in zip(indices, images, strict=True):
+        for i, image, label_map in zip(indices, images, label_maps, strict=True):
             provenance = _provenance(card, cond, seed, i, sampling, seconds, torch_device)
             provenance["precision"] = precision
             name = f"{card.id}_{cond.label}_seed{seed}_{i:04d}"
@@ -233,6 +242,9 @@ def generate(
                 synthetic=True,
             )
             item = Synthetic(volume, provenance)
+            if label_map is not None:
+                item.labels = volume.with_data(label_map.astype(np.uint8), name=f"{name}_labels",
+                                               description=f"labels of {name}")  # fmt: skip
             if out is not None:
                 _write(item, Path(out), name, formats, i)
             results.append(item)
@@ -302,6 +314,13 @@ def _write(item: Synthetic, out: Path, name: str, formats: tuple[str, ...], inde
         partial.replace(path)
         item.path = path
         files["nifti"] = path.name
+        if item.labels is not None:  # beside the volume, where studies and exports find masks
+            labels_path = out / f"{name}_labels.nii.gz"
+            partial = out / f".{name}_labels.{os.getpid()}.partial.nii.gz"
+            save_volume(item.labels, partial)
+            partial.replace(labels_path)
+            item.labels_path = labels_path
+            files["labels"] = labels_path.name
     if "dicom" in formats:
         folder = _write_dicom(item, out, name, index)
         files["dicom"] = folder.name

@@ -29,7 +29,7 @@ from napari_mrisynth.models.conditions import (
 )
 from napari_mrisynth.training.recipe import RunOptions, TrainingRun, model_spec, resolve_init
 
-FAMILIES = ("vae", "gan", "ldm")
+FAMILIES = ("anatomy", "vae", "gan", "ldm")
 #: A latent diffusion model's stage-1 arguments (``--autoencoder`` copies them).
 AUTOENCODER_ARGS = (
     "shape",
@@ -38,9 +38,15 @@ AUTOENCODER_ARGS = (
     "autoencoder_res_blocks",
     "norm_num_groups",
 )
-ARCHITECTURE_NAMES = {"vae": "ConditionalVAE", "gan": "ConditionalGAN", "ldm": "LatentDiffusion"}
-TITLES = {"vae": "conditional VAE", "gan": "conditional GAN", "ldm": "latent diffusion"}
+ARCHITECTURE_NAMES = {"vae": "ConditionalVAE", "gan": "ConditionalGAN", "ldm": "LatentDiffusion",
+                      "anatomy": "AnatomyFirst"}  # fmt: skip
+TITLES = {"vae": "conditional VAE", "gan": "conditional GAN", "ldm": "latent diffusion",
+          "anatomy": "anatomy-first"}  # fmt: skip
 DETAILS = {
+    "anatomy": "a groupwise template built by SimpleITK diffeomorphic demons, stationary "
+    "velocity fields on a 6 mm grid under a conditional shape model, regional cortical "
+    "thinning, tissue appearance, fine folding and texture; rendered at native resolution "
+    "with exact label maps",
     "vae": "MONAI AutoencoderKL encoder and decoder, both seeing the condition",
     "gan": "AutoencoderKL-style decoder generator and PatchDiscriminator critic, hinge loss, "
     "DiffAugment, R1 penalty, generator EMA",
@@ -66,6 +72,12 @@ class GenerativeOptions(RunOptions):
     guidance: float = 1.0
     evaluate_per_class: int = 6
     autoencoder: str | None = None
+    #: anatomy-first: velocity node grid and registration resolution (mm), groupwise
+    #: rounds, and the shape model ("auto" compares the Gaussian and the VAE)
+    node_mm: float = 6.0
+    registration_mm: float = 4.0
+    rounds: int = 3
+    shape_model: str = "auto"
 
 
 def architecture_for(family: str, shape: Sequence[int], opts: GenerativeOptions) -> dict:
@@ -156,6 +168,8 @@ def _loader(x: Any, c: Any, batch_size: int, shuffle: bool, seed: int) -> Any:
 
 
 def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> ModelCard | None:
+    if family == "anatomy":
+        return _train_anatomy(data, out, opts)
     run = TrainingRun("generation", data, out, opts)
     import torch
 
@@ -378,3 +392,138 @@ def _stage_record(trainer: Any, hparams: Any) -> dict[str, Any]:
         },
         "final_metrics": metrics,
     }
+
+
+def _vae_trainer(run: TrainingRun, opts: GenerativeOptions) -> Any:
+    """``vae_fit`` for :func:`~napari_mrisynth.synthesis.anatomy.fit_anatomy_first`: a
+    ConditionalVAE on the velocity fields (3 channels on the node grid, padded), condition
+    dropout 0.2 for classifier-free guidance, trained by the run's Lightning Trainer."""
+
+    def fit(velocities: np.ndarray, design: np.ndarray, nodes: Sequence[int]) -> dict:
+        import torch
+
+        from napari_mrisynth.models.networks import build_network
+        from napari_mrisynth.training.generator_modules import VAEModule
+
+        padded = [-(-int(n) // 4) * 4 for n in nodes]
+        scale = float(np.std(velocities)) or 1.0
+        x = np.zeros((len(velocities), 3, *padded), np.float32)
+        x[:, :, : nodes[0], : nodes[1], : nodes[2]] = velocities / scale
+        args = {"shape": padded, "channels": [16, 32, 32], "latent_channels": 4,
+                "global_latent": 16, "in_channels": 3}  # fmt: skip
+        architecture = {"name": "ConditionalVAE", "args": args}
+        module = VAEModule(architecture, lr=1e-3, kl_weight=0.01, condition_dropout=0.2)
+        c = torch.tensor(design[:, 1:], dtype=torch.float32)
+        loader = _loader(torch.from_numpy(x), c, min(8, len(x)), True, opts.seed)
+        trainer = run.trainer(max(1, opts.epochs), checkpointing=False)
+        trainer.fit(module, loader)
+        network = module.network.eval()
+        state = {k: v.detach().cpu().numpy() for k, v in network.state_dict().items()}
+
+        def sample(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            z = torch.from_numpy(rng.standard_normal((len(rows), 16)).astype(np.float32))
+            with torch.no_grad():
+                out = network.decode(z, torch.tensor(rows[:, 1:], dtype=torch.float32))
+            return out[:, :, : nodes[0], : nodes[1], : nodes[2]].numpy() * scale
+
+        return {"args": args, "state": state, "scale": scale, "sample": sample,
+                "network": build_network}  # fmt: skip
+
+    return fit
+
+
+def _train_anatomy(data: Path, out: Path, opts: GenerativeOptions) -> ModelCard | None:
+    """The anatomy-first family (:mod:`.anatomy`): no gradient descent but for its optional
+    VAE shape model; the run recipe around it is the same as every model's."""
+    import torch
+
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.synthesis.anatomy import AnatomyOptions, fit_anatomy_first
+
+    run = TrainingRun("generation", data, out, opts)
+    rows = {row["participant_id"]: row for row in run.participants}
+    try:
+        condition_of = {s: Condition.from_participant(rows[s], tuple(opts.conditions))
+                        for s in rows}  # fmt: skip
+    except (MrisynthError, ValueError) as exc:
+        raise MrisynthError(f"{data / 'participants.tsv'}: {exc}") from exc
+    splits = run.split()
+    from napari_mrisynth.preprocess.grid import default_multiple
+
+    spec = model_spec(opts.spacing, default_multiple(opts.spacing))
+    model_id = opts.id or f"anatomy-bvftd-{opts.spacing:g}mm"
+    run.check_new(model_id)
+    by_id = run.cache(splits["train"] + splits["val"] + splits["test"], spec, labels=True)
+    part = {k: [by_id[s] for s in v] for k, v in splits.items()}
+
+    def arrays(items: Sequence[Any], attribute: str) -> list[np.ndarray]:
+        return [np.asarray(load_volume(getattr(c, attribute)).compute().data) for c in items]
+
+    run.start_logging(model_id, family="anatomy")
+    options = AnatomyOptions(node_mm=opts.node_mm, registration_mm=opts.registration_mm,
+                             rounds=opts.rounds, shape_model=opts.shape_model)  # fmt: skip
+    bar = None
+    if opts.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="anatomy-first", unit="step")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if bar is not None:
+            bar.set_description(stage)
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    fitted = fit_anatomy_first(
+        arrays(part["train"], "image"), arrays(part["train"], "label"),
+        [condition_of[s] for s in splits["train"]], opts.spacing, options,
+        validation=(arrays(part["val"], "image"), [condition_of[s] for s in splits["val"]]),
+        vae_fit=_vae_trainer(run, opts) if opts.shape_model in ("auto", "vae") else None,
+        progress=progress,
+    )  # fmt: skip
+    if bar is not None:
+        bar.close()
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fitted.buffers.items()}
+    architecture = {"name": "AnatomyFirst", "args": fitted.args}
+
+    class _Finished:  # the record's Lightning facts for a run that fits in closed form
+        world_size = 1
+        strategy = type("SingleProcess", (), {})()
+
+    training = run.training_record(
+        _Finished(), conditions=list(opts.conditions), fit=fitted.report,
+        checkpoint="closed-form fit (the VAE shape model, when chosen, its last epoch)",
+    )  # fmt: skip
+    inference = {"family": "anatomy", "conditions": list(opts.conditions),
+                 "condition_encoding": encoding(), "batch_size": 2, "guidance": 1.0,
+                 "labels": True}  # fmt: skip
+    card = run.card(
+        id=model_id,
+        title=f"anatomy-first bvFTD/control T1, {opts.spacing:g} mm",
+        description=(
+            f"Anatomy-first generator ({DETAILS['anatomy']}), conditioned on "
+            f"{', '.join(opts.conditions)}, fitted with napari-mrisynth on "
+            f"{len(splits['train'])} {'simulated ' if run.simulated else ''}subjects of "
+            f"{data.name} at {opts.spacing:g} mm (grid {tuple(spec.shape)}); shape model "
+            f"{fitted.report['shape_model']}; {len(splits['test'])} held-out subjects are the "
+            "real set its metrics use."
+        ),
+        architecture=architecture,
+        labels=list(DIAGNOSIS_CLASSES),
+        input=spec,
+        inference=inference,
+        training=training,
+    )
+
+    def test_metrics(card: ModelCard, report_dir: Path) -> dict[str, Any]:
+        if opts.evaluate_per_class <= 0 or not part["test"]:
+            return {}
+        from napari_mrisynth.synthesis.assess import assess_generator
+
+        return assess_generator(card, part["test"], part["train"],
+                                [condition_of[s] for s in splits["test"]],
+                                per_class=opts.evaluate_per_class, seed=opts.seed,
+                                report_dir=report_dir)  # fmt: skip
+
+    return run.finish(card, state, test_metrics)

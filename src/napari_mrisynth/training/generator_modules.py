@@ -38,9 +38,13 @@ class VAEModule(pl.LightningModule):
         lr: float = 1e-3,
         kl_weight: float = 0.02,
         network: torch.nn.Module | None = None,
+        condition_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["network"])
+        # condition dropout is not a logged hyperparameter: the LDM's autoencoder stage shares
+        # its MLflow run with the diffusion stage, whose own condition_dropout is logged
+        self.save_hyperparameters(ignore=["network", "condition_dropout"])
+        self.condition_dropout = float(condition_dropout)
         self.network = network if network is not None else build_network(architecture)
         self.autoencoder_only = hasattr(self.network, "autoencoder")
 
@@ -60,7 +64,11 @@ class VAEModule(pl.LightningModule):
         return {"l1": l1, "kl": kl, "loss": l1 + self.hparams.kl_weight * kl}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        losses = self._losses(*batch, sample=True)
+        x, c = batch
+        if self.condition_dropout > 0:  # the null condition, for classifier-free guidance
+            keep = torch.rand(c.shape[0], 1, device=c.device) >= self.condition_dropout
+            c = c * keep.to(c.dtype)
+        losses = self._losses(x, c, sample=True)
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items()},
             on_step=False,

@@ -45,7 +45,6 @@ class StudyVolume:
 
 #: File-name endings of masks beside a volume (``<stem>_labels.nii.gz`` is what the Correct
 #: mask widget saves); such files are masks, never volumes of their own.
-MASK_SUFFIXES = ("_labels", "_dseg", "_mask")
 
 
 def _condition(row: dict[str, str]) -> dict[str, Any]:
@@ -85,7 +84,7 @@ def find_real(path: str | Path) -> list[StudyVolume]:
 def find_mask(volume: str | Path, folders: Sequence[str | Path] = ()) -> Path | None:
     """A corrected mask of ``volume``: ``<stem>_labels.nii.gz`` (or ``_dseg``, ``_mask``; NIfTI)
     beside it or in one of ``folders``, the first found."""
-    from napari_mrisynth.io.files import volume_stem
+    from napari_mrisynth.io.files import MASK_SUFFIXES, volume_stem
 
     volume = Path(volume)
     for folder in (volume.parent, *map(Path, folders)):
@@ -108,8 +107,6 @@ def find_synthetic(path: str | Path) -> list[StudyVolume]:
     found = []
     files = volume_files(folder)
     for file in files:
-        if volume_stem(file).endswith(MASK_SUFFIXES):
-            continue
         mask = find_mask(file)
         sidecar = file.with_name(f"{volume_stem(file)}.json")
         provenance: dict[str, Any] = {}

@@ -1,0 +1,352 @@
+"""The anatomy-first generator: a learned template head, deformed and rendered.
+
+Everything is learned from the training scans by :mod:`napari_mrisynth.synthesis.anatomy`
+and kept here as buffers, so the registry saves and verifies it like any network:
+
+* a **template**, built by groupwise registration of the training scans (never one
+  subject's scan): its label map at the scans' own resolution, sharp because its tissue
+  boundaries are placed where the aligned subjects most probably have them, in the
+  subjects' mean proportions; the cortex's depth from the pial surface; and the mean
+  intensity structure the labels do not explain;
+* a **shape model**: each training scan's smooth diffeomorphic transform to the template as
+  a stationary velocity field on a coarse node grid, modelled by its mean given the
+  condition (diagnosis, age, sex) plus principal components (a conditional Gaussian), or
+  by a conditional VAE with classifier-free guidance;
+* an **anatomy and appearance model**: a conditional Gaussian over each scan's regional
+  cortical thinning or thickening (mm per cortical label), tissue intensities (per label),
+  bias field (quadratic), noise level and field of view;
+* **fine-scale models** of what the coarse fields and the template cannot hold: a random
+  fine folding deformation and a tissue texture field, their amplitude and scale fitted to
+  the training scans.
+
+Sampling draws all of these, thins (or thickens) the template's cortex region by region,
+warps its labels through ``exp(v)`` composed with a fresh fine folding at native
+resolution, renders tissue intensities with the fitted point spread, adds structure,
+texture, bias and Rician noise, and cuts the field of view: a volume and its exact label map,
+as sharp as the training scans, and never a copy of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_mrisynth.models.conditions import CONDITION_NAMES
+
+#: Quadratic bias-field terms over the grid scaled to [-1, 1]: x, y, z, x², y², z², xy, xz, yz.
+BIAS_TERMS = 9
+#: Field-of-view bounds: lower and upper extent along z, y, x, as fractions of the grid.
+FOV_TERMS = 6
+#: Seed entries of a volume's noise (fine folding, texture, acquisition noise, spare).
+SEED_TERMS = 4
+#: Knots of the intensity response curve.
+TONE_KNOTS = 65
+#: Named entries of the ``scalars`` buffer.
+SCALARS = ("psf", "fine_rms", "fine_sigma", "texture_rms", "texture_sigma", "vae_scale",
+           "noise_blur", "psf_head")  # fmt: skip
+
+
+def appearance_layout(labels: int, cortical: int) -> dict[str, slice]:
+    """Where each part of the anatomy-and-appearance vector sits."""
+    sizes = {"thinning": cortical, "intensity": labels, "bias": BIAS_TERMS, "log_noise": 1,
+             "fov": FOV_TERMS}  # fmt: skip
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = slice(start, start + size)
+        start += size
+    return out
+
+
+def design_matrix(condition: torch.Tensor) -> torch.Tensor:
+    """``[1, diagnosis, age, sex]`` per row: the regressors every model is conditioned on."""
+    ones = torch.ones(condition.shape[0], 1, dtype=condition.dtype, device=condition.device)
+    return torch.cat([ones, condition], dim=1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, D, H, W)`` (sigma in voxels; replicate edges)."""
+    if sigma <= 0:
+        return x
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = kernel.numel()
+        weight = kernel.view(shape).expand(channels, 1, *shape[2:])
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        x = F.conv3d(F.pad(x, pad, mode="replicate"), weight, groups=channels)
+    return x
+
+
+def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``np.interp`` in torch (``xp`` increasing; ends held constant)."""
+    if float(xp[-1] - xp[0]) <= 0:
+        return x
+    index = torch.searchsorted(xp.contiguous(), x.contiguous().clamp(xp[0], xp[-1])).clamp(
+        1, len(xp) - 1
+    )
+    x0, x1, f0, f1 = xp[index - 1], xp[index], fp[index - 1], fp[index]
+    weight = (x.clamp(xp[0], xp[-1]) - x0) / (x1 - x0).clamp_min(1e-9)
+    return f0 + weight * (f1 - f0)
+
+
+def _identity_grid(shape: Sequence[int], device: Any, dtype: Any) -> torch.Tensor:
+    """(1, D, H, W, 3) grid_sample coordinates (x, y, z order) of a volume's own voxels."""
+    axes = [torch.linspace(-1.0, 1.0, int(n), device=device, dtype=dtype) for n in shape]
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([x, y, z], dim=-1)[None]
+
+
+def _to_normalised(displacement_mm: torch.Tensor, shape: Sequence[int], spacing: float):
+    """(B, 3, D, H, W) mm displacement (components x, y, z) -> (B, D, H, W, 3) offsets in
+    grid_sample's [-1, 1] units (align_corners=True)."""
+    scale = torch.tensor([2.0 / (max(int(n), 2) - 1) / spacing for n in shape[::-1]],
+                         dtype=displacement_mm.dtype, device=displacement_mm.device)  # fmt: skip
+    return displacement_mm.permute(0, 2, 3, 4, 1) * scale
+
+
+def exponentiate(velocity: torch.Tensor, step_mm: float, squarings: int = 6) -> torch.Tensor:
+    """Displacement (mm) of ``exp(velocity)`` on the same node grid, by scaling and squaring
+    (torch; runs on the GPU when the field is there)."""
+    shape = velocity.shape[2:]
+    grid = _identity_grid(shape, velocity.device, velocity.dtype)
+    u = velocity / (2**squarings)
+    for _ in range(squarings):
+        moved = grid + _to_normalised(u, shape, step_mm)
+        u = u + F.grid_sample(u, moved, mode="bilinear", padding_mode="border", align_corners=True)
+    return u
+
+
+def _node_to_voxels(field: torch.Tensor, step: int, shape: Sequence[int]) -> torch.Tensor:
+    """A field on a node grid (node ``k`` at voxel ``k * step``) sampled at every voxel."""
+    nodes = field.shape[2:]
+    axes = [
+        torch.arange(int(n), device=field.device, dtype=field.dtype) / step / max(int(m) - 1, 1)
+        * 2.0 - 1.0
+        for n, m in zip(shape, nodes, strict=True)
+    ]  # fmt: skip
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    grid = torch.stack([x, y, z], dim=-1)[None].expand(field.shape[0], -1, -1, -1, -1)
+    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+class AnatomyFirst(nn.Module):
+    """The anatomy-first generator (see the module docstring); sizes come from the card.
+
+    Parameters
+    ----------
+    shape : (D, H, W)
+        The output grid (the model grid at the training scans' resolution).
+    spacing : float
+        Its voxel size, mm.
+    node_step, fine_step : int
+        Voxels between nodes of the velocity grid and of the fine folding grid.
+    components : int
+        Principal components of the velocity fields (Gaussian shape model).
+    labels : int
+        Rendering classes 0 .. labels - 1 of the template: the label schema's values, then
+        intensity subclasses of labels that hold several tissues (skull tables and diploe;
+        skin, fat and muscle); ``class_label`` maps each class to its label.
+    cortical : sequence of int
+        Cortical grey-matter labels (thinned or thickened region by region).
+    sulcal : int
+        The label a thinned cortex becomes (sulcal CSF).
+    brain : sequence of int
+        Labels inside the brain (where tissue texture applies).
+    shape_model : {"gaussian", "vae"}
+    vae : dict, optional
+        The ConditionalVAE arguments of a VAE shape model.
+    """
+
+    family = "anatomy"
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        spacing: float,
+        node_step: int,
+        fine_step: int,
+        components: int,
+        labels: int,
+        cortical: Sequence[int],
+        sulcal: int,
+        brain: Sequence[int],
+        shape_model: str = "gaussian",
+        vae: dict[str, Any] | None = None,
+        condition_dim: int = len(CONDITION_NAMES),
+    ) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        self.spacing = float(spacing)
+        self.node_step, self.fine_step = int(node_step), int(fine_step)
+        self.node_shape = tuple(-(-(n - 1) // self.node_step) + 1 for n in self.shape)
+        self.fine_shape = tuple(-(-(n - 1) // self.fine_step) + 1 for n in self.shape)
+        self.components = int(components)
+        self.label_count = int(labels)
+        self.cortical = [int(v) for v in cortical]
+        self.sulcal = int(sulcal)
+        self.brain = [int(v) for v in brain]
+        self.shape_model = shape_model
+        self.layout = appearance_layout(self.label_count, len(self.cortical))
+        self.appearance_dim = max(s.stop for s in self.layout.values())
+        design = 1 + int(condition_dim)
+        zeros, half = torch.zeros, {"dtype": torch.float16}  # big maps: half the weights file
+        self.register_buffer("template_labels", zeros(self.shape, dtype=torch.uint8))
+        self.register_buffer("class_label", zeros(self.label_count, dtype=torch.uint8))
+        # the intensity response: rendered head quantiles (row 0) -> the scans' (row 1)
+        self.register_buffer("tone", zeros(2, TONE_KNOTS))
+        self.register_buffer("gm_depth", zeros(self.shape, **half))  # mm from the pial side
+        self.register_buffer("csf_depth", zeros(self.shape, **half))  # mm of CSF from cortex
+        self.register_buffer("nearest_cortex", zeros(self.shape, dtype=torch.uint8))
+        self.register_buffer("structure", zeros(self.shape, **half))
+        self.register_buffer("velocity_design", zeros(design, 3, *self.node_shape, **half))
+        self.register_buffer("velocity_basis", zeros(self.components, 3, *self.node_shape, **half))
+        self.register_buffer("appearance_design", zeros(design, self.appearance_dim))
+        self.register_buffer("appearance_factor", zeros(self.appearance_dim, self.appearance_dim))
+        # psf sigma (voxels), fine folding rms (mm) and sigma (fine nodes), texture rms
+        # (fraction) and sigma (voxels), velocity scale of the VAE (mm per unit), the
+        # acquisition noise's correlation (voxels): see SCALARS
+        self.register_buffer("scalars", zeros(len(SCALARS)))
+        self.vae = None
+        if shape_model == "vae":
+            from napari_mrisynth.models.generators import ConditionalVAE
+
+            self.vae = ConditionalVAE(**(vae or {}))
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        latent = self.vae.global_latent if self.vae is not None else self.components
+        return (latent + self.appearance_dim + SEED_TERMS,)
+
+    # -- sampling the parts ------------------------------------------------------------
+    def _velocity(self, x: torch.Tensor, condition: torch.Tensor, z: torch.Tensor,
+                  guidance: float) -> torch.Tensor:  # fmt: skip
+        if self.vae is None:
+            mean = torch.einsum("bp,pcdhw->bcdhw", x, self.velocity_design.float())
+            return mean + torch.einsum("bk,kcdhw->bcdhw", z, self.velocity_basis.float())
+        scale = self.scalars[SCALARS.index("vae_scale")]
+        conditioned = self.vae.decode(z, condition)
+        if guidance != 1.0:
+            unconditioned = self.vae.decode(z, torch.zeros_like(condition))
+            conditioned = unconditioned + guidance * (conditioned - unconditioned)
+        d, h, w = self.node_shape
+        return conditioned[:, :, :d, :h, :w] * scale
+
+    def _appearance(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return x @ self.appearance_design + z @ self.appearance_factor.T
+
+    def _labels(self, thinning: torch.Tensor) -> torch.Tensor:
+        """The template's labels with each cortical label thinned (t > 0: its outer t mm
+        become sulcal CSF) or thickened (t < 0: sulcal CSF within |t| mm of it becomes it)."""
+        batch = thinning.shape[0]
+        labels = self.template_labels[None].expand(batch, -1, -1, -1).clone()
+        gm_depth, csf_depth = self.gm_depth.float()[None], self.csf_depth.float()[None]
+        sulcal = (self.template_labels == self.sulcal)[None]
+        for k, value in enumerate(self.cortical):
+            t = thinning[:, k].view(batch, 1, 1, 1)
+            labels[(labels == value) & (gm_depth < t)] = self.sulcal
+            grow = sulcal & (self.nearest_cortex == value)[None] & (csf_depth <= -t)
+            labels[grow] = value
+        return labels
+
+    def _field(self, seeds: torch.Tensor, shape: Sequence[int], sigma: float,
+               components: int) -> torch.Tensor:  # fmt: skip
+        """Smooth unit-RMS noise per volume, drawn on the CPU from the volume's own seed."""
+        out = []
+        for seed in seeds.tolist():
+            generator = torch.Generator().manual_seed(int(seed))
+            white = torch.randn((components, *shape), generator=generator)
+            smooth = gaussian_blur(white[None], sigma)[0]
+            out.append(smooth / smooth.pow(2).mean().sqrt().clamp_min(1e-12))
+        return torch.stack(out).to(self.scalars.device)
+
+    def _seeds(self, noise: torch.Tensor, salt: int) -> torch.Tensor:
+        """Integer seeds from a volume's seed entries (deterministic on every device)."""
+        raw = noise.detach().float().cpu().numpy()
+        return torch.tensor([int.from_bytes(hashlib.sha256(row.tobytes() + bytes([salt]))
+                                            .digest()[:7], "little") for row in raw])  # fmt: skip
+
+    @torch.no_grad()
+    def generate(self, condition: torch.Tensor, noise: torch.Tensor, *, guidance: float = 1.0,
+                 **_: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """``(images, labels)``: (B, 1, D, H, W) float32 on the model grid's intensity scale
+        and (B, 1, D, H, W) uint8 label maps of the same anatomy."""
+        dtype, device = torch.float32, self.scalars.device
+        condition = condition.to(dtype)
+        latent = self.vae.global_latent if self.vae is not None else self.components
+        z_shape = noise[:, :latent]
+        z_look = noise[:, latent : latent + self.appearance_dim]
+        seeds = noise[:, latent + self.appearance_dim :]
+        x = design_matrix(condition)
+        look = self._appearance(x, z_look)
+        named = dict(zip(SCALARS, self.scalars.tolist(), strict=True))
+        psf, fine_rms, fine_sigma = named["psf"], named["fine_rms"], named["fine_sigma"]
+        texture_rms, texture_sigma = named["texture_rms"], named["texture_sigma"]
+        # shape: the coarse diffeomorphism plus a fresh fine folding, at native resolution
+        velocity = self._velocity(x, condition, z_shape, guidance)
+        coarse = exponentiate(velocity, self.node_step * self.spacing)
+        displacement = _node_to_voxels(coarse, self.node_step, self.shape)
+        if fine_rms > 0:
+            fine_v = fine_rms * self._field(self._seeds(seeds, 1), self.fine_shape, fine_sigma, 3)
+            fine = exponentiate(fine_v, self.fine_step * self.spacing)
+            displacement = displacement + _node_to_voxels(fine, self.fine_step, self.shape)
+        grid = _identity_grid(self.shape, device, dtype) + _to_normalised(
+            displacement, self.shape, self.spacing
+        )
+        # anatomy: regional cortex, warped labels and structure
+        labels = self._labels(look[:, self.layout["thinning"]]).to(dtype)[:, None]
+        labels = F.grid_sample(labels, grid, mode="nearest", padding_mode="zeros",
+                               align_corners=True).round().to(torch.long)  # fmt: skip
+        structure = self.structure.float()[None, None].expand(grid.shape[0], -1, -1, -1, -1)
+        structure = F.grid_sample(structure, grid, mode="bilinear", padding_mode="zeros",
+                                  align_corners=True)  # fmt: skip
+        # appearance: tissue intensities through the point spread, structure, texture
+        intensity = look[:, self.layout["intensity"]]
+        image = torch.gather(intensity, 1, labels.flatten(1)).view(labels.shape)
+        labels = self.class_label.to(torch.long)[labels]  # rendering classes -> labels
+        inside = image * torch.isin(labels, torch.tensor(self.brain, device=device))
+        image = (gaussian_blur(inside, psf) + gaussian_blur(image - inside, named["psf_head"])
+                 + structure)  # fmt: skip
+        if texture_rms > 0:
+            brain = torch.isin(labels, torch.tensor(self.brain, device=device))
+            texture = self._field(self._seeds(seeds, 2), self.shape, texture_sigma, 1)
+            image = image * (1.0 + texture_rms * texture * brain)
+        image = image * torch.exp(self._bias(look[:, self.layout["bias"]]))
+        # acquisition: Rician noise, then the field of view
+        sigma = torch.exp(look[:, self.layout["log_noise"]]).view(-1, 1, 1, 1, 1)
+        noise_pair = self._field(self._seeds(seeds, 3), self.shape, named["noise_blur"], 2)
+        image = torch.sqrt((image + sigma * noise_pair[:, :1]) ** 2
+                           + (sigma * noise_pair[:, 1:]) ** 2)  # fmt: skip
+        image = _interpolate(image, self.tone[0], self.tone[1])
+        image = image * self._field_of_view(look[:, self.layout["fov"]])
+        return image.clamp(0.0, 1.5), labels.to(torch.uint8)
+
+    def _bias(self, coefficients: torch.Tensor) -> torch.Tensor:
+        axes = [torch.linspace(-1.0, 1.0, n, device=coefficients.device,
+                               dtype=coefficients.dtype) for n in self.shape]  # fmt: skip
+        z, y, x = torch.meshgrid(*axes, indexing="ij")
+        terms = torch.stack([x, y, z, x * x, y * y, z * z, x * y, x * z, y * z])
+        return torch.einsum("bt,tdhw->bdhw", coefficients, terms)[:, None]
+
+    def _field_of_view(self, bounds: torch.Tensor) -> torch.Tensor:
+        """1 inside the sampled box (lower, upper fraction along z, y, x), 0 outside."""
+        masks = []
+        bounds = bounds.clamp(0.0, 1.0)
+        for axis, n in enumerate(self.shape):
+            position = torch.linspace(0.0, 1.0, n, device=bounds.device, dtype=bounds.dtype)
+            low, high = bounds[:, 2 * axis : 2 * axis + 1], bounds[:, 2 * axis + 1 : 2 * axis + 2]
+            low, high = torch.minimum(low, high - 0.5), torch.maximum(high, low + 0.5)
+            masks.append((position[None] >= low) & (position[None] <= high))
+        z, y, x = masks
+        box = z[:, :, None, None] & y[:, None, :, None] & x[:, None, None, :]
+        return box[:, None].to(bounds.dtype)

@@ -1,0 +1,753 @@
+"""Fitting the anatomy-first generator (:mod:`napari_mrisynth.models.anatomy_generator`).
+
+From the training scans on the model grid at their own resolution (images normalised,
+label maps beside them):
+
+1. **Groupwise template.** SimpleITK's diffeomorphic demons registers every scan to the
+   current mean at a coarse resolution (4 mm by default, then half of it: the fields are
+   smooth); each field becomes a stationary velocity field on a 6 mm node grid (a numerical
+   logarithm), the mean velocity is removed (an unbiased template, no scan favoured), and
+   the mean of the scans warped by ``exp(v)`` is the next template. Three rounds.
+2. **Template anatomy.** The scans' label maps, warped the same way, give a probability per
+   label; the template's label map puts every label where it is most probable, in the scans'
+   mean proportions (a volume-matched maximum a posteriori labelling), so its boundaries are
+   sharp and its sulci stay open although the scans disagree on their exact places. The
+   cortex's depth maps and the mean intensity structure the labels do not explain follow.
+3. **Encoding.** Per scan: its velocity field, its regional cortical thinning against the
+   template (mm per cortical label), tissue intensities, a quadratic bias field, noise level
+   and field of view; per cohort: the point spread, the fine folding left after the coarse
+   fields (measured by a fine registration of a few scans) and the tissue texture.
+4. **Models.** A conditional Gaussian (regression on diagnosis, age, sex, then principal
+   components) over the velocity fields, compared on the validation scans with a conditional
+   VAE on the same field grid trained with condition dropout for classifier-free guidance;
+   a conditional Gaussian (Ledoit-Wolf covariance) over the anatomy-and-appearance vectors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_mrisynth.anatomy.deform import exponentiate
+from napari_mrisynth.anatomy.labels import BRAIN_LABELS, CORTICAL_GM_LABELS, LABEL_IDS, LABELS
+from napari_mrisynth.models.anatomy_generator import (
+    BIAS_TERMS,
+    SCALARS,
+    TONE_KNOTS,
+    appearance_layout,
+)
+from napari_mrisynth.models.conditions import Condition
+
+#: Brain tissue labels (grey and white matter, deep grey, cerebellum): where the bias is fitted.
+TISSUE_LABELS = tuple(range(1, 12))
+#: Candidate point-spread sigmas (voxels) of the rendered labels.
+PSF_CANDIDATES = (0.0, 0.35, 0.5, 0.7, 0.9, 1.2)
+#: Labels that hold several tissues of clearly different intensity in one scan (skull
+#: tables and diploe; skin, fat and muscle; the orbits): rendered as up to three classes.
+MIXED_LABELS = (LABEL_IDS["bone"], LABEL_IDS["soft_tissue"], LABEL_IDS["eyes"],
+                LABEL_IDS["extracerebral_csf"], LABEL_IDS["spinal_cord"])  # fmt: skip
+#: Candidate texture correlation sigmas (voxels).
+TEXTURE_CANDIDATES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+@dataclass
+class AnatomyOptions:
+    """How the anatomy-first generator is fitted (``mrisynth train anatomy``'s options)."""
+
+    node_mm: float = 6.0
+    registration_mm: float = 4.0
+    rounds: int = 3
+    demons_iterations: tuple[int, int] = (40, 40)
+    demons_sigma: float = 1.5
+    variance: float = 0.95
+    shape_model: str = "auto"
+    fine_subjects: int = 6
+    vae_epochs: int = 300
+
+
+@dataclass
+class Fitted:
+    """What fitting produced: the network's arguments and buffers, and a report."""
+
+    args: dict[str, Any]
+    buffers: dict[str, np.ndarray]
+    report: dict[str, Any] = field(default_factory=dict)
+    velocities: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# -- geometry on the model grid (identity direction, voxels z, y, x; fields (3, z, y, x) mm x,y,z)
+def _warp(image: np.ndarray, displacement: np.ndarray, spacing: float, order: int) -> np.ndarray:
+    """``image`` sampled at ``x + displacement(x)`` (mm) for every voxel x."""
+    index = np.indices(image.shape, dtype=np.float32)
+    index += displacement[::-1] / np.float32(spacing)
+    return ndi.map_coordinates(image, index, order=order, mode="constant", cval=0.0)
+
+
+def node_shape(shape: Sequence[int], step: int) -> tuple[int, ...]:
+    return tuple(-(-(int(n) - 1) // step) + 1 for n in shape)
+
+
+def to_nodes(displacement: np.ndarray, step: int, shape: Sequence[int]) -> np.ndarray:
+    """A voxel field smoothed to the node grid's scale and sampled at its nodes."""
+    nodes = node_shape(displacement.shape[1:], step)
+    smooth = [ndi.gaussian_filter(c, step / 2.0, mode="nearest") for c in displacement]
+    index = np.stack(np.meshgrid(*(np.arange(n) * step for n in nodes), indexing="ij"))
+    index = np.minimum(index, np.array(displacement.shape[1:])[:, None, None, None] - 1)
+    return np.stack([ndi.map_coordinates(c, index, order=1, mode="nearest") for c in smooth])
+
+
+def to_voxels(field_nodes: np.ndarray, step: int, shape: Sequence[int]) -> np.ndarray:
+    """A node-grid field (node k at voxel k * step) interpolated at every voxel."""
+    index = np.indices(tuple(shape), dtype=np.float32) / np.float32(step)
+    return np.stack([ndi.map_coordinates(c, index, order=1, mode="nearest") for c in field_nodes])
+
+
+def logarithm(displacement: np.ndarray, step_mm: float, iterations: int = 6) -> np.ndarray:
+    """The stationary velocity field whose exponential is ``id + displacement`` (fixed point
+    ``v <- v + (u - (exp(v) - id))``, exact for the smooth fields of a coarse grid)."""
+    velocity = displacement.copy()
+    for _ in range(iterations):
+        velocity += displacement - exponentiate(velocity, step_mm, squarings=5)
+    return velocity
+
+
+# -- registration --------------------------------------------------------------------------
+def _sitk(array: np.ndarray, spacing: float):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    image.SetSpacing([float(spacing)] * 3)
+    return image
+
+
+def demons(fixed: np.ndarray, moving: np.ndarray, spacing: float, options: AnatomyOptions,
+           *, level_mm: float | None = None, sigma: float | None = None) -> np.ndarray:  # fmt: skip
+    """Displacement (3, z, y, x) mm mapping ``fixed``'s voxels into ``moving`` (SimpleITK
+    diffeomorphic demons, coarse to fine over two levels ending at ``level_mm``)."""
+    import SimpleITK as sitk
+
+    finest = max(1, int(round((level_mm or options.registration_mm) / spacing)))
+    fixed_image, moving_image = _sitk(fixed, spacing), _sitk(moving, spacing)
+    registration = sitk.DiffeomorphicDemonsRegistrationFilter()
+    registration.SetStandardDeviations(sigma or options.demons_sigma)
+    field = None
+    for shrink, iterations in zip((2 * finest, finest), options.demons_iterations, strict=True):
+        f = sitk.Shrink(fixed_image, [shrink] * 3) if shrink > 1 else fixed_image
+        m = sitk.Shrink(moving_image, [shrink] * 3) if shrink > 1 else moving_image
+        registration.SetNumberOfIterations(int(iterations))
+        if field is None:
+            field = registration.Execute(f, m)
+        else:
+            field = sitk.Resample(field, f, sitk.Transform(), sitk.sitkLinear, 0,
+                                  sitk.sitkVectorFloat64)  # fmt: skip
+            field = registration.Execute(f, m, field)
+    full = sitk.Resample(field, fixed_image, sitk.Transform(), sitk.sitkLinear, 0,
+                         sitk.sitkVectorFloat64)  # fmt: skip
+    return np.moveaxis(sitk.GetArrayFromImage(full), -1, 0).astype(np.float32)
+
+
+def groupwise_template(images: Sequence[np.ndarray], spacing: float, options: AnatomyOptions,
+                       progress: Callable[[str, int, int], None] | None = None,
+                       ) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any]]:  # fmt: skip
+    """The unbiased template and each scan's velocity field (node grid), see step 1."""
+    step = max(1, int(round(options.node_mm / spacing)))
+    node_mm = step * spacing
+    template = np.mean(images, axis=0)
+    velocities: list[np.ndarray] = []
+    history = []
+    for round_number in range(options.rounds):
+        velocities = []
+        for k, image in enumerate(images):
+            u = demons(template, image, spacing, options)
+            velocities.append(logarithm(to_nodes(u, step, image.shape), node_mm))
+            if progress is not None:
+                progress("groupwise registration", round_number * len(images) + k + 1,
+                         options.rounds * len(images))  # fmt: skip
+        mean = np.mean(velocities, axis=0)
+        velocities = [v - mean for v in velocities]
+        warped = [_warp(image, to_voxels(exponentiate(v, node_mm), step, image.shape), spacing, 1)
+                  for image, v in zip(images, velocities, strict=True)]  # fmt: skip
+        template = np.mean(warped, axis=0)
+        agreement = [np.corrcoef(template.ravel(), w.ravel())[0, 1] for w in warped]
+        history.append({"round": round_number + 1,
+                        "mean_velocity_mm": float(np.sqrt(np.mean(mean**2))),
+                        "template_vs_scans_correlation": float(np.mean(agreement))})  # fmt: skip
+    return template, velocities, {"rounds": history, "node_mm": node_mm, "node_step": step}
+
+
+# -- template anatomy ----------------------------------------------------------------------
+def volume_matched_labels(probabilities: np.ndarray, targets: np.ndarray,
+                          iterations: int = 40) -> np.ndarray:  # fmt: skip
+    """argmax_k(w_k P_k) with weights w_k scaled until each label's volume is ``targets[k]``.
+
+    Averaging aligned label maps blurs boundaries and closes thin structures (sulci): a
+    plain majority vote gives the mean shape too little of what the scans disagree on. The
+    weights restore each label's mean volume where it is most probable.
+    """
+    weights = np.ones(len(probabilities), np.float64)
+    present = targets > 0
+    for _ in range(iterations):
+        labels = np.argmax(probabilities * weights[:, None, None, None], axis=0)
+        counts = np.bincount(labels.ravel(), minlength=len(probabilities)).astype(np.float64)
+        ratio = np.where(present, (targets + 1.0) / (counts + 1.0), 1.0)
+        weights *= ratio**0.5
+    return np.argmax(probabilities * weights[:, None, None, None], axis=0).astype(np.uint8)
+
+
+def cortex_depths(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
+    """Depth of cortical grey matter from its outer surface, depth of sulcal CSF from the
+    cortex, and the nearest cortical label of each sulcal CSF voxel (mm; 0 elsewhere).
+
+    Depths are continuous, not whole voxels: each voxel's distance minus a fixed, smooth
+    dither of up to one voxel, so that a cortex thinned by a fraction of a voxel loses that
+    fraction of its outer layer (in smooth patches, as the simulator does) rather than all
+    of it or none.
+    """
+    from scipy import special
+
+    noise = np.random.default_rng(0).standard_normal(labels.shape).astype(np.float32)
+    smooth = ndi.gaussian_filter(noise, 1.0)
+    dither = special.ndtr(smooth / smooth.std()).astype(np.float32) * np.float32(spacing)
+    cortex = np.isin(labels, CORTICAL_GM_LABELS)
+    outside = ~np.isin(labels, (*CORTICAL_GM_LABELS, LABEL_IDS["white_matter"],
+                                LABEL_IDS["deep_gm"], LABEL_IDS["cerebellum"]))  # fmt: skip
+    gm_depth = ndi.distance_transform_edt(~outside, sampling=spacing).astype(np.float32)
+    gm_depth = np.where(cortex, gm_depth - dither, 0.0).astype(np.float32)
+    sulcal = labels == LABEL_IDS["sulcal_csf"]
+    distance, index = ndi.distance_transform_edt(~cortex, sampling=spacing, return_indices=True)
+    nearest = labels[tuple(index)].astype(np.uint8)
+    csf_depth = np.where(sulcal, distance - dither, 0.0).astype(np.float32)
+    nearest[~sulcal] = 0
+    return {"gm_depth": gm_depth, "csf_depth": csf_depth, "nearest_cortex": nearest}
+
+
+def thinning_of(count: int, value: int, depths: dict[str, np.ndarray],
+                template: np.ndarray) -> float:  # fmt: skip
+    """The thinning (mm; negative: thickening) of the template's cortical label ``value``
+    that leaves ``count`` voxels of it."""
+    inside = np.sort(depths["gm_depth"][template == value])
+    if inside.size == 0:
+        return 0.0
+    if count <= inside.size:
+        lost = inside.size - count
+        return float(inside[min(lost, inside.size - 1)]) if lost > 0 else 0.0
+    grow = np.sort(depths["csf_depth"][(template == LABEL_IDS["sulcal_csf"])
+                                       & (depths["nearest_cortex"] == value)])  # fmt: skip
+    extra = count - inside.size
+    if grow.size == 0:
+        return 0.0
+    return -float(grow[min(extra, grow.size) - 1])
+
+
+# -- appearance ----------------------------------------------------------------------------
+def bias_terms(shape: Sequence[int]) -> np.ndarray:
+    """(9, z, y, x): x, y, z, x², y², z², xy, xz, yz over the grid scaled to [-1, 1]."""
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape),
+                          indexing="ij")  # fmt: skip
+    return np.stack([x, y, z, x * x, y * y, z * z, x * y, x * z, y * z])
+
+
+def appearance_of(image: np.ndarray, labels: np.ndarray, terms: np.ndarray, classes: int,
+                  psf: float | tuple[float, float],
+                  class_label: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """Tissue intensities (median per label, eroded), a quadratic log-bias field, the noise
+    level (Rayleigh background, else the white matter's high frequencies) and the field of
+    view (nonzero extent) of one scan on the model grid."""
+    count = classes
+    bias = np.zeros(BIAS_TERMS)
+    intensity = np.full(count, np.nan)
+    for _ in range(2):
+        corrected = image / np.exp(np.tensordot(bias, terms, axes=1))
+        for value in range(1, count):
+            mask = labels == value
+            core = ndi.binary_erosion(mask)
+            use = core if core.sum() >= 20 else mask
+            if use.sum() >= 5:
+                intensity[value] = float(np.median(corrected[use]))
+        spread = (psf, psf) if isinstance(psf, float | int) else psf
+        rendered = render(intensity, labels, class_label, spread)
+        # brain tissue only: one intensity per label renders it well, whereas a head label
+        # (soft tissue: skin, fat, muscle) would pass its own layout off as bias
+        fit = np.isin(labels, TISSUE_LABELS) & (rendered > 0.1) & (image > 0.05)
+        design = np.column_stack([np.ones(int(fit.sum())), terms[:, fit].T])
+        solution, *_ = np.linalg.lstsq(design, np.log(image[fit] / rendered[fit]), rcond=None)
+        bias = bias + solution[1:]
+    background = air(image, labels)
+    noise, noise_blur = float("nan"), float("nan")  # unknown without air: the cohort's
+    intensity[0] = 0.0
+    if background.sum() >= 200:
+        # the median of Rayleigh-distributed air is sigma * sqrt(2 ln 2)
+        noise = float(np.median(image[background]) / math.sqrt(2.0 * math.log(2.0)))
+        noise_blur = noise_correlation(image, background)
+    nonzero = image > 0
+    fov = []
+    for axis in range(3):
+        hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+        n = image.shape[axis] - 1
+        fov += [hits[0] / n, hits[-1] / n] if hits.size else [0.0, 1.0]
+    return {"intensity": intensity, "bias": bias, "noise": noise, "fov": fov,
+            "noise_blur": noise_blur}  # fmt: skip
+
+
+def air(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Voxels of pure noise: air more than 2 voxels from the head and inside the field of
+    view (its edge, interpolated zeros, left out)."""
+    far = ndi.distance_transform_edt(labels == 0) > 2
+    inside = ndi.binary_erosion(image > 0, iterations=2)
+    return far & inside
+
+
+def noise_correlation(image: np.ndarray, background: np.ndarray) -> float:
+    """How much the scan's noise is smoothed (Gaussian sigma, voxels), from the correlation
+    of neighbouring air voxels (resampling onto the grid correlates it): a white field
+    blurred by sigma correlates as exp(-1 / (4 sigma^2)) at one voxel."""
+    values = image - image[background].mean()
+    correlations = []
+    for axis in range(3):
+        a = [slice(None)] * 3
+        b = [slice(None)] * 3
+        a[axis], b[axis] = slice(0, -1), slice(1, None)
+        both = background[tuple(a)] & background[tuple(b)]
+        if both.sum() > 100:
+            x, y = values[tuple(a)][both], values[tuple(b)][both]
+            correlations.append(float(np.corrcoef(x, y)[0, 1]))
+    rho = float(np.mean(correlations)) if correlations else 0.0
+    return float(math.sqrt(-1.0 / (4.0 * math.log(rho)))) if 0.01 < rho < 0.99 else 0.0
+
+
+def render(
+    intensity: np.ndarray, classes: np.ndarray, class_label: np.ndarray, psf: tuple[float, float]
+) -> np.ndarray:
+    """Tissue intensities of a class map through the point spreads of the brain and of the
+    head around it (the simulated or scanned head's layers can be sharper than the brain)."""
+    brain = np.isin(class_label[classes], BRAIN_LABELS)
+    values = np.nan_to_num(intensity)[classes]
+    inside = np.where(brain, values, 0.0)
+    return ndi.gaussian_filter(inside, psf[0]) + ndi.gaussian_filter(values - inside, psf[1])
+
+
+def fit_psf(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+            looks: Sequence[dict[str, Any]], terms: np.ndarray,
+            class_label: np.ndarray) -> tuple[tuple[float, float], dict]:  # fmt: skip
+    """The point spreads (voxels) of brain and head that best render the scans from their
+    own labels (mean squared error in each region)."""
+    errors: dict[str, list[float]] = {"brain": [], "head": []}
+    for sigma in PSF_CANDIDATES:
+        total = {"brain": 0.0, "head": 0.0}
+        for image, label, look in zip(images, labels, looks, strict=True):
+            bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
+            rendered = render(look["intensity"], label, class_label, (sigma, sigma))
+            base = class_label[label]
+            for region, mask in (("brain", np.isin(base, BRAIN_LABELS)),
+                                 ("head", (base > 0) & ~np.isin(base, BRAIN_LABELS))):  # fmt: skip
+                total[region] += float(np.mean((image[mask] / bias[mask] - rendered[mask]) ** 2))
+        for region in total:
+            errors[region].append(total[region] / len(images))
+    best = tuple(float(PSF_CANDIDATES[int(np.argmin(errors[r]))]) for r in ("brain", "head"))
+    return best, {r: dict(zip(map(str, PSF_CANDIDATES), e, strict=True))
+                  for r, e in errors.items()}  # fmt: skip
+
+
+def _high_pass_share(sigma: float, size: int) -> float:
+    """Share of a unit-variance field smoothed by ``sigma`` voxels (0: white) that survives
+    subtracting its ``size``-voxel box mean (computed once on a random field)."""
+    field = np.random.default_rng(0).standard_normal((48, 48, 48))
+    if sigma > 0:
+        field = ndi.gaussian_filter(field, sigma)
+    field /= field.std()
+    inner = (slice(8, -8),) * 3
+    return float(np.var((field - ndi.uniform_filter(field, size))[inner]))
+
+
+def texture_of(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+               looks: Sequence[dict[str, Any]]) -> tuple[float, float]:  # fmt: skip
+    """RMS (fraction of the tissue intensity) and correlation sigma (voxels) of the tissue
+    texture: the high-pass variance inside grey and white matter at two scales (3 and 5
+    voxel box means removed), less the noise's share, explained by a smooth random field."""
+    shares = {s: (_high_pass_share(s, 3), _high_pass_share(s, 5)) for s in TEXTURE_CANDIDATES}
+    white = (_high_pass_share(0.0, 3), _high_pass_share(0.0, 5))
+    fits = []
+    for image, label, look in zip(images, labels, looks, strict=True):
+        core = ndi.binary_erosion(np.isin(label, TISSUE_LABELS), iterations=2)
+        core &= ndi.binary_erosion(label == ndi.median_filter(label, 3), iterations=2)
+        tissue = np.nan_to_num(look["intensity"])[label]
+        use = core & (tissue > 0.1)
+        if use.sum() < 500:
+            continue
+        relative = image / np.maximum(tissue, 1e-3)
+        noise = float(np.mean((look["noise"] / tissue[use]) ** 2))
+        observed = [float(np.var((relative - ndi.uniform_filter(relative, n))[use]))
+                    for n in (3, 5)]  # fmt: skip
+        texture = [max(o - noise * w, 1e-10) for o, w in zip(observed, white, strict=True)]
+        fits.append(texture)
+    if not fits:
+        return 0.0, 1.0
+    texture = np.median(fits, axis=0)
+    best = min(TEXTURE_CANDIDATES, key=lambda s: abs(
+        texture[1] / texture[0] - shares[s][1] / shares[s][0]))  # fmt: skip
+    return float(np.sqrt(texture[0] / shares[best][0])), float(best)
+
+
+def _smooth_field(shape: Sequence[int], sigma: float, seed: int) -> np.ndarray:
+    field = np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
+    field = ndi.gaussian_filter(field, sigma) if sigma > 0 else field
+    return field / field.std()
+
+
+def calibrate_rendering(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                        looks: Sequence[dict[str, Any]], structures: Sequence[np.ndarray],
+                        terms: np.ndarray, class_label: np.ndarray, spacing: float,
+                        start: dict[str, float]) -> tuple[dict[str, float], dict]:  # fmt: skip
+    """Point spreads and texture that make a scan rendered from its own labels look like it.
+
+    Each scan is re-rendered (its tissue intensities, bias, noise level and the template's
+    structure brought back to it) under candidate settings, and the texture statistics of
+    the automated Turing test (:func:`~napari_mrisynth.evaluation.two_sample.texture_features`:
+    gradient and Laplacian distributions, local spread, spectral bands, the scalp) are
+    compared with the scan's own, each in units of its spread across the scans: coordinate
+    descent over brain spread, texture amplitude and scale, and head spread.
+    """
+    from napari_mrisynth.evaluation.two_sample import texture_features
+
+    region = ndi.binary_erosion(np.isin(class_label[labels[0]], BRAIN_LABELS), iterations=1)
+    reference = np.array([texture_features(i * 255.0 / 1.5, region, spacing) for i in images])
+    scale = reference.std(axis=0) + 1e-6 + 0.05 * np.abs(reference.mean(axis=0))
+
+    def rendered(k: int, setting: dict[str, float]) -> np.ndarray:
+        look, label = looks[k], labels[k]
+        image = render(look["intensity"], label, class_label,
+                       (setting["psf"], setting["psf_head"])) + structures[k]  # fmt: skip
+        brain = np.isin(class_label[label], BRAIN_LABELS)
+        if setting["texture_rms"] > 0:
+            texture = _smooth_field(label.shape, setting["texture_sigma"], 100 + k)
+            image = image * (1.0 + setting["texture_rms"] * texture * brain)
+        image = image * np.exp(np.tensordot(look["bias"], terms, axes=1))
+        sigma = look["noise"] * setting["noise_scale"]
+        noise = [sigma * _smooth_field(image.shape, setting["noise_blur"], 200 + 2 * k + j)
+                 for j in range(2)]  # fmt: skip
+        image = np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2) * (images[k] > 0)
+        return np.clip(image, 0.0, 1.5) * 255.0 / 1.5
+
+    def loss(setting: dict[str, float]) -> float:
+        mismatch = [(texture_features(rendered(k, setting), region, spacing) - reference[k])
+                    / scale for k in range(len(images))]  # fmt: skip
+        return float(np.mean(np.square(mismatch)))
+
+    setting = dict(start)
+    history = {"start": loss(setting)}
+    grids = {"psf": PSF_CANDIDATES, "texture_rms": (0.0, 0.01, 0.02, 0.03, 0.045, 0.06),
+             "texture_sigma": TEXTURE_CANDIDATES[:4], "psf_head": PSF_CANDIDATES,
+             "noise_blur": (0.0, 0.35, 0.5, 0.7),
+             "noise_scale": (0.7, 0.85, 1.0, 1.15, 1.3)}  # fmt: skip
+    for _ in range(2):
+        for name, values in grids.items():
+            scores = {v: loss({**setting, name: v}) for v in values}
+            setting[name] = min(scores, key=scores.get)
+            history[f"{name}={setting[name]}"] = scores[setting[name]]
+    # the intensity response: what a rendered head's quantiles become in the scans' (pooled),
+    # for the distribution shape no tissue intensity, spread or texture setting reaches
+    levels = np.linspace(0.0, 100.0, TONE_KNOTS)
+    source, target = [], []
+    for k in range(len(images)):
+        seen = images[k] > 0  # the field of view: head and air, so air keeps its noise
+        source.append(np.percentile(rendered(k, setting)[seen] * 1.5 / 255.0, levels))
+        target.append(np.percentile(images[k][seen], levels))
+    curve = np.stack([np.mean(source, axis=0), np.mean(target, axis=0)])
+    setting["tone"] = np.concatenate([[[0.0], [0.0]], curve[:, 1:]], axis=1)
+    return setting, history
+
+
+def render_classes(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                   ) -> tuple[list[np.ndarray], np.ndarray, dict[str, list[float]]]:  # fmt: skip
+    """Split each label of :data:`MIXED_LABELS` into up to three intensity classes (k-means
+    on the scans' lightly smoothed intensities, pooled), so that a rendered skull has its
+    tables and diploe and a rendered scalp its skin, fat and muscle.
+
+    Returns the class map of every scan (labels keep their values; a subclass gets a new
+    value above the schema's), the label of every class, and the thresholds per label.
+    """
+    from sklearn.cluster import KMeans
+
+    class_label = list(range(len(LABELS)))
+    thresholds: dict[str, list[float]] = {}
+    maps = [lab.copy() for lab in labels]
+    smooth = [ndi.gaussian_filter(i, 0.7) for i in images]
+    rng = np.random.default_rng(0)
+    for value in MIXED_LABELS:
+        pooled = np.concatenate([s[lab == value] for s, lab in zip(smooth, labels, strict=True)])
+        if pooled.size < 100:
+            continue
+        sample = rng.choice(pooled, min(pooled.size, 200_000), replace=False)[:, None]
+        centres = np.sort(KMeans(3, n_init=3, random_state=0).fit(sample).cluster_centers_[:, 0])
+        keep = [centres[0]]
+        for c in centres[1:]:  # classes closer than 0.1 (a tenth of the head's range) merge
+            if c - keep[-1] >= 0.1:
+                keep.append(c)
+        if len(keep) < 2:
+            continue
+        cuts = [(a + b) / 2 for a, b in zip(keep[:-1], keep[1:], strict=True)]
+        thresholds[LABELS[value][0]] = [float(c) for c in cuts]
+        ids = [value] + [len(class_label) + k for k in range(len(cuts))]
+        class_label += [value] * len(cuts)
+        for m, s, lab in zip(maps, smooth, labels, strict=True):
+            where = lab == value
+            m[where] = np.asarray(ids, np.uint8)[np.digitize(s[where], cuts)]
+    return maps, np.array(class_label, np.uint8), thresholds
+
+
+# -- models --------------------------------------------------------------------------------
+def design_rows(conditions: Sequence[Condition]) -> np.ndarray:
+    """``[1, diagnosis, age, sex]`` per scan (0 for conditions not used)."""
+    return np.array([[1.0, *c.vector()] for c in conditions])
+
+
+def gaussian_model(values: np.ndarray, design: np.ndarray, variance: float,
+                   max_components: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Regression on the design, then principal components of the residuals keeping
+    ``variance`` of it (scaled so that unit normal scores reproduce it)."""
+    coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
+    residual = values - design @ coefficients
+    dof = max(len(values) - np.linalg.matrix_rank(design), 1)
+    _, singular, rows = np.linalg.svd(residual, full_matrices=False)
+    explained = np.cumsum(singular**2) / max(float(np.sum(singular**2)), 1e-12)
+    k = int(np.searchsorted(explained, variance) + 1)
+    k = min(k, dof, len(singular), max_components or len(singular))
+    basis = rows[:k] * (singular[:k, None] / math.sqrt(dof))
+    return {"design": coefficients, "basis": basis, "explained": float(explained[k - 1]),
+            "components": k}  # fmt: skip
+
+
+def appearance_model(vectors: np.ndarray, design: np.ndarray) -> dict[str, np.ndarray]:
+    """Regression on the design and a Ledoit-Wolf covariance of the residuals (Cholesky).
+
+    The entries have different units (mm, intensities, log noise, fractions of the grid):
+    the shrinkage acts on their correlations (each entry standardised first), so that an
+    entry that hardly varies between scans is not given the spread of one that does.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    coefficients, *_ = np.linalg.lstsq(design, vectors, rcond=None)
+    residual = vectors - design @ coefficients
+    scale = residual.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1e-9)
+    correlation = LedoitWolf().fit(residual / scale).covariance_
+    covariance = correlation * scale[:, None] * scale[None, :]
+    factor = np.linalg.cholesky(covariance + 1e-12 * np.eye(len(covariance)))
+    return {"design": coefficients, "factor": factor}
+
+
+def field_mmd(a: np.ndarray, b: np.ndarray) -> float:
+    """Squared MMD between two sets of flattened fields (RBF kernel, median bandwidth)."""
+    x = np.concatenate([a, b])
+    d = np.sum((x[:, None] - x[None]) ** 2, axis=-1)
+    bandwidth = float(np.median(d[d > 0])) or 1.0
+    k = np.exp(-d / bandwidth)
+    n = len(a)
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    m = len(b)
+    return float((kxx.sum() - n) / (n * (n - 1)) + (kyy.sum() - m) / (m * (m - 1))
+                 - 2 * kxy.mean())  # fmt: skip
+
+
+def fine_folding(template: np.ndarray, warped: Sequence[np.ndarray], spacing: float,
+                 options: AnatomyOptions) -> dict[str, float]:  # fmt: skip
+    """RMS (mm per axis) and smoothness (sigma, mm) of the folding left after the coarse
+    fields: a fine demons registration of a few aligned scans to the template."""
+    rms, sigmas = [], []
+    for image in list(warped)[: options.fine_subjects]:
+        u = demons(template, image, spacing, options, level_mm=spacing, sigma=1.0)
+        u = u - np.stack([ndi.gaussian_filter(c, options.node_mm / spacing) for c in u])
+        rms.append(float(np.sqrt(np.mean(u**2))))
+        gradient = np.mean([np.mean(np.gradient(c, spacing, axis=a) ** 2)
+                            for c in u for a in range(3)])  # fmt: skip
+        # a Gaussian-smoothed field of sigma s has var(du/dx) = var(u) / (2 s^2)
+        sigmas.append(float(np.sqrt(np.mean(u**2) / max(2 * gradient, 1e-12))))
+    return {"rms_mm": float(np.median(rms)), "sigma_mm": float(np.median(sigmas))}
+
+
+def fit_anatomy_first(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    conditions: Sequence[Condition],
+    spacing: float,
+    options: AnatomyOptions,
+    *,
+    validation: tuple[Sequence[np.ndarray], Sequence[Condition]] | None = None,
+    vae_fit: Callable[..., Any] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Fitted:
+    """Fit every part of the generator (see the module docstring).
+
+    ``validation`` (images, conditions) decides between the Gaussian and the VAE shape
+    model; ``vae_fit(velocities, conditions, node_shape)`` trains the VAE (the Lightning
+    part lives with the training run) and returns ``(vae arguments, state dict, sampler)``.
+    """
+    clock = time.perf_counter()
+    images = [np.asarray(i, np.float32) for i in images]
+    labels, class_label, thresholds = render_classes(
+        images, [np.asarray(lab, np.uint8) for lab in labels]
+    )
+    shape = images[0].shape
+    template, velocities, groupwise = groupwise_template(images, spacing, options, progress)
+    step, node_mm = groupwise["node_step"], groupwise["node_mm"]
+    timings = {"groupwise": time.perf_counter() - clock}
+    displacements = [to_voxels(exponentiate(v, node_mm), step, shape) for v in velocities]
+    warped_labels = [_warp(lab, d, spacing, 0) for lab, d in zip(labels, displacements,
+                                                                   strict=True)]  # fmt: skip
+    count = len(class_label)
+    probabilities = np.zeros((count, *shape), np.float32)
+    for warped in warped_labels:
+        probabilities += np.eye(count, dtype=np.float32)[warped].transpose(3, 0, 1, 2)
+    probabilities /= len(images)
+    targets = np.mean([np.bincount(w.ravel(), minlength=count) for w in warped_labels], axis=0)
+    template_labels = volume_matched_labels(probabilities, targets)
+    depths = cortex_depths(template_labels, spacing)
+    timings["template"] = time.perf_counter() - clock
+    # appearance per scan, in its own space
+    terms = bias_terms(shape)
+    looks = [appearance_of(i, lab, terms, count, 0.5, class_label) for i, lab in zip(images, labels,
+                                                                        strict=True)]  # fmt: skip
+    psf, psf_errors = fit_psf(images[:8], labels[:8], looks[:8], terms, class_label)
+    looks = [appearance_of(i, lab, terms, count, psf, class_label) for i, lab in zip(images, labels,
+                                                                        strict=True)]  # fmt: skip
+    fill = np.nanmedian([look["intensity"] for look in looks], axis=0)
+    for key in ("noise", "noise_blur"):  # scans without air take the cohort's
+        known = [look[key] for look in looks if np.isfinite(look[key])]
+        for look in looks:
+            if not np.isfinite(look[key]):
+                look[key] = float(np.median(known)) if known else (0.02 if key == "noise" else 0.0)
+    residuals = []
+    for image, label, look in zip(images, labels, looks, strict=True):
+        look["intensity"] = np.where(np.isnan(look["intensity"]), fill, look["intensity"])
+        bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
+        residuals.append(image / bias - render(look["intensity"], label, class_label, psf))
+    warped_residuals = [_warp(r, d, spacing, 1) for r, d in zip(residuals, displacements,
+                                                                 strict=True)]  # fmt: skip
+    structure = ndi.gaussian_filter(np.mean(warped_residuals, axis=0), 0.5)
+    texture_rms, texture_sigma = texture_of(images, labels, looks)
+    inverse = [to_voxels(exponentiate(-v, node_mm), step, shape) for v in velocities[:6]]
+    setting, calibration = calibrate_rendering(
+        images[:6], labels[:6], looks[:6], [_warp(structure, d, spacing, 1) for d in inverse],
+        terms, class_label, spacing,
+        {"psf": psf[0], "psf_head": psf[1], "texture_rms": texture_rms,
+         "texture_sigma": texture_sigma, "noise_blur": 0.0, "noise_scale": 1.0},
+    )  # fmt: skip
+    for look in looks:  # the noise as the renders needed it
+        look["noise"] *= setting["noise_scale"]
+        look["noise_blur"] = setting["noise_blur"]
+    psf = (setting["psf"], setting["psf_head"])
+    texture_rms, texture_sigma = setting["texture_rms"], setting["texture_sigma"]
+    tone = np.maximum.accumulate(setting.pop("tone"), axis=1)  # monotone
+    warped_images = [_warp(i, d, spacing, 1) for i, d in zip(images, displacements, strict=True)]
+    fine = fine_folding(template, warped_images, spacing, options)
+    timings["appearance"] = time.perf_counter() - clock
+    # anatomy-and-appearance vectors
+    layout = appearance_layout(count, len(CORTICAL_GM_LABELS))
+    noise_blur = float(np.median([look["noise_blur"] for look in looks]))
+    vectors = []
+    for warped, look in zip(warped_labels, looks, strict=True):
+        counts = np.bincount(warped.ravel(), minlength=count)
+        thinning = [thinning_of(int(counts[v]), v, depths, template_labels)
+                    for v in CORTICAL_GM_LABELS]  # fmt: skip
+        vector = np.zeros(max(s.stop for s in layout.values()))
+        vector[layout["thinning"]] = thinning
+        vector[layout["intensity"]] = look["intensity"]
+        vector[layout["bias"]] = look["bias"]
+        vector[layout["log_noise"]] = math.log(look["noise"])
+        vector[layout["fov"]] = look["fov"]
+        vectors.append(vector)
+    design = design_rows(conditions)
+    look_model = appearance_model(np.array(vectors), design)
+    flat = np.array([v.ravel() for v in velocities])
+    shape_model = gaussian_model(flat, design, options.variance)
+    report: dict[str, Any] = {
+        "groupwise": groupwise, "psf_sigma_voxels": {"brain": psf[0], "head": psf[1]},
+        "psf_errors": psf_errors,
+        "fine_folding": fine, "texture": {"rms": texture_rms, "sigma_voxels": texture_sigma},
+        "rendering_calibration": calibration,
+        "shape_components": shape_model["components"],
+        "shape_variance_explained": shape_model["explained"],
+        "template_label_volumes_ml": {
+            LABELS[v][0]: float(np.sum(class_label[template_labels] == v)) * spacing**3 / 1000
+            for v in range(1, len(LABELS))
+        },
+        "render_classes": {"count": count, "thresholds": thresholds},
+        "noise_correlation_voxels": noise_blur,
+    }  # fmt: skip
+    nodes = velocities[0].shape[1:]
+    chosen, vae = "gaussian", None
+    if validation is not None and options.shape_model in ("auto", "vae") and vae_fit is not None:
+        val_velocities = [
+            logarithm(to_nodes(demons(template, image, spacing, options), step, shape), node_mm)
+            for image in validation[0]
+        ]
+        val_flat = np.array([v.ravel() for v in val_velocities])
+        val_design = design_rows(validation[1])
+        rng = np.random.default_rng(0)
+        draws = 64
+        rows = val_design[rng.integers(len(val_design), size=draws)]
+        gaussian = rows @ shape_model["design"] + rng.standard_normal(
+            (draws, shape_model["components"])) @ shape_model["basis"]  # fmt: skip
+        vae = vae_fit(np.array(velocities), design, nodes)
+        sampled = vae["sample"](rows, rng)
+        scores = {"gaussian": field_mmd(gaussian, val_flat),
+                  "vae": field_mmd(sampled.reshape(draws, -1), val_flat)}  # fmt: skip
+        chosen = "vae" if options.shape_model == "vae" or scores["vae"] < scores["gaussian"] \
+            else "gaussian"  # fmt: skip
+        report["shape_model_comparison"] = {
+            "mmd_to_validation_fields": scores, "validation_scans": len(val_flat),
+            "chosen": chosen,
+            "why": "lower squared MMD (RBF kernel) between 64 sampled velocity fields and the "
+                   "validation scans' fields" if options.shape_model == "auto"
+                   else "asked for",
+        }  # fmt: skip
+    elif options.shape_model == "vae":
+        raise ValueError("a VAE shape model needs validation scans and a VAE trainer")
+    report["shape_model"] = chosen
+    timings["models"] = time.perf_counter() - clock
+    report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    args = {
+        "shape": list(shape), "spacing": float(spacing), "node_step": int(step),
+        "fine_step": max(1, int(round(2.0 / spacing))),
+        "components": int(shape_model["components"]), "labels": count,
+        "cortical": list(CORTICAL_GM_LABELS), "sulcal": LABEL_IDS["sulcal_csf"],
+        "brain": list(BRAIN_LABELS), "shape_model": chosen,
+    }  # fmt: skip
+    fine_step_mm = args["fine_step"] * spacing
+    buffers = {
+        "template_labels": template_labels,
+        "class_label": class_label,
+        "tone": tone.astype(np.float32),
+        "gm_depth": depths["gm_depth"].astype(np.float16),
+        "csf_depth": depths["csf_depth"].astype(np.float16),
+        "nearest_cortex": depths["nearest_cortex"],
+        "structure": structure.astype(np.float16),
+        "velocity_design": shape_model["design"].reshape(4, 3, *nodes).astype(np.float16),
+        "velocity_basis": shape_model["basis"].reshape(-1, 3, *nodes).astype(np.float16),
+        "appearance_design": look_model["design"].astype(np.float32),
+        "appearance_factor": look_model["factor"].astype(np.float32),
+        "scalars": np.array(
+            [
+                psf[0],
+                fine["rms_mm"],
+                fine["sigma_mm"] / fine_step_mm,
+                texture_rms,
+                texture_sigma,
+                1.0,
+                noise_blur,
+                psf[1],
+            ],
+            np.float32,
+        ),  # fmt: skip
+    }
+    if chosen == "vae" and vae is not None:
+        args["vae"] = vae["args"]
+        buffers["scalars"][SCALARS.index("vae_scale")] = vae["scale"]
+        buffers.update({f"vae.{k}": v for k, v in vae["state"].items()})
+    return Fitted(args, buffers, report, {"template_intensity": template})
