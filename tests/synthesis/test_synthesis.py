@@ -239,6 +239,26 @@ def test_generate_cli_writes_volumes_and_json(tmp_path, monkeypatch, capsys):
     assert code == 1 and "no-such-model" in capsys.readouterr().err
 
 
+def test_generate_cli_without_model_uses_the_registrys_default_generator(
+    tmp_path, monkeypatch, capsys
+):
+    from napari_mrisynth.cli import main
+    from napari_mrisynth.models.registry import default_model
+
+    # flagged default with a perfect test FID: it wins over every bundled generator
+    make_tiny_generator(tmp_path / "models", "vae", model_id="chosen-vae",
+                        metrics={"test": {"fid": {"value": 0.0}}})  # fmt: skip
+    make_tiny_generator(tmp_path / "models", "gan", model_id="other-gan", default=False)
+    monkeypatch.setenv("MRISYNTH_MODEL_PATH", str(tmp_path / "models"))
+    assert default_model("generation").id == "chosen-vae"
+    code = main(["generate", "--n", "1", "--out", str(tmp_path / "out"), "--json",
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    records = json.loads(capsys.readouterr().out)
+    assert records[0]["generator"]["id"] == "chosen-vae"
+    assert len(list((tmp_path / "out").glob("chosen-vae*.nii.gz"))) == 1
+
+
 def test_diff_augment_keeps_shape_and_passes_gradients():
     from napari_mrisynth.training.augment import diff_augment
 

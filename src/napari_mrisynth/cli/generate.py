@@ -14,13 +14,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate",
         help="generate synthetic T1 volumes with a registry generator",
         description=(
-            "Generate N volumes of one condition with a VAE, GAN or latent diffusion model "
-            "from the registry. Each volume is written as NIfTI (and/or DICOM) with a JSON "
-            "provenance sidecar; the same --seed gives the same volumes."
+            "Generate N volumes of one condition with a registry generator (the anatomy-first "
+            "default, or a VAE, GAN or latent diffusion model). Each volume is written as "
+            "NIfTI (and/or DICOM) with a JSON provenance sidecar, and its label map beside it "
+            "when the generator makes one; the same --seed gives the same volumes."
         ),
     )
     add = parser.add_argument
-    add("--model", required=True, help="generator id or id@version (see `mrisynth models list`)")
+    add(
+        "--model",
+        help="generator id or id@version (see `mrisynth models list`); default: the "
+        "registry's default generator",
+    )
     add("--n", type=int, default=1, help="number of volumes")
     add("--condition", default="bvftd", choices=("bvftd", "control"))
     add("--age", type=float, help="years (models trained with --condition ...,age)")
@@ -48,11 +53,16 @@ def run_generate(args: argparse.Namespace) -> int:
     from napari_mrisynth.synthesis.generate import generate
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    model = args.model
+    if model is None:
+        from napari_mrisynth.models.registry import default_model
+
+        model = default_model("generation")
     device = chosen_device(args.device, "generate")
     bar = ProgressBar(f"generating {args.n}", enabled=args.progress)
     try:
         results = generate(
-            args.model,
+            model,
             args.n,
             condition=args.condition,
             age=args.age,
@@ -76,7 +86,8 @@ def run_generate(args: argparse.Namespace) -> int:
         print(json.dumps([r.provenance for r in results], indent=2))
     else:
         for r in results:
-            print(f"{r.path}  {r.provenance['seconds']:.2f} s")
+            labels = f"  labels {r.labels_path.name}" if r.labels_path else ""
+            print(f"{r.path}  {r.provenance['seconds']:.2f} s{labels}")
         first = results[0].provenance["generator"]
         print(f"wrote {len(results)} volumes from {first['id']}@{first['version']} to {args.out}")
     return 0

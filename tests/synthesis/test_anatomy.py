@@ -1,0 +1,151 @@
+"""The anatomy-first generator: its fitting pieces recover known answers, and a tiny model
+fitted on a simulated cohort lands in the registry and generates deterministic volumes
+with their exact label maps."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("SimpleITK")
+
+
+def _jittered_scans(shape=(40, 40, 40), scans=5, seed=0):
+    """Label probabilities of ``scans`` jittered spheres each wrapped in a thin shell (a
+    sulcus-like sheet, 1.5 voxels), and each label's mean volume over the scans. P takes
+    scans + 1 values, so whole shells tie; the majority vote loses much of the thin shell."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    centre = np.array(shape) / 2
+    counts = np.zeros((3, *shape), np.float32)
+    volumes = np.zeros(3)
+    for _ in range(scans):
+        c = centre + rng.normal(0, 1.0, 3)
+        r = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2)
+        inner = 10 + rng.normal(0, 1.0)
+        label = np.where(r < inner, 2, np.where(r < inner + 1.5, 1, 0))
+        for k in range(3):
+            counts[k] += label == k
+            volumes[k] += np.sum(label == k) / scans
+    return counts / scans, volumes
+
+
+def test_volume_matched_labels_reaches_each_labels_mean_volume_despite_ties():
+    from napari_mrisynth.synthesis.anatomy import volume_matched_labels
+
+    p, targets = _jittered_scans()
+    majority = np.bincount(np.argmax(p, axis=0).ravel(), minlength=3)
+    assert majority[1] < 0.9 * targets[1]  # what a plain vote does to a thin sheet
+    labels = volume_matched_labels(p, targets)
+    counts = np.bincount(labels.ravel(), minlength=3)
+    assert np.all(np.abs(counts / targets - 1) < 0.01), (counts, targets)
+    # the same answer twice (the dither is seeded)
+    np.testing.assert_array_equal(labels, volume_matched_labels(p, targets))
+    # labels only where some scan had them
+    for k in range(3):
+        assert not np.any((labels == k) & (p[k] == 0))
+
+
+def test_brain_intensities_recover_known_intensities_through_the_point_spread():
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
+    from napari_mrisynth.synthesis.anatomy import brain_intensities, render
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((32, 32, 32), np.uint8)
+    brain = sorted(BRAIN_LABELS)[:3]
+    labels[4:28, 4:28, 4:28] = brain[0]
+    labels[8:24, 8:24, 8:24] = brain[1]
+    labels[10:22, 14:16, 8:24] = brain[2]  # a two-voxel sheet: its median is blurred away
+    class_label = np.arange(max(brain) + 1)
+    truth = np.zeros(len(class_label))
+    truth[brain] = (0.35, 0.8, 0.55)
+    psf = (0.9, 0.9)
+    image = render(truth, labels, class_label, psf) + rng.normal(0, 0.01, labels.shape)
+    start = np.zeros(len(class_label))
+    for k in brain:  # what a median inside each label gives
+        start[k] = np.median(image[labels == k])
+    assert abs(start[brain[2]] - 0.55) > 0.03  # the thin sheet's median is off
+    found = brain_intensities(image, labels, class_label, start, psf)
+    np.testing.assert_allclose(found[brain], truth[brain], atol=0.01)
+
+
+@pytest.fixture(scope="module")
+def fitted(simulated_cohort, tracking_uri, tmp_path_factory):
+    """A tiny anatomy-first model: 6 training scans at 8 mm, one groupwise round."""
+    from napari_mrisynth.synthesis.train import train_generator
+
+    out = tmp_path_factory.mktemp("anatomy-models")
+    card = train_generator(
+        "anatomy",
+        simulated_cohort(10, 5, 8.0),
+        out,
+        id="test-anatomy",
+        spacing=8.0,
+        fractions=(0.6, 0.1, 0.3),
+        rounds=1,
+        node_mm=16.0,
+        registration_mm=8.0,
+        shape_model="gaussian",
+        evaluate_per_class=0,
+        tracking_uri=tracking_uri,
+        experiment="tests",
+        progress=False,
+        accelerator="cpu",
+    )
+    return card, out
+
+
+@pytest.mark.slow
+def test_anatomy_model_fits_into_the_registry_with_its_report(fitted, tracking_uri):
+    from mlflow import MlflowClient
+
+    card, out = fitted
+    assert card.inference["family"] == "anatomy" and card.task == "generation"
+    report = card.training["fit"]
+    assert report["shape_model"] == "gaussian"
+    # the template's label volumes match the training scans' mean volumes (to 0.3 % at
+    # 2 mm; at 8 mm a sulcal sheet is mostly partial voxels and misses by about 6 %)
+    match = report["template_volume_match"]
+    assert all(abs(v) < 0.1 for v in match.values()), match
+    assert abs(match["white_matter"]) < 0.02 and abs(match["frontal_gm"]) < 0.02
+    assert (out / f"test-anatomy-{card.version}" / "card.json").exists()
+    runs = MlflowClient(tracking_uri).search_runs(
+        [MlflowClient(tracking_uri).get_experiment_by_name("tests").experiment_id],
+        filter_string="tags.model_id = 'test-anatomy'",
+    )
+    assert runs, "the fit has its MLflow run"
+
+
+@pytest.mark.slow
+def test_anatomy_generates_volumes_with_labels_deterministically(fitted, tmp_path):
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
+    from napari_mrisynth.models.card import read_card
+    from napari_mrisynth.synthesis.generate import generate
+
+    card, out = fitted
+    card = read_card(out / f"test-anatomy-{card.version}")
+    first = generate(card, 2, condition="bvftd", seed=3, out=tmp_path / "a", roots=[out])
+    again = generate(card, 1, condition="bvftd", seed=3, start=1, out=tmp_path / "b",
+                     roots=[out])  # fmt: skip
+    np.testing.assert_allclose(np.asarray(first[1].volume.data), np.asarray(again[0].volume.data),
+                               atol=1e-5)  # fmt: skip
+    assert not np.allclose(np.asarray(first[0].volume.data), np.asarray(first[1].volume.data))
+    for item in first:
+        assert item.labels is not None and item.labels_path.exists()
+        image = nib.load(item.path)
+        labels = nib.load(item.labels_path)
+        np.testing.assert_allclose(image.affine, labels.affine)
+        assert image.shape == labels.shape
+        values = np.asarray(labels.dataobj)
+        assert np.isin(list(BRAIN_LABELS), np.unique(values)).sum() >= 3
+        # a T1 contrast: white matter brighter than cortex, cortex than ventricles
+        data = np.asarray(image.dataobj)
+        wm, gm, ventricles = (data[values == v].mean() for v in (11, 1, 12))
+        assert wm > gm > ventricles
+        sidecar = json.loads(item.sidecar.read_text())
+        assert sidecar["generator"]["id"] == "test-anatomy"
+        assert sidecar["files"]["labels"] == item.labels_path.name
