@@ -149,3 +149,38 @@ def test_anatomy_generates_volumes_with_labels_deterministically(fitted, tmp_pat
         sidecar = json.loads(item.sidecar.read_text())
         assert sidecar["generator"]["id"] == "test-anatomy"
         assert sidecar["files"]["labels"] == item.labels_path.name
+
+
+def _maps_with_frontal_share(shares, seed):
+    """Label maps of 1000 brain voxels: ``share`` of them frontal grey matter (1), the
+    rest white matter (11), ventricles 5 %."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for share in shares:
+        values = np.full(1000, 11, np.uint8)
+        values[: int(round(1000 * share))] = 1
+        values[-50:] = 12
+        maps.append(rng.permutation(values).reshape(10, 10, 10))
+    return maps
+
+
+def test_condition_effects_place_generated_effect_sizes_against_the_real_interval():
+    from napari_mrisynth.synthesis.assess import condition_effects
+
+    rng = np.random.default_rng(0)
+    control, bvftd = rng.normal(0.30, 0.02, 12), rng.normal(0.26, 0.02, 12)
+    real = _maps_with_frontal_share(np.r_[control, bvftd], 1)
+    truth = [False] * 12 + [True] * 12
+    alike = _maps_with_frontal_share(np.r_[rng.normal(0.30, 0.02, 6),
+                                           rng.normal(0.26, 0.02, 6)], 2)  # fmt: skip
+    reversed_ = _maps_with_frontal_share(np.r_[rng.normal(0.26, 0.02, 6),
+                                               rng.normal(0.30, 0.02, 6)], 3)  # fmt: skip
+    groups = [False] * 6 + [True] * 6
+    same = condition_effects(real, truth, alike, groups)
+    frontal = same["frontal_gm"]
+    assert frontal["real_d"] < -1.0  # bvFTD loses frontal grey matter, about 2 SD
+    low, high = frontal["real_ci95"]
+    assert low < frontal["real_d"] < high < 0
+    assert frontal["inside"] and frontal["synthetic_d"] < 0
+    flipped = condition_effects(real, truth, reversed_, groups)["frontal_gm"]
+    assert flipped["synthetic_d"] > 0 and not flipped["inside"]

@@ -8,7 +8,14 @@ For each class the generator makes as many volumes as asked (seeded), then:
 - **memorization** against its training subjects: nearest training scan of every synthetic
   one and how many look copied (:func:`napari_mrisynth.evaluation.audit_memorization`);
 - **condition fidelity**: the bundled bvFTD classifier's AUC at telling the generated bvFTD
-  volumes from the generated controls, beside its AUC on the real test subjects;
+  volumes from the generated controls, beside its AUC on the real test subjects; for
+  generators that make label maps, the bvFTD-vs-control effect size (Cohen's d) of each
+  bvFTD region's share of the brain and of the ventricles', beside the real test subjects'
+  d with its bootstrap 95 % interval;
+- **the automated Turing test and sharpness** on the volumes as a study shows them
+  (:func:`napari_mrisynth.evaluation.two_sample.automated_turing_test`);
+- **labels**: for generators that make label maps, the bundled segmenter's brain mask
+  against the generated brain (Dice);
 - a figure: real and synthetic, control and bvFTD, side by side.
 """
 
@@ -38,6 +45,88 @@ def _cached_volumes(items: Sequence[Any]) -> list[Volume]:
         volume.metadata["name"] = item.subject
         volumes.append(volume)
     return volumes
+
+
+def _label_map(item: Any) -> np.ndarray | None:
+    from napari_mrisynth.io.files import load_volume
+
+    path = getattr(item, "label", None)
+    return None if path is None else np.asarray(load_volume(path).compute().data)
+
+
+#: Regions whose share of the brain bvFTD changes (grey matter shrinks, ventricles grow).
+EFFECT_REGIONS = ("frontal_gm", "orbitomedial_frontal_gm", "insula_gm", "anterior_temporal_gm",
+                  "lateral_ventricles")  # fmt: skip
+
+
+def _cohens_d(values: np.ndarray, bvftd: np.ndarray) -> float:
+    a, b = values[bvftd], values[~bvftd]
+    pooled = np.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1))
+                     / max(a.size + b.size - 2, 1))  # fmt: skip
+    return float((a.mean() - b.mean()) / max(pooled, 1e-12))
+
+
+def condition_effects(real_labels: Sequence[Any], real_bvftd: Sequence[bool],
+                      synthetic_labels: Sequence[Any], synthetic_bvftd: Sequence[bool],
+                      *, seed: int = 0, draws: int = 2000) -> dict[str, Any]:  # fmt: skip
+    """Cohen's d (bvFTD minus control) of each region of :data:`EFFECT_REGIONS` as a share
+    of the brain, in generated label maps and in real ones, with the real d's bootstrap
+    95 % interval (subjects resampled within each class)."""
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABEL_IDS
+
+    def shares(maps: Sequence[Any]) -> np.ndarray:
+        rows = []
+        for m in maps:
+            values = np.asarray(getattr(m, "data", m))
+            counts = np.bincount(values.ravel().astype(np.int64), minlength=256)
+            brain = counts[list(BRAIN_LABELS)].sum()
+            rows.append([counts[LABEL_IDS[r]] / max(brain, 1) for r in EFFECT_REGIONS])
+        return np.array(rows)
+
+    real, fake = shares(real_labels), shares(synthetic_labels)
+    real_y, fake_y = np.asarray(real_bvftd, bool), np.asarray(synthetic_bvftd, bool)
+    if real_y.all() or not real_y.any() or fake_y.all() or not fake_y.any():
+        return {"reading": "both classes are needed in both sets"}
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(real_y), np.flatnonzero(~real_y)]
+    out: dict[str, Any] = {}
+    inside = 0
+    for k, region in enumerate(EFFECT_REGIONS):
+        boot = []
+        for _ in range(draws):
+            pick = np.concatenate([rng.choice(g, g.size) for g in groups])
+            boot.append(_cohens_d(real[pick, k], real_y[pick]))
+        low, high = np.nanpercentile(boot, [2.5, 97.5])
+        d_fake = _cohens_d(fake[:, k], fake_y)
+        ok = bool(low <= d_fake <= high)
+        inside += ok
+        out[region] = {"synthetic_d": d_fake, "real_d": _cohens_d(real[:, k], real_y),
+                       "real_ci95": [float(low), float(high)], "inside": ok}  # fmt: skip
+    out["value"] = inside / len(EFFECT_REGIONS)
+    out["reading"] = ("share of the regions whose generated effect size lies inside the real "
+                      "test subjects' 95 % interval")  # fmt: skip
+    return out
+
+
+def _segmenter_brain_dice(volumes: Sequence[Volume], label_maps: Sequence[Any],
+                          device: Any) -> dict[str, Any] | None:  # fmt: skip
+    """The default segmenter's brain (every brain label) against each generated label
+    map's; None without a segmenter."""
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.models.inference import segment
+
+    scores = []
+    for volume, labels in zip(volumes, label_maps, strict=True):
+        try:
+            found = np.asarray(segment(volume, device=device).labels.data)
+        except ModelError:
+            return None
+        a = np.isin(found, BRAIN_LABELS)
+        b = np.isin(np.asarray(labels.data), BRAIN_LABELS)
+        scores.append(float(2 * np.sum(a & b) / max(a.sum() + b.sum(), 1)))
+    return {"value": float(np.median(scores)), "min": float(min(scores)), "n": len(scores),
+            "target": ">= 0.9"}  # fmt: skip
 
 
 def _classifier_auc(volumes: Sequence[Volume], truth: Sequence[int], device: Any) -> Any:
@@ -81,12 +170,14 @@ def assess_generator(
     real = _cached_volumes(test_items)
     train = _cached_volumes(train_items)
     synthetic: dict[str, list[Volume]] = {}
+    label_maps: dict[str, list[Volume | None]] = {}
     seconds = []
     for offset, diagnosis in enumerate(("control", "bvFTD")):
         made = generate(
             card, per_class, condition=diagnosis, seed=seed + ASSESS_SEED + offset, device=device
         )
         synthetic[diagnosis] = [m.volume for m in made]
+        label_maps[diagnosis] = [m.labels for m in made]
         seconds += [m.provenance["seconds"] for m in made]
     every = synthetic["control"] + synthetic["bvFTD"]
     evaluation = evaluate_sets(real, every, seed=seed, device=device).to_json()
@@ -118,6 +209,26 @@ def assess_generator(
         "real_test_subjects": len(real),
         "extractor": evaluation.get("extractor"),
     }
+    from napari_mrisynth.evaluation.two_sample import automated_turing_test
+
+    turing = automated_turing_test(real, every, seed=seed, device=device).to_json()
+    for name, entry in turing["two_sample"].items():
+        if isinstance(entry, dict) and "value" in entry:
+            metrics[f"turing_auc_{name}"] = {**entry, "target": "<= 0.70 (0.5: chance)"}
+    for name, entry in turing["sharpness"].items():
+        if isinstance(entry, dict) and "ratio" in entry:
+            metrics[f"sharpness_{name}"] = {"value": entry["ratio"], **entry,
+                                            "target": "0.8-1.25 x real"}  # fmt: skip
+    if all(m is not None for m in label_maps["control"] + label_maps["bvFTD"]):
+        real_labels = [_label_map(item) for item in test_items]
+        if all(lab is not None for lab in real_labels):
+            metrics["condition_effects"] = condition_effects(
+                real_labels, [c.diagnosis == "bvFTD" for c in test_conditions],
+                label_maps["control"] + label_maps["bvFTD"], [False] * per_class
+                + [True] * per_class, seed=seed)  # fmt: skip
+        dice = _segmenter_brain_dice(every, label_maps["control"] + label_maps["bvFTD"], device)
+        if dice is not None:
+            metrics["segmenter_brain_dice"] = dice
     if report_dir is not None:
         report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
