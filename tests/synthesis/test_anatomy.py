@@ -50,29 +50,6 @@ def test_volume_matched_labels_reaches_each_labels_mean_volume_despite_ties():
         assert not np.any((labels == k) & (p[k] == 0))
 
 
-def test_brain_intensities_recover_known_intensities_through_the_point_spread():
-    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
-    from napari_mrisynth.synthesis.anatomy import brain_intensities, render
-
-    rng = np.random.default_rng(1)
-    labels = np.zeros((32, 32, 32), np.uint8)
-    brain = sorted(BRAIN_LABELS)[:3]
-    labels[4:28, 4:28, 4:28] = brain[0]
-    labels[8:24, 8:24, 8:24] = brain[1]
-    labels[10:22, 14:16, 8:24] = brain[2]  # a two-voxel sheet: its median is blurred away
-    class_label = np.arange(max(brain) + 1)
-    truth = np.zeros(len(class_label))
-    truth[brain] = (0.35, 0.8, 0.55)
-    psf = (0.9, 0.9)
-    image = render(truth, labels, class_label, psf) + rng.normal(0, 0.01, labels.shape)
-    start = np.zeros(len(class_label))
-    for k in brain:  # what a median inside each label gives
-        start[k] = np.median(image[labels == k])
-    assert abs(start[brain[2]] - 0.55) > 0.03  # the thin sheet's median is off
-    found = brain_intensities(image, labels, class_label, start, psf)
-    np.testing.assert_allclose(found[brain], truth[brain], atol=0.01)
-
-
 @pytest.fixture(scope="module")
 def fitted(simulated_cohort, tracking_uri, tmp_path_factory):
     """A tiny anatomy-first model: 6 training scans at 8 mm, one groupwise round."""

@@ -21,10 +21,6 @@ label maps beside them):
    components) over the velocity fields, compared on the validation scans with a conditional
    VAE on the same field grid trained with condition dropout for classifier-free guidance;
    a conditional Gaussian (Ledoit-Wolf covariance) over the anatomy-and-appearance vectors.
-5. **Closing the loop** (:func:`calibrate_samples`). A few volumes sampled from the fitted
-   model are compared with the training scans on the automated Turing test's texture
-   statistics; point spreads, texture and noise level are adjusted, and the intensity
-   response re-fitted, where that brings the samples' statistics closer to the scans'.
 """
 
 from __future__ import annotations
@@ -73,8 +69,6 @@ class AnatomyOptions:
     shape_model: str = "auto"
     fine_subjects: int = 6
     vae_epochs: int = 300
-    #: volumes sampled to calibrate the samples' texture on the training scans (0: skip)
-    sample_calibration: int = 8
 
 
 @dataclass
@@ -274,8 +268,7 @@ def bias_terms(shape: Sequence[int]) -> np.ndarray:
 def appearance_of(image: np.ndarray, labels: np.ndarray, terms: np.ndarray, classes: int,
                   psf: float | tuple[float, float],
                   class_label: np.ndarray) -> dict[str, Any]:  # fmt: skip
-    """Tissue intensities (brain: :func:`brain_intensities`; head: median per label,
-    eroded), a quadratic log-bias field, the noise
+    """Tissue intensities (median per label, eroded), a quadratic log-bias field, the noise
     level (Rayleigh background, else the white matter's high frequencies) and the field of
     view (nonzero extent) of one scan on the model grid."""
     count = classes
@@ -290,7 +283,6 @@ def appearance_of(image: np.ndarray, labels: np.ndarray, terms: np.ndarray, clas
             if use.sum() >= 5:
                 intensity[value] = float(np.median(corrected[use]))
         spread = (psf, psf) if isinstance(psf, float | int) else psf
-        intensity = brain_intensities(corrected, labels, class_label, intensity, spread)
         rendered = render(intensity, labels, class_label, spread)
         # brain tissue only: one intensity per label renders it well, whereas a head label
         # (soft tissue: skin, fat, muscle) would pass its own layout off as bias
@@ -313,35 +305,6 @@ def appearance_of(image: np.ndarray, labels: np.ndarray, terms: np.ndarray, clas
         fov += [hits[0] / n, hits[-1] / n] if hits.size else [0.0, 1.0]
     return {"intensity": intensity, "bias": bias, "noise": noise, "fov": fov,
             "noise_blur": noise_blur}  # fmt: skip
-
-
-def brain_intensities(image: np.ndarray, labels: np.ndarray, class_label: np.ndarray,
-                      start: np.ndarray, psf: tuple[float, float]) -> np.ndarray:  # fmt: skip
-    """The brain classes' intensities whose render (:func:`render`) reproduces ``image``
-    best in least squares, the head's (``start``, medians) held fixed.
-
-    A class's median in its eroded core is not what rendering needs: at 2 mm cortex is one
-    or two voxels thick, its core is the few thick places, and its voxels' mean mixes white
-    matter and CSF through the point spread. Rendering is linear in the intensities, so
-    the best ones solve a small least-squares problem over the brain and a voxel around it
-    (measured on the simulated cohort at 2 mm: the median gave rendered cortex 3–7 % darker
-    relative to white matter than the scans).
-    """
-    brain_classes = [k for k in range(1, len(start))
-                     if class_label[k] in BRAIN_LABELS and np.any(labels == k)]  # fmt: skip
-    if not brain_classes:
-        return start
-    brain = np.isin(class_label[labels], BRAIN_LABELS)
-    region = ndi.binary_dilation(brain, iterations=1)
-    values = np.nan_to_num(start).copy()
-    values[brain_classes] = 0.0
-    fixed = render(values, labels, class_label, psf)[region]
-    columns = [ndi.gaussian_filter((labels == k).astype(np.float32), psf[0])[region]
-               for k in brain_classes]  # fmt: skip
-    solution, *_ = np.linalg.lstsq(np.column_stack(columns), image[region] - fixed, rcond=None)
-    out = np.array(start, np.float64)
-    out[brain_classes] = np.where(np.isfinite(solution), solution, out[brain_classes])
-    return out
 
 
 def air(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -510,111 +473,6 @@ def calibrate_rendering(images: Sequence[np.ndarray], labels: Sequence[np.ndarra
     curve = np.stack([np.mean(source, axis=0), np.mean(target, axis=0)])
     setting["tone"] = np.concatenate([[[0.0], [0.0]], curve[:, 1:]], axis=1)
     return setting, history
-
-
-def calibrate_samples(args: dict[str, Any], buffers: dict[str, np.ndarray],
-                      images: Sequence[np.ndarray], conditions: Sequence[Condition],
-                      spacing: float, samples: int = 8) -> dict[str, Any]:  # fmt: skip
-    """Close the loop on what the generator samples: its texture statistics against the
-    training scans', set by set.
-
-    :func:`calibrate_rendering` makes each scan re-rendered from its *own* labels look like
-    it; samples are rendered from the template's labels, warped, and differ still (measured
-    at 2 mm before this step: gradient 99th percentile 0.84x the scans', brain intensity
-    skew -0.57 against -0.84). Here ``samples`` volumes drawn with fixed noise are compared
-    with the training scans on the automated Turing test's texture statistics (mean
-    difference per statistic in units of its spread across the scans), by coordinate
-    descent over the brain and head point spreads, the texture amplitude and the noise
-    level; the intensity response is then re-fitted so that the samples' pooled quantiles
-    are the scans'. Updates ``buffers`` in place; returns the report. Held-out scans are
-    never used.
-    """
-    import torch
-
-    from napari_mrisynth.evaluation.two_sample import texture_features
-    from napari_mrisynth.models.anatomy_generator import SCALARS, AnatomyFirst
-
-    model = AnatomyFirst(**args)
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
-                           buffers.items()})  # fmt: skip
-    model.eval()
-    class_label = buffers["class_label"]
-    region = ndi.binary_erosion(np.isin(class_label[buffers["template_labels"]], BRAIN_LABELS),
-                                iterations=1)  # fmt: skip
-    reference = np.array([texture_features(i * 255.0 / 1.5, region, spacing) for i in images])
-    scale = reference.std(axis=0) + 1e-6 + 0.05 * np.abs(reference.mean(axis=0))
-    noise = torch.randn((samples, *model.noise_shape), generator=torch.Generator().manual_seed(0))
-    vectors = [conditions[k % len(conditions)].vector() for k in range(samples)]
-    condition = torch.tensor(vectors, dtype=torch.float32)
-    noise_column = appearance_layout(model.label_count, len(model.cortical))["log_noise"]
-    start = {"scalars": buffers["scalars"].copy(), "tone": buffers["tone"].copy(),
-             "log_noise": float(buffers["appearance_design"][0, noise_column].mean())}  # fmt: skip
-
-    def draw() -> np.ndarray:
-        with torch.no_grad():
-            return model.generate(condition, noise)[0][:, 0].numpy()
-
-    def apply(setting: dict[str, float]) -> None:
-        scalars = start["scalars"].copy()
-        for name in ("psf", "psf_head", "texture_rms"):
-            scalars[SCALARS.index(name)] = setting[name]
-        model.scalars.copy_(torch.from_numpy(scalars))
-        design = buffers["appearance_design"].copy()
-        design[0, noise_column] += math.log(setting["noise_scale"])
-        model.appearance_design.copy_(torch.from_numpy(design))
-
-    def refit_tone(name: str) -> None:
-        """Re-fit the intensity response so that the samples' brain quantiles are the
-        scans'; kept only where it brings the statistics closer."""
-        before, old = loss(), model.tone.clone()
-        drawn = draw()
-        levels = np.linspace(1.0, 99.0, 33)
-        produced = np.percentile(drawn[:, region], levels)
-        wanted = np.percentile(np.stack(images)[:, region], levels)
-        produced = np.maximum.accumulate(produced + np.arange(levels.size) * 1e-7)
-        tone = model.tone.numpy().copy()
-        y = tone[1]
-        mapped = np.interp(y, produced, wanted)
-        # outside the brain's range: the ends' gain below (air keeps 0), their offset above
-        mapped = np.where(y < produced[0], y * wanted[0] / max(produced[0], 1e-6), mapped)
-        mapped = np.where(y > produced[-1], y + wanted[-1] - produced[-1], mapped)
-        tone[1] = np.maximum.accumulate(mapped)
-        model.tone.copy_(torch.from_numpy(tone))
-        history[name] = loss()
-        if history[name] >= before:
-            model.tone.copy_(old)
-            history[name + " (not kept)"] = history.pop(name)
-
-    def loss() -> float:
-        drawn = draw()
-        features = np.array([texture_features(v * 255.0 / 1.5, region, spacing) for v in drawn])
-        return float(np.sum(np.square((features.mean(axis=0) - reference.mean(axis=0)) / scale)))
-
-    named = dict(zip(SCALARS, start["scalars"].tolist(), strict=True))
-    setting = {"psf": named["psf"], "psf_head": named["psf_head"],
-               "texture_rms": named["texture_rms"], "noise_scale": 1.0}  # fmt: skip
-    apply(setting)
-    history = {"start": loss()}
-    refit_tone("tone")
-    grids = {"psf": [named["psf"] * f for f in (0.6, 0.75, 0.9, 1.0, 1.15)],
-             "texture_rms": [named["texture_rms"] * f for f in (0.5, 1.0, 1.5, 2.0, 3.0)],
-             "noise_scale": (0.8, 0.9, 1.0, 1.1, 1.25),
-             "psf_head": [named["psf_head"] * f for f in (0.75, 1.0, 1.25)]}  # fmt: skip
-    for name, values in grids.items():
-        scores = {}
-        for value in values:
-            apply({**setting, name: value})
-            scores[value] = loss()
-        setting[name] = float(min(scores, key=scores.get))
-        history[f"{name}={setting[name]:.4g}"] = scores[setting[name]]
-    apply(setting)
-    refit_tone("tone again")
-    history["final"] = loss()
-    buffers["scalars"] = model.scalars.numpy().astype(np.float32)
-    buffers["appearance_design"] = model.appearance_design.numpy().astype(np.float32)
-    buffers["tone"] = model.tone.numpy().astype(np.float32)
-    return {"samples": samples, "setting": setting,
-            "loss_sum_of_squared_standardised_mean_gaps": history}  # fmt: skip
 
 
 def render_classes(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
@@ -908,11 +766,4 @@ def fit_anatomy_first(
         args["vae"] = vae["args"]
         buffers["scalars"][SCALARS.index("vae_scale")] = vae["scale"]
         buffers.update({f"vae.{k}": v for k, v in vae["state"].items()})
-    if options.sample_calibration > 0:
-        if progress is not None:
-            progress("calibrating samples", 0, 1)
-        report["sample_calibration"] = calibrate_samples(
-            args, buffers, images, conditions, spacing, options.sample_calibration)
-        timings["sample_calibration"] = time.perf_counter() - clock
-        report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     return Fitted(args, buffers, report, {"template_intensity": template})
