@@ -1,5 +1,6 @@
-"""Figure of docs/synthesis.md: held-out real volumes beside each demo generator's output,
-control and bvFTD, on the generators' 4 mm model grid.
+"""Figures of docs/synthesis.md: held-out real volumes beside the default anatomy-first
+generator's output at 2 mm (``anatomy_first.png``), and beside each image-space demo
+generator's output on their 4 mm model grid (``demo_generators.png``); control and bvFTD.
 
 Usage (from the repository root; builds the 60-subject demo cohort if it is missing)::
 
@@ -79,6 +80,29 @@ def main() -> int:
         OUT / "demo_generators.png",
         examples=args.examples,
         title="held-out real (top of each block) vs synthetic, 4 mm model grid: "
+        "axial, coronal, sagittal per volume (simulated data)",
+    )
+    print("wrote", path)
+
+    anatomy = find_model("anatomy-bvftd-demo", task="generation")
+    test = anatomy.training["splits"]["test"]
+    cached = tdata.cache_subjects(
+        args.cohort, test, anatomy.input, args.cohort / ".model-grid-2mm", labels=None
+    )
+    real = _cached_volumes(cached)
+    rows = []
+    for diagnosis in ("control", "bvFTD"):
+        rows.append((f"real\n{diagnosis}", [
+            v for v, s in zip(real, test, strict=True)
+            if Condition.parse(rows_by_id[s]["diagnosis"]).diagnosis == diagnosis
+        ]))  # fmt: skip
+        made = generate(anatomy, args.examples, condition=diagnosis, seed=7)
+        rows.append((f"anatomy-first\n{diagnosis}", [m.volume for m in made]))
+    path = volume_rows_figure(
+        rows,
+        OUT / "anatomy_first.png",
+        examples=args.examples,
+        title="held-out real vs anatomy-first synthetic, 2 mm (the scans' own resolution): "
         "axial, coronal, sagittal per volume (simulated data)",
     )
     print("wrote", path)

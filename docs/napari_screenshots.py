@@ -104,8 +104,9 @@ def model_views(viewer, qapp, scan: Path) -> None:
     _save(viewer, "napari_classify.png")
 
 
-#: Generator shown in the Synthesize screenshot when the registry has it.
-SYNTHESIZE_MODEL = "ldm-bvftd-demo"
+#: Generator shown in the Synthesize and Turing screenshots when the registry has it (the
+#: bundled default generator).
+SYNTHESIZE_MODEL = "anatomy-bvftd-demo"
 
 
 def synthesize_views(viewer, qapp) -> None:
@@ -120,8 +121,7 @@ def synthesize_views(viewer, qapp) -> None:
     if not ranked:
         print("no generator in the registry: Synthesize screenshot skipped")
         return
-    ldm = [c for c in ranked if c.inference.get("family") == "ldm"]
-    card = next((c for c in ranked if c.id == SYNTHESIZE_MODEL), (ldm or ranked)[0])
+    card = next((c for c in ranked if c.id == SYNTHESIZE_MODEL), ranked[0])
     subject = simulate_subject("sub-compare", "bvFTD", 20261129, 2.0, severity=0.9)
     data, kwargs, _ = image_layer_data(subject.t1, name="simulated bvFTD T1")
     viewer.add_image(data, **kwargs)

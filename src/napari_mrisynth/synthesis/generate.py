@@ -308,19 +308,18 @@ def _write(item: Synthetic, out: Path, name: str, formats: tuple[str, ...], inde
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {}
     if "nifti" in formats:
-        path = out / f"{name}.nii.gz"
-        partial = out / f".{name}.{os.getpid()}.partial.nii.gz"
-        save_volume(item.volume, partial)
-        partial.replace(path)
-        item.path = path
-        files["nifti"] = path.name
+
+        def write(volume: Volume, stem: str) -> Path:
+            path, partial = out / f"{stem}.nii.gz", out / f".{stem}.{os.getpid()}.partial.nii.gz"
+            save_volume(volume, partial)
+            partial.replace(path)
+            return path
+
+        item.path = write(item.volume, name)
+        files["nifti"] = item.path.name
         if item.labels is not None:  # beside the volume, where studies and exports find masks
-            labels_path = out / f"{name}_labels.nii.gz"
-            partial = out / f".{name}_labels.{os.getpid()}.partial.nii.gz"
-            save_volume(item.labels, partial)
-            partial.replace(labels_path)
-            item.labels_path = labels_path
-            files["labels"] = labels_path.name
+            item.labels_path = write(item.labels, f"{name}_labels")
+            files["labels"] = item.labels_path.name
     if "dicom" in formats:
         folder = _write_dicom(item, out, name, index)
         files["dicom"] = folder.name

@@ -350,22 +350,25 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         training=training,
     )
 
+    return run.finish(card, state, _test_metrics(opts, part, [condition_of[s] for s in
+                                                              splits["test"]]))  # fmt: skip
+
+
+def _test_metrics(opts: GenerativeOptions, part: dict[str, list[Any]],
+                  test_conditions: list[Condition]) -> Any:  # fmt: skip
+    """The card's test metrics of a generator: :func:`.assess.assess_generator` on the
+    held-out test subjects (none when ``--evaluate-per-class 0`` or no test split)."""
+
     def test_metrics(card: ModelCard, report_dir: Path) -> dict[str, Any]:
         if opts.evaluate_per_class <= 0 or not part["test"]:
             return {}
         from napari_mrisynth.synthesis.assess import assess_generator
 
-        return assess_generator(
-            card,
-            part["test"],
-            part["train"],
-            [condition_of[s] for s in splits["test"]],
-            per_class=opts.evaluate_per_class,
-            seed=opts.seed,
-            report_dir=report_dir,
-        )
+        return assess_generator(card, part["test"], part["train"], test_conditions,
+                                per_class=opts.evaluate_per_class, seed=opts.seed,
+                                report_dir=report_dir)  # fmt: skip
 
-    return run.finish(card, state, test_metrics)
+    return test_metrics
 
 
 def _load_init(network: Any, base: ModelCard | None) -> bool:
@@ -516,14 +519,5 @@ def _train_anatomy(data: Path, out: Path, opts: GenerativeOptions) -> ModelCard 
         training=training,
     )
 
-    def test_metrics(card: ModelCard, report_dir: Path) -> dict[str, Any]:
-        if opts.evaluate_per_class <= 0 or not part["test"]:
-            return {}
-        from napari_mrisynth.synthesis.assess import assess_generator
-
-        return assess_generator(card, part["test"], part["train"],
-                                [condition_of[s] for s in splits["test"]],
-                                per_class=opts.evaluate_per_class, seed=opts.seed,
-                                report_dir=report_dir)  # fmt: skip
-
-    return run.finish(card, state, test_metrics)
+    return run.finish(card, state, _test_metrics(opts, part, [condition_of[s] for s in
+                                                              splits["test"]]))  # fmt: skip
