@@ -253,7 +253,9 @@ def _reference_sample(network: Any, family: str, noise: Any, condition: Any, ste
         from monai.inferers import LatentDiffusionInferer
 
         scheduler = network.scheduler("ddim")  # DDIMScheduler, the model's noise schedule
-        scheduler.set_timesteps(num_inference_steps=steps, device=noise.device)
+        # timesteps on the CPU: MONAI 1.6.1's sample() concatenates them with a CPU tensor
+        # (torch.cat fails with CUDA timesteps); it moves each step's t to the noise's device
+        scheduler.set_timesteps(num_inference_steps=steps)
         inferer = LatentDiffusionInferer(scheduler, scale_factor=float(network.scale_factor))
         return inferer.sample(
             input_noise=noise,
