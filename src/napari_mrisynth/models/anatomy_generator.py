@@ -20,8 +20,8 @@ and kept here as buffers, so the registry saves and verifies it like any network
   the training scans.
 
 Sampling draws all of these, thins (or thickens) the template's cortex region by region,
-warps its labels through ``exp(v)`` composed with a fresh fine folding at native
-resolution, renders tissue intensities with the fitted point spread, adds structure,
+warps its labels through ``exp(-v)`` (the inverse of the scans' warps onto it) composed
+with a fresh fine folding at native resolution, renders tissue intensities with the fitted point spread, adds structure,
 texture, bias and Rician noise, and cuts the field of view: a volume and its exact label map,
 as sharp as the training scans, and never a copy of one.
 """
@@ -294,7 +294,9 @@ class AnatomyFirst(nn.Module):
         texture_rms, texture_sigma = named["texture_rms"], named["texture_sigma"]
         # shape: the coarse diffeomorphism plus a fresh fine folding, at native resolution
         velocity = self._velocity(x, condition, z_shape, guidance)
-        coarse = exponentiate(velocity, self.node_step * self.spacing)
+        # a training scan's field v warps the scan onto the template (the scan sampled at
+        # x + exp(v)(x)); a new head is the template warped the other way, exp(-v)
+        coarse = exponentiate(-velocity, self.node_step * self.spacing)
         displacement = _node_to_voxels(coarse, self.node_step, self.shape)
         if fine_rms > 0:
             fine_v = fine_rms * self._field(self._seeds(seeds, 1), self.fine_shape, fine_sigma, 3)
