@@ -21,8 +21,9 @@ and kept here as buffers, so the registry saves and verifies it like any network
 
 Sampling draws all of these, thins (or thickens) the template's cortex region by region,
 warps its labels through ``exp(-v)`` (the inverse of the scans' warps onto it) composed
-with a fresh fine folding at native resolution, renders tissue intensities with the fitted point spread, adds structure,
-texture, bias and Rician noise, and cuts the field of view: a volume and its exact label map,
+with a fresh fine folding at native resolution, renders tissue intensities with the fitted
+point spread, adds structure, texture, bias and Rician noise, and cuts the field of view: a
+volume and its exact label map,
 as sharp as the training scans, and never a copy of one.
 """
 
