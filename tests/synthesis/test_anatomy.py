@@ -86,8 +86,11 @@ def test_anatomy_model_fits_into_the_registry_with_its_report(fitted, tracking_u
     assert report["shape_model"] == "gaussian"
     # the template's label volumes match the training scans' mean volumes (to 0.3 % at
     # 2 mm; at 8 mm a sulcal sheet is mostly partial voxels and misses by about 6 %)
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABELS
+
     match = report["template_volume_match"]
-    assert all(abs(v) < 0.1 for v in match.values()), match
+    brain = {LABELS[v][0]: match[LABELS[v][0]] for v in BRAIN_LABELS}  # head labels: a few voxels
+    assert all(abs(v) < 0.1 for v in brain.values()), brain
     assert abs(match["white_matter"]) < 0.02 and abs(match["frontal_gm"]) < 0.02
     assert (out / f"test-anatomy-{card.version}" / "card.json").exists()
     runs = MlflowClient(tracking_uri).search_runs(
