@@ -38,8 +38,12 @@ def test_headless_demo_runs_the_pipeline(tmp_path):
     assert len(verdicts) == 2
     # ... and the bundled generator makes synthetic volumes with provenance, none a copy.
     synthetic = out / "synthetic"
-    assert len(list(synthetic.glob("*.nii.gz"))) == 4, result.stdout
+    volumes = [p for p in synthetic.glob("*.nii.gz") if not p.name.endswith("_labels.nii.gz")]
+    assert len(volumes) == 4, result.stdout
     assert len(list(synthetic.glob("*.json"))) == 4
+    # the default (anatomy-first) generator writes each volume's label map beside it
+    for volume in volumes:
+        assert volume.with_name(volume.name.replace(".nii.gz", "_labels.nii.gz")).exists()
     audit = [line for line in result.stdout.splitlines() if "nearest real sub-" in line]
     assert len(audit) == 4 and all("not a copy" in line for line in audit), result.stdout
     # ... and a blinded study of real against synthetic is ready to rate.
