@@ -4,7 +4,7 @@ With a display: napari opens with the plugin's widgets docked and a simulated bv
 loaded. Without one: it says so and runs the same data through the headless pipeline
 (simulated cohort -> DICOM series discovery -> exact load -> NIfTI -> regional volumes ->
 segmentation and bvFTD classification with the bundled demo models -> synthetic bvFTD and
-control volumes from the bundled latent diffusion model, with provenance and a
+control volumes from the default generator (the bundled anatomy-first model), with provenance and a
 memorization check against the cohort).
 """
 
