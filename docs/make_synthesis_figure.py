@@ -56,19 +56,21 @@ def main() -> int:
             check=True,
         )
     rows_by_id = {r["participant_id"]: r for r in read_participants(args.cohort)}
-    test = ldm.training["splits"]["test"]
-    cached = tdata.cache_subjects(
-        args.cohort, test, ldm.input, args.cohort / ".model-grid-4mm", labels=None
-    )
-    real = _cached_volumes(cached)
-    by_class = {
-        name: [
-            v
-            for v, s in zip(real, test, strict=True)
-            if Condition.parse(rows_by_id[s]["diagnosis"]).diagnosis == name
-        ]
-        for name in ("control", "bvFTD")
-    }
+
+    def held_out_by_class(card) -> dict:
+        """The card's held-out test subjects on its grid, by diagnosis."""
+        test = card.training["splits"]["test"]
+        folder = args.cohort / f".model-grid-{card.input.spacing[0]:g}mm"
+        real = _cached_volumes(
+            tdata.cache_subjects(args.cohort, test, card.input, folder, labels=None)
+        )
+        return {
+            name: [v for v, s in zip(real, test, strict=True)
+                   if Condition.parse(rows_by_id[s]["diagnosis"]).diagnosis == name]
+            for name in ("control", "bvFTD")
+        }  # fmt: skip
+
+    by_class = held_out_by_class(ldm)
     rows = []
     for diagnosis in ("control", "bvFTD"):
         rows.append((f"real\n{diagnosis}", by_class[diagnosis]))
@@ -85,17 +87,10 @@ def main() -> int:
     print("wrote", path)
 
     anatomy = find_model("anatomy-bvftd-demo", task="generation")
-    test = anatomy.training["splits"]["test"]
-    cached = tdata.cache_subjects(
-        args.cohort, test, anatomy.input, args.cohort / ".model-grid-2mm", labels=None
-    )
-    real = _cached_volumes(cached)
+    by_class = held_out_by_class(anatomy)
     rows = []
     for diagnosis in ("control", "bvFTD"):
-        rows.append((f"real\n{diagnosis}", [
-            v for v, s in zip(real, test, strict=True)
-            if Condition.parse(rows_by_id[s]["diagnosis"]).diagnosis == diagnosis
-        ]))  # fmt: skip
+        rows.append((f"real\n{diagnosis}", by_class[diagnosis]))
         made = generate(anatomy, args.examples, condition=diagnosis, seed=7)
         rows.append((f"anatomy-first\n{diagnosis}", [m.volume for m in made]))
     path = volume_rows_figure(

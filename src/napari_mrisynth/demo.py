@@ -124,13 +124,11 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
     """Segment the first subject's DICOM series and classify every subject."""
     import warnings
 
-    import numpy as np
-
-    from napari_mrisynth.anatomy import BRAIN_LABELS
     from napari_mrisynth.errors import ModelError
     from napari_mrisynth.io.files import load_volume, save_volume
     from napari_mrisynth.models.device import CpuFallbackWarning
     from napari_mrisynth.models.inference import classify, segment
+    from napari_mrisynth.reports.metrics import brain_dice
 
     first = participants[0]["participant_id"]
     with warnings.catch_warnings(record=True) as caught:
@@ -143,10 +141,8 @@ def run_models(root: Path, participants: list[dict[str, str]], out: Path) -> Non
     for warning in caught:
         print(f"    note: {warning.message}")
     mask = save_volume(result.labels, out / f"{first}_seg.nii.gz")
-    truth = np.asarray(load_volume(root / first / "anat" / f"{first}_labels.nii.gz").data)
-    found = np.asarray(result.labels.data)
-    brain_t, brain_f = np.isin(truth, BRAIN_LABELS), np.isin(found, BRAIN_LABELS)
-    dice = 2 * np.count_nonzero(brain_t & brain_f) / (brain_t.sum() + brain_f.sum())
+    truth = load_volume(root / first / "anat" / f"{first}_labels.nii.gz").data
+    dice = brain_dice(truth, result.labels.data)
     print(
         f"5/8 segmented {first}'s DICOM series with {result.card.ref} on {result.device} in "
         f"{result.seconds:.2f} s -> {mask}"

@@ -200,6 +200,17 @@ def test_dice_of_two_overlapping_cubes():
     assert math.isnan(dice[3])
 
 
+def test_brain_dice_pools_every_brain_label_and_ignores_the_head():
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[2:12, 2:12, 2:12] = 11  # white matter, 1000 voxels
+    truth[15:18, 15:18, 15:18] = 16  # bone: not brain
+    pred = np.zeros_like(truth)
+    pred[2:12, 2:12, 2:7] = 1  # the same brain, half called cortex ...
+    pred[2:12, 2:12, 7:14] = 13  # ... the rest sulcal CSF, 200 voxels past it
+    assert metrics.brain_dice(truth, pred) == pytest.approx(2 * 1000 / 2200)
+    assert math.isnan(metrics.brain_dice(np.zeros_like(truth), np.zeros_like(truth)))
+
+
 def test_hd95_of_parallel_slabs_honours_anisotropic_spacing():
     spacing_zyx = (2.5, 1.0, 0.7)
     truth = np.zeros((16, 12, 14), np.uint8)

@@ -304,6 +304,16 @@ def dice_per_label(truth: Any, pred: Any, labels: Iterable[int]) -> dict[int, fl
     return out
 
 
+def brain_dice(truth: Any, pred: Any) -> float:
+    """Dice of the brain masks (every label of
+    :data:`~napari_mrisynth.anatomy.labels.BRAIN_LABELS`) of two label maps; NaN when neither
+    has brain."""
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
+
+    truth, pred = _label_arrays(truth, pred)
+    return dice_per_label(np.isin(truth, BRAIN_LABELS), np.isin(pred, BRAIN_LABELS), [1])[1]
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with a 6-neighbour outside it (the array's edge counts as outside)."""
     return mask & ~ndimage.binary_erosion(mask, border_value=0)

@@ -112,19 +112,17 @@ def _segmenter_brain_dice(volumes: Sequence[Volume], label_maps: Sequence[Any],
                           device: Any) -> dict[str, Any] | None:  # fmt: skip
     """The default segmenter's brain (every brain label) against each generated label
     map's; None without a segmenter."""
-    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
     from napari_mrisynth.errors import ModelError
     from napari_mrisynth.models.inference import segment
+    from napari_mrisynth.reports.metrics import brain_dice
 
     scores = []
     for volume, labels in zip(volumes, label_maps, strict=True):
         try:
-            found = np.asarray(segment(volume, device=device).labels.data)
+            found = segment(volume, device=device).labels.data
         except ModelError:
             return None
-        a = np.isin(found, BRAIN_LABELS)
-        b = np.isin(np.asarray(labels.data), BRAIN_LABELS)
-        scores.append(float(2 * np.sum(a & b) / max(a.sum() + b.sum(), 1)))
+        scores.append(float(brain_dice(labels.data, found)))
     return {"value": float(np.median(scores)), "min": float(min(scores)), "n": len(scores),
             "target": ">= 0.9"}  # fmt: skip
 
@@ -224,14 +222,14 @@ def assess_generator(
         if isinstance(entry, dict) and "ratio" in entry:
             metrics[f"sharpness_{name}"] = {"value": entry["ratio"], **entry,
                                             "target": "0.8-1.25 x real"}  # fmt: skip
-    if all(m is not None for m in label_maps["control"] + label_maps["bvFTD"]):
+    every_labels = label_maps["control"] + label_maps["bvFTD"]  # in the order of ``every``
+    if all(m is not None for m in every_labels):
         real_labels = [_label_map(item) for item in test_items]
         if all(lab is not None for lab in real_labels):
             metrics["condition_effects"] = condition_effects(
                 real_labels, [c.diagnosis == "bvFTD" for c in test_conditions],
-                label_maps["control"] + label_maps["bvFTD"], [False] * per_class
-                + [True] * per_class, seed=seed)  # fmt: skip
-        dice = _segmenter_brain_dice(every, label_maps["control"] + label_maps["bvFTD"], device)
+                every_labels, [False] * per_class + [True] * per_class, seed=seed)  # fmt: skip
+        dice = _segmenter_brain_dice(every, every_labels, device)
         if dice is not None:
             metrics["segmenter_brain_dice"] = dice
     if report_dir is not None:
