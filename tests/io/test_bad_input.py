@@ -26,11 +26,17 @@ from napari_mrisynth.errors import (
     DicomFileError,
     GeometryError,
     MrisynthError,
+    SeriesError,
     VolumeFileError,
 )
-from napari_mrisynth.io.dicom import load_dicom, scan_folder
+from napari_mrisynth.io.dicom import DicomConversionWarning, load_dicom, scan_folder
 from napari_mrisynth.io.files import is_dicom_file, load_volume
-from tests.support.dicom_corpus import PYDICOM_FILES, assert_same_image
+from tests.support.dicom_corpus import (
+    PYDICOM_FILES,
+    assert_same_image,
+    canonical,
+    sitk_read_series,
+)
 
 MR_SMALL = PYDICOM_FILES / "MR_small.dcm"
 PIXEL_BYTES = 64 * 64 * 2
@@ -633,3 +639,198 @@ def test_exact_copy_of_a_file_is_ignored_and_noted(tmp_path, corpus):
     volume = load_dicom(files[0].parent)
     assert_same_image(volume, corpus["axial"].volume, what="with a copied file")
     assert any("duplicate" in p.lower() for p in volume.metadata["problems"])
+
+
+# -- pixel encoding that contradicts itself ------------------------------------------------------
+#: (corpus series, attributes written into one slice, words the refusal must contain)
+BAD_ENCODINGS = {
+    "bits_allocated_8_over_16_bit_data": (
+        "axial",
+        {"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7},
+        ("BitsAllocated 8", "16 bits per pixel"),
+    ),
+    "bits_stored_above_bits_allocated": ("axial", {"BitsStored": 17}, ("BitsStored 17",)),
+    "pixel_representation_2": ("axial", {"PixelRepresentation": 2}, ("PixelRepresentation 2",)),
+    "slope_nan": ("rescaled", {"RescaleSlope": "NaN"}, ("RescaleSlope nan", "finite")),
+    "slope_inf": ("rescaled", {"RescaleSlope": "inf"}, ("RescaleSlope inf", "finite")),
+    "intercept_nan": ("rescaled", {"RescaleIntercept": "nan"}, ("RescaleIntercept nan",)),
+    "slope_zero": ("rescaled", {"RescaleSlope": "0"}, ("RescaleSlope 0",)),
+    "slope_missing": ("rescaled", {"RescaleSlope": None}, ("RescaleSlope missing", "0.5")),
+    "intercept_missing": ("rescaled", {"RescaleIntercept": None}, ("RescaleIntercept missing",)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom, on NaN and inf
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+@pytest.mark.parametrize("kind", list(BAD_ENCODINGS))
+def test_contradictory_encoding_of_one_slice_is_refused_naming_file_and_attribute(
+    tmp_path, corpus, kind, lazy
+):
+    """The last slice, so that skipping it would leave a regular stack one slice short: the
+    series must be refused before any voxel is read, naming the file and the attribute."""
+    name, attributes, words = BAD_ENCODINGS[kind]
+    files = _series_copy(tmp_path, corpus, name)
+    _edit(files[-1], **attributes)
+    with pytest.raises(DicomFileError) as info:
+        load_dicom(files[0].parent, lazy=lazy)
+    assert info.value.path == files[-1]
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_the_first_bad_slice_is_named_and_the_others_counted(tmp_path, corpus):
+    files = _series_copy(tmp_path, corpus, "rescaled")
+    for path in files[2:5]:
+        _edit(path, RescaleSlope="0")
+    with pytest.raises(DicomFileError) as info:
+        load_dicom(files[0].parent)
+    assert info.value.path == files[2]
+    assert "and 2 other file(s)" in str(info.value), str(info.value)
+
+
+def test_single_file_with_zero_slope_is_refused_by_both_header_readers(tmp_path):
+    """The header walker (little endian) and pydicom (big endian) read the same slope."""
+    for source in ("MR_small.dcm", "MR_small_bigendian.dcm"):
+        ds = pydicom.dcmread(PYDICOM_FILES / source)
+        ds.RescaleSlope, ds.RescaleIntercept = "0", "-1024"
+        path = tmp_path / source
+        little = ds.original_encoding[1]
+        ds.save_as(path, enforce_file_format=True, little_endian=little, implicit_vr=False)
+        with pytest.raises(DicomFileError) as info:
+            load_dicom(path)
+        assert info.value.path == path
+        assert "RescaleSlope 0" in str(info.value) and "-1024" in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+def test_convert_refuses_a_nan_slope_and_writes_nothing(tmp_path, corpus, capsys):
+    files = _series_copy(tmp_path, corpus, "rescaled")
+    _edit(files[3], RescaleSlope="NaN")
+    out = tmp_path / "out.nii.gz"
+    capsys.readouterr()
+    assert main(["convert", str(files[0].parent), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert names_file(err, files[3]) and "RescaleSlope" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("syntax", ["rle", "jpegls", "j2k"])
+def test_compressed_slice_with_more_bits_than_bits_allocated_is_refused(tmp_path, corpus, syntax):
+    """16-bit codestreams in a slice whose BitsAllocated says 8: the JPEG decoders would
+    cut every sample to its low byte without a word."""
+    files = _series_copy(tmp_path, corpus, syntax)
+    _edit(files[3], BitsAllocated=8, BitsStored=8, HighBit=7)
+    with pytest.raises(DicomFileError) as info:
+        load_dicom(files[0].parent)
+    assert info.value.path == files[3]
+    assert "BitsAllocated 8" in str(info.value) and "16 bits" in str(info.value)
+    with pytest.warns(DicomConversionWarning, match="differs between slices"):
+        lazy = load_dicom(files[0].parent, lazy=True)  # the codestream is read with the pixels
+    with pytest.raises(DicomFileError) as info:
+        np.asarray(lazy.data)
+    assert info.value.path == files[3]
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"PhotometricInterpretation": "PALETTE COLOR"},
+        {"PhotometricInterpretation": "YBR_FULL", "SamplesPerPixel": 3},
+        {"SamplesPerPixel": 3},
+    ],
+    ids=["palette", "ybr", "three_samples_monochrome"],
+)
+def test_image_that_is_not_greyscale_names_the_attributes(tmp_path, attributes):
+    path = _mr_small(tmp_path)
+    _edit(path, **attributes)
+    with pytest.raises(DicomFileError) as info:
+        load_dicom(path)
+    message = str(info.value)
+    assert info.value.path == path
+    for keyword, value in attributes.items():
+        assert f"{keyword} {value}" in message, message
+
+
+def _monochrome1(tmp_path: Path, corpus, name: str) -> list[Path]:
+    files = _series_copy(tmp_path, corpus, name)
+    for path in files:
+        _edit(path, PhotometricInterpretation="MONOCHROME1")
+    return files
+
+
+@pytest.mark.parametrize("name", ["axial", "rescaled", "bits12", "uint8"])
+def test_monochrome1_is_inverted_as_gdcm_does_and_says_so(tmp_path, corpus, name):
+    """PS3.3 C.7.6.3.1.2: the lowest MONOCHROME1 value is shown white. Inverted over the
+    range BitsStored allows, after the rescale: SimpleITK (GDCM) gives the same voxels."""
+    files = _monochrome1(tmp_path, corpus, name)
+    with pytest.warns(DicomConversionWarning, match="MONOCHROME1") as caught:
+        volume = load_dicom(files[0].parent)
+    assert names_file(str(caught[0].message), files[0].parent), caught[0].message
+    plain = corpus[name].volume
+    sitk_data, _ = canonical(sitk_read_series(files[0].parent))
+    np.testing.assert_array_equal(canonical(volume)[0], sitk_data)
+    about = np.unique(np.asarray(volume.data, np.float64) + plain.data)
+    assert len(about) == 1, about  # one inversion for the whole volume
+    assert volume.dtype == load_dicom(corpus[name].folder).dtype
+    assert any("MONOCHROME1" in p and "inverted" in p for p in volume.metadata["problems"])
+    centre, width = load_dicom(corpus[name].folder).metadata["window"]
+    assert volume.metadata["window"] == (about[0] - centre, width)
+    with pytest.warns(DicomConversionWarning, match="MONOCHROME1"):
+        lazy = load_dicom(files[0].parent, lazy=True)
+    np.testing.assert_array_equal(np.asarray(lazy.data), volume.data)
+
+
+@pytest.mark.parametrize("name", ["RG3_UNCI.dcm", "RG3_J2KR.dcm"])
+def test_real_monochrome1_radiograph_equals_simpleitk(tmp_path, name):
+    """pydicom-data's 10-bit MONOCHROME1 radiograph, native and JPEG 2000 (its PixelSpacing
+    of 0 set to 0.1 mm, which the reader would refuse): 1023 - v, as GDCM gives."""
+    import SimpleITK as sitk
+
+    from tests.support.dicom_corpus import pydicom_file
+
+    path = tmp_path / name
+    ds = pydicom.dcmread(pydicom_file(name))
+    ds.PixelSpacing = [0.1, 0.1]
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.warns(DicomConversionWarning, match="1023 - v"):
+        volume = load_dicom(path)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    np.testing.assert_array_equal(np.asarray(volume.data).reshape(expected.shape), expected)
+    np.testing.assert_array_equal(volume.data[0], 1023 - ds.pixel_array)
+
+
+def test_monochrome1_with_a_rescale_per_slice_is_inverted_alike_in_every_slice(tmp_path, corpus):
+    files = _monochrome1(tmp_path, corpus, "perslice_rescale")
+    with pytest.warns(DicomConversionWarning, match="MONOCHROME1"):
+        volume = load_dicom(files[0].parent)
+    about = np.unique(np.asarray(volume.data, np.float64) + corpus["perslice_rescale"].volume.data)
+    assert len(about) == 1, about
+
+
+def test_series_mixing_monochrome1_and_monochrome2_is_refused(tmp_path, corpus):
+    files = _series_copy(tmp_path, corpus)
+    _edit(files[-1], PhotometricInterpretation="MONOCHROME1")
+    with pytest.raises(SeriesError) as info:
+        load_dicom(files[0].parent)
+    message = str(info.value)
+    assert "PhotometricInterpretation" in message and "MONOCHROME2" in message, message
+    assert names_file(message, files[-1]), message
+
+
+def test_slices_encoded_differently_are_each_read_as_their_header_says(tmp_path, corpus):
+    """Self-consistent slices that differ from the others in BitsAllocated (16 among 8) or
+    PixelRepresentation load exactly, with a note naming the attribute and the file."""
+    files = _series_copy(tmp_path, corpus, "uint8")
+    ds = pydicom.dcmread(files[2])
+    ds.PixelData = ds.pixel_array.astype("<u2").tobytes()
+    ds["PixelData"].VR = "OW"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.save_as(files[2], enforce_file_format=True)
+    _edit(files[5], PixelRepresentation=1)  # values below 128: the same either way
+    with pytest.warns(DicomConversionWarning) as caught:
+        volume = load_dicom(files[0].parent)
+    np.testing.assert_array_equal(volume.data, corpus["uint8"].volume.data)
+    notes = [str(w.message) for w in caught]
+    for keyword, path in (("BitsAllocated", files[2]), ("PixelRepresentation", files[5])):
+        assert any(keyword in n and path.name in n for n in notes), notes
+        assert any(keyword in p for p in volume.metadata["problems"])

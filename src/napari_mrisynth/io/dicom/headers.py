@@ -133,7 +133,7 @@ def _check_image(h: Header) -> None:
         raise Skip(f"not an image: {_sop_name(h.sop_class)} without pixel data")
     if h.samples != 1 or h.photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
         raise Skip(
-            f"not a greyscale image: {h.samples} samples per pixel, "
+            f"not a greyscale image: SamplesPerPixel {h.samples}, "
             f"PhotometricInterpretation {h.photometric or 'missing'}"
         )
     if h.rows <= 0 or h.columns <= 0 or h.frames <= 0:
@@ -159,8 +159,8 @@ def _check_image(h: Header) -> None:
     if h.pixel_length < expected:  # excess bytes are ignored, as pydicom does
         raise Skip(
             f"pixel data of the wrong length: {h.pixel_length} bytes, but Rows {h.rows} x "
-            f"Columns {h.columns} x {h.frames} frame(s) x {h.bits_allocated} bits "
-            f"need {expected}"
+            f"Columns {h.columns} x {h.frames} frame(s) x BitsAllocated {h.bits_allocated} "
+            f"bits need {expected}"
         )
 
 

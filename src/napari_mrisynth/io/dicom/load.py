@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +15,21 @@ from napari_mrisynth.errors import DicomFileError, GeometryError
 from napari_mrisynth.io.dicom._walker import (
     Header,
 )
+from napari_mrisynth.io.dicom.encoding import DicomConversionWarning, Encoding, check_encoding
 from napari_mrisynth.io.dicom.pixels import PixelReader, output_dtype, rescale_of
 from napari_mrisynth.io.dicom.scan import Progress, scan_folder
 from napari_mrisynth.io.dicom.stack import Series
 from napari_mrisynth.volume import Volume
 
 
-def _metadata(series: Series) -> dict[str, Any]:
+def _metadata(series: Series, encoding: Encoding) -> dict[str, Any]:
     first = series.headers[0]
     window = None
     if first.window_center and first.window_width:
-        window = (float(first.window_center[0]), float(first.window_width[0]))
+        centre = float(first.window_center[0])
+        if encoding.invert_about is not None:
+            centre = encoding.invert_about - centre
+        window = (centre, float(first.window_width[0]))
     # from the headers' str paths: formatting hundreds of Path objects costs milliseconds
     paths = list(dict.fromkeys(h.path for h in series.headers))
     common = os.path.commonpath(paths) if paths else ""
@@ -38,7 +43,7 @@ def _metadata(series: Series) -> dict[str, Any]:
         "key": series.key,
         "window": window,
         "rescale": rescale_of(first),
-        "problems": list(series.problems),
+        "problems": list(series.problems) + encoding.notes,
     }
 
 
@@ -63,16 +68,28 @@ def load_series(
     Returns
     -------
     Volume
-        Integer voxels when the rescale keeps integers in range, else float32.
+        Integer voxels when the rescale keeps integers in range, else float32. A
+        MONOCHROME1 series is inverted to MONOCHROME2; ``metadata['problems']`` and a
+        `DicomConversionWarning` say how.
+
+    Warns
+    -----
+    DicomConversionWarning
+        Once per note on the conversion (MONOCHROME1 inverted, slices encoded differently).
 
     Raises
     ------
+    DicomFileError
+        A slice's pixel encoding is contradictory (BitsAllocated, BitsStored,
+        PixelRepresentation, RescaleSlope, RescaleIntercept: see :mod:`.encoding`), or
+        its pixel data cannot be read or decoded.
+    SeriesError
+        The series mixes MONOCHROME1 and MONOCHROME2 slices.
     GeometryError
         The stack is irregular and ``resample`` is False, or it cannot be resampled
         (duplicate positions).
-    DicomFileError
-        A file's pixel data cannot be read or decoded.
     """
+    encoding = check_encoding(series)
     if series.irregular == "refuse" or (series.irregular and not resample):
         hint = "" if series.irregular == "refuse" else "; load with resample=True (--resample)"
         raise GeometryError(
@@ -83,33 +100,47 @@ def load_series(
     headers = series.headers
     dtype = output_dtype(headers)
     shape = series.shape
-    metadata = _metadata(series)
+    metadata = _metadata(series, encoding)
     if lazy and not series.irregular:
-        data = _lazy_array(headers, shape, dtype)
-        return Volume(data, series.spacing, series.origin, series.direction, metadata)
-    data = np.empty(shape, dtype=dtype)
-    reader = PixelReader()
-    for k, h in enumerate(headers):
-        reader.read(h, data[k])
-        if progress is not None and ((k + 1) % 32 == 0 or k + 1 == shape[0]):
-            progress(k + 1, shape[0])
-    if series.irregular:
-        return _resample(series, data, metadata)
-    return Volume(data, series.spacing, series.origin, series.direction, metadata)
+        data = _lazy_array(headers, shape, dtype, encoding)
+        volume = Volume(data, series.spacing, series.origin, series.direction, metadata)
+    else:
+        data = np.empty(shape, dtype=dtype)
+        reader = PixelReader(encoding.invert_about)
+        for k, h in enumerate(headers):
+            reader.read(h, data[k])
+            if progress is not None and ((k + 1) % 32 == 0 or k + 1 == shape[0]):
+                progress(k + 1, shape[0])
+        if series.irregular:
+            volume = _resample(series, data, metadata)
+        else:
+            volume = Volume(data, series.spacing, series.origin, series.direction, metadata)
+    for note in encoding.notes:  # once converted (or, lazily, once set up)
+        warnings.warn(
+            f"{metadata['source']}: series {series.name}: {note}",
+            DicomConversionWarning,
+            stacklevel=2,
+        )
+    return volume
 
 
-def _lazy_array(headers: list[Header], shape: tuple[int, int, int], dtype: np.dtype) -> Any:
+def _lazy_array(
+    headers: list[Header], shape: tuple[int, int, int], dtype: np.dtype, encoding: Encoding
+) -> Any:
     import dask.array as da
     from dask.base import tokenize
 
-    reader = PixelReader()  # shared: a multi-frame file is decoded once, not per frame
+    # shared: a multi-frame file is decoded once, not per frame
+    reader = PixelReader(encoding.invert_about)
 
     def read_slice(k: int) -> np.ndarray:
         out = np.empty((1, shape[1], shape[2]), dtype=dtype)
         reader.read(headers[k], out[0])
         return out
 
-    name = "dicom-" + tokenize([str(h.path) for h in headers], [h.frame for h in headers], dtype)
+    name = "dicom-" + tokenize(
+        [str(h.path) for h in headers], [h.frame for h in headers], dtype, encoding.invert_about
+    )
     graph = {(name, k, 0, 0): (read_slice, k) for k in range(shape[0])}
     chunks = ((1,) * shape[0], (shape[1],), (shape[2],))
     return da.Array(graph, name, chunks, dtype=dtype)

@@ -1,6 +1,7 @@
 """Reading the pixels of a stack: uncompressed little-endian bytes straight into the output
 array, everything else decoded by pydicom with the fastest installed plugin; rescale slope
-and intercept applied, keeping integer dtypes where that is exact."""
+and intercept applied, keeping integer dtypes where that is exact, and MONOCHROME1 inverted
+when asked (:mod:`.encoding` decides)."""
 
 from __future__ import annotations
 
@@ -41,20 +42,30 @@ def _stored_range(h: Header) -> tuple[int, int]:
 
 
 def rescale_of(h: Header) -> tuple[float, float]:
-    slope = 1.0 if h.slope in (None, 0.0) else float(h.slope)
+    """``(slope, intercept)`` of ``h``; absent ones are the identity (1, 0)."""
+    slope = 1.0 if h.slope is None else float(h.slope)
     return slope, float(h.intercept or 0.0)
+
+
+def modality_range(headers: list[Header]) -> tuple[float, float]:
+    """Lowest and highest modality value the stored values of ``headers`` can take: the
+    range BitsStored and PixelRepresentation allow, through each slice's rescale."""
+    lo, hi = math.inf, -math.inf
+    for h in headers:
+        slope, intercept = rescale_of(h)
+        ends = [slope * v + intercept for v in _stored_range(h)]
+        lo, hi = min(lo, *ends), max(hi, *ends)
+    return lo, hi
 
 
 def output_dtype(headers: list[Header]) -> np.dtype:
     """Integer when every rescale is an integer shift whose result fits (int64 only for
     32-bit data, where float32 would round); else float32."""
-    lo, hi = math.inf, -math.inf
     for h in headers:
         slope, intercept = rescale_of(h)
         if slope != 1.0 or not float(intercept).is_integer():
             return np.dtype(np.float32)
-        s_lo, s_hi = _stored_range(h)
-        lo, hi = min(lo, s_lo + intercept), max(hi, s_hi + intercept)
+    lo, hi = modality_range(headers)
     for dtype in (_stored_dtype(headers[0]), np.int16, np.uint16, np.int32, np.int64):
         info = np.iinfo(dtype)
         if info.min <= lo and hi <= info.max:
@@ -63,13 +74,25 @@ def output_dtype(headers: list[Header]) -> np.dtype:
 
 
 class PixelReader:
-    """Reads the stored values of one slice into a caller's array, then rescales."""
+    """Reads the stored values of one slice into a caller's array, then rescales.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    invert_about : float, optional
+        MONOCHROME1: each modality value ``m`` becomes ``invert_about - m``.
+    """
+
+    def __init__(self, invert_about: float | None = None) -> None:
         self._datasets: dict[Path, np.ndarray] = {}
+        self.invert_about = invert_about
 
     def read(self, h: Header, out: np.ndarray) -> None:
         """Fill ``out`` (rows, columns) with the modality values of ``h``."""
+        self._read_modality(h, out)
+        if self.invert_about is not None:
+            _invert(out, self.invert_about)
+
+    def _read_modality(self, h: Header, out: np.ndarray) -> None:
         stored_dtype = _stored_dtype(h)
         slope, intercept = rescale_of(h)
         shift = (h.bits_allocated - h.bits_stored) if h.bits_stored else 0
@@ -144,6 +167,7 @@ class PixelReader:
             photometric_interpretation=h.photometric or "MONOCHROME2",
             number_of_frames=h.frames,
         )
+        _check_precision(h, data)
         try:
             decoder = get_decoder(h.transfer_syntax)
         except NotImplementedError as exc:
@@ -173,6 +197,8 @@ def _pydicom_pixels(h: Header) -> np.ndarray:
 
     try:
         ds = pydicom.dcmread(h.path, force=True)
+        if h.encapsulated:
+            _check_precision(h, ds.PixelData)
         plugin = _PLUGINS.get(str(ds.file_meta.get("TransferSyntaxUID", "")), "")
         try:
             array = pydicom.pixels.pixel_array(ds, decoding_plugin=plugin) if plugin else None
@@ -180,6 +206,50 @@ def _pydicom_pixels(h: Header) -> np.ndarray:
             array = None
         if array is None:
             array = ds.pixel_array
+    except DicomFileError:
+        raise
     except Exception as exc:
         raise DicomFileError(h.path, f"cannot read pixel data: {exc}") from None
     return np.asarray(array).reshape(h.frames, h.rows, h.columns)
+
+
+def _invert(out: np.ndarray, about: float) -> None:
+    """``out <- about - out`` in place. Integers wrap through the dtype on the way, and the
+    result fits (``about`` is the sum of the ends of the range), so it is exact."""
+    if out.dtype.kind == "f":
+        np.subtract(out.dtype.type(about), out, out=out)
+    else:
+        np.subtract(np.array(int(about)).astype(out.dtype), out, out=out)
+
+
+def _codestream_bits(syntax: str, frame: bytes) -> tuple[str, int | None]:
+    """The compression's name and the bits per sample its codestream holds, or None."""
+    from pydicom.pixels import utils
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, RLELossless
+
+    if syntax == RLELossless:  # one segment per byte of a sample (PS3.5 G.2)
+        segments = int.from_bytes(frame[:4], "little") if len(frame) >= 4 else 0
+        return "RLE", 8 * segments or None
+    if syntax in JPEG2000TransferSyntaxes:
+        return "JPEG 2000", utils.get_j2k_parameters(frame).get("precision")
+    name = "JPEG-LS" if syntax in JPEGLSTransferSyntaxes else "JPEG"
+    jpeg_parameters = getattr(utils, "_get_jpg_parameters", None)  # private in pydicom 3
+    return name, jpeg_parameters(frame).get("precision") if jpeg_parameters else None
+
+
+def _check_precision(h: Header, encapsulated: bytes) -> None:
+    """Refuse compressed data whose samples have more bits than BitsAllocated holds (JPEG
+    decoders cut them to BitsAllocated without a word), naming BitsAllocated."""
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = get_frame(encapsulated, h.frame or 0, number_of_frames=h.frames)
+    except Exception:  # the decoder will say what is wrong with the fragments
+        return
+    name, bits = _codestream_bits(h.transfer_syntax, frame)
+    if bits is not None and bits > h.bits_allocated:
+        raise DicomFileError(
+            h.path,
+            f"BitsAllocated {h.bits_allocated} is fewer than the {bits} bits per sample "
+            f"of the {name} pixel data",
+        )
