@@ -124,8 +124,13 @@ def test_auc_undefined_with_one_class():
     trials = [single("ann", f"i{k}", f"s{k}", True, k % 2 == 0) for k in range(4)]
     auc = reader_summary(trials)["auc"]
     assert auc["value"] is None and auc["ci95"] is None
-    assert "both classes" in auc["note"]
-    assert reader_summary(trials)["specificity"] == {"value": None, "ci95": None, "n": 0}
+    assert "both classes" in auc["note"] and "only synthetic" in auc["note"]
+    assert reader_summary(trials)["specificity"] == {
+        "value": None,
+        "ci95": None,
+        "n": 0,
+        "note": "undefined: no real volume was shown",
+    }
 
 
 # -- agreement ----------------------------------------------------------------------------

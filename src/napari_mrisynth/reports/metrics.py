@@ -38,6 +38,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     Returns
     -------
     (low, high) : tuple of float
+        ``low <= successes / n <= high``; ``low`` is exactly 0 at 0 successes and ``high``
+        exactly 1 at ``n``.
 
     Examples
     --------
@@ -55,7 +57,10 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denominator = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at p = 0 and p = 1 one bound is exactly the estimate; rounding must not move it inside
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int) -> np.ndarray:

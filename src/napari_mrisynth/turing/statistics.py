@@ -10,7 +10,8 @@ Pure functions over :class:`RatedTrial` records (NumPy and SciPy only). Conventi
   ``-confidence`` when called real; the AUC (DeLong CI) ranks those against the truth.
 * Proportions get Wilson intervals, stored under ``ci95`` whatever the confidence level (the
   convention of :func:`napari_mrisynth.reports.metrics.binary_summary`).
-* JSON-ready results hold None where a value is undefined.
+* JSON-ready results hold None where a value is undefined, never NaN, with a ``note`` saying
+  why; a ``note`` beside a value flags an interval that cannot be taken at face value.
 """
 
 from __future__ import annotations
@@ -208,6 +209,44 @@ def _mean(values: Iterable[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _proportion(successes: int, n: int, confidence: float, shown: str) -> dict[str, Any]:
+    """A Wilson-interval proportion; None with a ``note`` when no ``shown`` volume was shown."""
+    entry = metrics._proportion(successes, n, confidence)
+    if n == 0:
+        entry["note"] = f"undefined: no {shown} volume was shown"
+    return entry
+
+
+def _auc(truth: np.ndarray, scores: np.ndarray, confidence: float) -> dict[str, Any]:
+    """AUC of the signed scores with its DeLong interval, and a ``note`` where it is special.
+
+    Undefined (None) when one class only was shown. Defined but flagged when a class holds a
+    single volume (DeLong's variance cannot be estimated: the interval is the whole [0, 1])
+    and when that variance is 0 (every volume of a class ranks alike against the other
+    class, e.g. perfect calls or all scores tied: the interval shrinks to the point).
+    """
+    n_synthetic, n_real = int(truth.sum()), int((~truth).sum())
+    if n_synthetic == 0 or n_real == 0:
+        shown = "synthetic" if n_synthetic else "real"
+        return {
+            "value": None,
+            "ci95": None,
+            "note": f"undefined: only {shown} volumes were shown, the AUC needs both classes",
+        }
+    auc, low, high = metrics.auc_ci_delong(truth.astype(np.int64), scores, confidence)
+    entry: dict[str, Any] = {"value": auc, "ci95": [low, high]}
+    if min(n_synthetic, n_real) < 2:
+        entry["note"] = (
+            "one volume in a class: the DeLong variance cannot be estimated, the interval is [0, 1]"
+        )
+    elif high - low < 1e-12:  # 0 up to rounding
+        entry["note"] = (
+            "the DeLong variance is 0 (every volume of a class ranks alike against the other "
+            "class): the interval is a single point and understates the uncertainty"
+        )
+    return entry
+
+
 def reader_summary(trials: Sequence[RatedTrial], confidence: float = 0.95) -> dict[str, Any]:
     """Accuracy, binomial test, sensitivity, specificity, AUC, time and realism of a group.
 
@@ -224,10 +263,12 @@ def reader_summary(trials: Sequence[RatedTrial], confidence: float = 0.95) -> di
         ``n_trials``, ``n_raters``; ``accuracy`` ``{"value", "ci95", "n", "correct"}`` over
         trials (Wilson); ``binomial`` ``{"p_value", "k", "n", "alternative"}``: exact
         two-sided test of accuracy against 0.5; ``sensitivity`` and ``specificity``
-        ``{"value", "ci95", "n"}`` over shown volumes (None when ``n`` is 0); ``auc``
-        ``{"value", "ci95"}`` of the confidence-weighted scores (None, with a ``note``, when
-        only one class was shown); ``rating_table`` ``{"scores", "synthetic", "real"}``:
-        how many synthetic and real volumes got each signed score (the ROC's data);
+        ``{"value", "ci95", "n"}`` over shown volumes (None, with a ``note``, when ``n`` is
+        0); ``auc`` ``{"value", "ci95"}`` of the confidence-weighted scores (None, with a
+        ``note``, when only one class was shown; a ``note`` beside a value flags a
+        degenerate interval, see :func:`_auc`); ``rating_table``
+        ``{"scores", "synthetic", "real"}``: how many synthetic and real volumes got each
+        signed score (the ROC's data);
         ``median_seconds``; ``mean_realism`` ``{"real", "synthetic"}`` (None when unrated).
 
     Raises
@@ -243,11 +284,6 @@ def reader_summary(trials: Sequence[RatedTrial], confidence: float = 0.95) -> di
     scores = np.array(
         [t.confidence if bool(t.called_synthetic[i]) else -t.confidence for t, i in judgments]
     )
-    try:
-        auc, low, high = metrics.auc_ci_delong(truth.astype(np.int64), scores, confidence)
-        auc_entry: dict[str, Any] = {"value": auc, "ci95": [low, high]}
-    except ValueError as exc:  # one class only: no AUC
-        auc_entry = {"value": None, "ci95": None, "note": str(exc)}
     realism = {
         _truth_word(kind): _mean(
             t.realism[i]
@@ -266,13 +302,13 @@ def reader_summary(trials: Sequence[RatedTrial], confidence: float = 0.95) -> di
             "n": n,
             "alternative": "two-sided",
         },
-        "sensitivity": metrics._proportion(
-            int((truth & called).sum()), int(truth.sum()), confidence
+        "sensitivity": _proportion(
+            int((truth & called).sum()), int(truth.sum()), confidence, "synthetic"
         ),
-        "specificity": metrics._proportion(
-            int((~truth & ~called).sum()), int((~truth).sum()), confidence
+        "specificity": _proportion(
+            int((~truth & ~called).sum()), int((~truth).sum()), confidence, "real"
         ),
-        "auc": auc_entry,
+        "auc": _auc(truth, scores, confidence),
         "rating_table": {
             "scores": list(SIGNED_SCORES),
             "synthetic": [int(np.sum(truth & (scores == s))) for s in SIGNED_SCORES],

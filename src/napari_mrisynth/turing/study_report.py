@@ -45,6 +45,9 @@ _MAX_POINT_LABELS = 30
 
 _MISSING = "–"
 
+#: Shown in a table cell for a statistic that is undefined and has no reason of its own.
+_UNDEFINED = "undefined"
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
@@ -89,9 +92,9 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def _estimate(entry: Mapping[str, Any]) -> str:
-    """``0.700 (0.397-0.892)``: a value with its interval."""
+    """``0.700 (0.397-0.892)``: a value with its interval, or why it is undefined."""
     if entry.get("value") is None:
-        return _MISSING
+        return entry.get("note") or _UNDEFINED
     if not entry.get("ci95"):
         return _number(entry["value"])
     low, high = entry["ci95"]
@@ -100,8 +103,13 @@ def _estimate(entry: Mapping[str, Any]) -> str:
 
 def _p_value(p: float | None) -> str:
     if p is None:
-        return _MISSING
+        return _UNDEFINED
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _defined(value: float | None) -> str:
+    """A statistic that is None only when undefined (its reason is given elsewhere)."""
+    return _UNDEFINED if value is None else _number(value)
 
 
 def _plain(value: Any) -> str:
@@ -170,8 +178,8 @@ def _tables(statistics: Mapping[str, Any]) -> list[_Table]:
                 [
                     name,
                     {"cohen": "Cohen", "fleiss": "Fleiss"}.get(entry["method"], _MISSING),
-                    _number(entry["kappa"]),
-                    _number(entry.get("observed_agreement")),
+                    _defined(entry["kappa"]),
+                    _defined(entry.get("observed_agreement")),
                     str(entry["n_items"]),
                     str(len(entry["raters"])),
                     entry.get("note", ""),
@@ -208,6 +216,25 @@ def _tables(statistics: Mapping[str, Any]) -> list[_Table]:
     return tables
 
 
+def _notes(statistics: Mapping[str, Any]) -> list[str]:
+    """Caveats on values the tables show as numbers (e.g. a degenerate AUC interval).
+
+    An undefined value carries its reason in its own cell; a defined one with a ``note`` gets
+    a line here, named by its group.
+    """
+    groups = [
+        ("all raters (pooled)", statistics["pooled"]),
+        *((f"tier {tier}", s) for tier, s in statistics["tiers"].items()),
+        *((f"rater {rater}", s) for rater, s in statistics["raters"].items()),
+    ]
+    return [
+        f"{name}, {key}: {summary[key]['note']}"
+        for name, summary in groups
+        for key in ("accuracy", "sensitivity", "specificity", "auc")
+        if summary[key].get("value") is not None and summary[key].get("note")
+    ]
+
+
 def _overview(statistics: Mapping[str, Any], study: Mapping[str, Any] | None) -> _Table:
     pooled = statistics["pooled"]
     rows = [
@@ -227,7 +254,8 @@ _EXPLANATION = (
     "counts once). Sensitivity (synthetic volumes called synthetic) and specificity (real "
     "volumes called real) count shown volumes. The AUC ranks confidence-weighted calls "
     "(+confidence when called synthetic, -confidence when called real) against the truth. "
-    "Accuracy near 50% means the raters could not tell synthetic from real."
+    "Accuracy near 50% means the raters could not tell synthetic from real. A dash marks a "
+    "mean realism score that nobody gave."
 )
 
 
@@ -251,28 +279,29 @@ def _plot_accuracy(statistics: Mapping[str, Any], path: Path, title: str) -> Non
     for tier in statistics["tiers"]:
         positions = [k for k, rater in enumerate(raters) if tiers[rater] == tier]
         entries = [statistics["raters"][raters[k]]["accuracy"] for k in positions]
-        values = np.array([e["value"] for e in entries])
-        bounds = np.array([e["ci95"] for e in entries])
-        axes.errorbar(positions, values, yerr=[values - bounds[:, 0], bounds[:, 1] - values],
-                      fmt="o", color=colours[tier], capsize=4, label=_label(tier))  # fmt: skip
+        values = np.array([e["value"] for e in entries], dtype=np.float64)
+        bounds = np.array([e["ci95"] for e in entries], dtype=np.float64)
+        # Wilson bounds enclose the value; clipping only guards matplotlib against rounding
+        errors = np.clip([values - bounds[:, 0], bounds[:, 1] - values], 0.0, None)
+        axes.errorbar(positions, values, yerr=errors, fmt="o", color=colours[tier], capsize=4,
+                      label=_label(tier), clip_on=False)  # fmt: skip
     pooled = statistics["pooled"]["accuracy"]
     axes.axhline(pooled["value"], color="k", linewidth=1,
                  label=f"pooled {pooled['value']:.2f}")  # fmt: skip
     axes.set_xticks(range(len(raters)), [_label(r) for r in raters], rotation=45, ha="right")
     level = f"{100 * statistics['ci_level']:g}%"
-    axes.set(xlim=(-0.6, len(raters) - 0.4), ylim=(0.0, 1.0), xlabel="rater",
+    axes.set(xlim=(-0.6, len(raters) - 0.4), ylim=(-0.02, 1.02), xlabel="rater",
              ylabel=f"accuracy (Wilson {level} CI)", title=_label(title))  # fmt: skip
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="best", fontsize="small")  # a point at 0 or 1 must stay visible
     _save(figure, path)
 
 
 def _plot_volumes(statistics: Mapping[str, Any], path: Path, title: str) -> None:
-    volumes = {
-        v: entry
-        for v, entry in statistics["volumes"].items()
-        if entry["synthetic"] and entry["mean_realism"] is not None
-    }
+    synthetic = {v: e for v, e in statistics["volumes"].items() if e["synthetic"]}
+    if not synthetic:
+        raise MrisynthError("no synthetic volume was shown")
+    volumes = {v: e for v, e in synthetic.items() if e["mean_realism"] is not None}
     if not volumes:
         raise MrisynthError("no synthetic volume has a realism score")
     realism = [entry["mean_realism"] for entry in volumes.values()]
@@ -303,13 +332,15 @@ def _rated(table: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
 def _plot_roc(statistics: Mapping[str, Any], path: Path, title: str) -> None:
     pooled = statistics["pooled"]
     if pooled["auc"]["value"] is None:
-        raise MrisynthError(pooled["auc"]["note"])
+        raise MrisynthError(pooled["auc"]["note"].removeprefix("undefined: "))
     colours = _tier_colours(statistics)
     figure = plots._figure(6.0, 5.5)
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
+    no_curve = 0
     for rater, summary in statistics["raters"].items():
         if summary["auc"]["value"] is None:  # one class only: no curve
+            no_curve += 1
             continue
         fpr, tpr, _ = metrics.roc_curve(*_rated(summary["rating_table"]))
         axes.plot(fpr, tpr, "-", linewidth=1, alpha=0.6,
@@ -322,6 +353,9 @@ def _plot_roc(statistics: Mapping[str, Any], path: Path, title: str) -> None:
              xlabel="real volumes called synthetic (1 - specificity)",
              ylabel="synthetic volumes called synthetic (sensitivity)",
              title=f"{_label(title)}\nconfidence-weighted calls: AUC")  # fmt: skip
+    if no_curve:
+        axes.text(0.02, 0.98, f"no curve for {no_curve} rater(s) shown one class only",
+                  transform=axes.transAxes, va="top", fontsize="x-small")  # fmt: skip
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="x-small")
     _save(figure, path)
@@ -356,10 +390,14 @@ def _markdown_table(table: _Table) -> list[str]:
     return [*lines, ""]
 
 
-def _markdown(title: str, overview: _Table, tables: list[_Table], skipped: dict[str, str]) -> str:
+def _markdown(
+    title: str, overview: _Table, tables: list[_Table], notes: list[str], skipped: dict[str, str]
+) -> str:
     lines = [f"# {_md(title)}", "", *_markdown_table(overview), _md(_EXPLANATION), ""]
     for table in tables:
         lines += _markdown_table(table)
+    if notes:
+        lines += ["**Notes**", "", *(f"- {_md(note)}" for note in notes), ""]
     lines += ["## Figures", ""]
     for name, file_name in PLOT_FILES.items():
         if name in skipped:
@@ -381,7 +419,9 @@ def _html_table(table: _Table) -> str:
     )
 
 
-def _html(title: str, overview: _Table, tables: list[_Table], skipped: dict[str, str]) -> str:
+def _html(
+    title: str, overview: _Table, tables: list[_Table], notes: list[str], skipped: dict[str, str]
+) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -393,8 +433,11 @@ def _html(title: str, overview: _Table, tables: list[_Table], skipped: dict[str,
         _html_table(overview),
         f'<p class="note">{html.escape(_EXPLANATION)}</p>',
         *(_html_table(table) for table in tables),
-        "<h2>Figures</h2>",
     ]
+    if notes:
+        items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+        parts.append(f'<div class="note"><b>Notes</b><ul>{items}</ul></div>')
+    parts.append("<h2>Figures</h2>")
     for name, file_name in PLOT_FILES.items():
         if name in skipped:
             parts.append(f'<p class="note">{html.escape(name)}: {html.escape(skipped[name])}</p>')
@@ -456,9 +499,9 @@ def write_study_report(
             (out_dir / PLOT_FILES[name]).unlink(missing_ok=True)
     text = json.dumps(statistics, indent=2, sort_keys=True, allow_nan=False) + "\n"
     paths = {"json": _write_text(out_dir / JSON_FILE, text)}
-    overview, tables = _overview(statistics, study), _tables(statistics)
+    overview, tables, notes = _overview(statistics, study), _tables(statistics), _notes(statistics)
     paths["markdown"] = _write_text(
-        out_dir / MARKDOWN_FILE, _markdown(title, overview, tables, skipped)
+        out_dir / MARKDOWN_FILE, _markdown(title, overview, tables, notes, skipped)
     )
-    paths["html"] = _write_text(out_dir / HTML_FILE, _html(title, overview, tables, skipped))
+    paths["html"] = _write_text(out_dir / HTML_FILE, _html(title, overview, tables, notes, skipped))
     return {**paths, "plots": drawn}
