@@ -61,6 +61,8 @@ import numpy as np
 WORK = Path(__file__).resolve().parent / "_work" / "turing"
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "bench"
+#: Every benchmark rater's secret (a benchmark study is never rated by a person).
+BENCH_SECRET = "bench-only-secret"
 VIEWER_STATE = {
     "ndisplay": 2, "current_step": [96, 112, 88], "order": [0, 1, 2],
     "camera": {"center": [0.0, 111.5, 87.5], "zoom": 2.3, "angles": [0.0, 0.0, 90.0]},
@@ -80,6 +82,7 @@ def make_commit_study(db: Path, raters: list[str], n: int) -> None:
     """A study row, raters and ``n`` trials each, written straight into a new store (the
     store does not look at the volumes when it commits a rating, so none are prepared)."""
     from napari_mrisynth.turing import store as tables
+    from napari_mrisynth.turing.accounts import hash_secret
     from napari_mrisynth.turing.store import RatingStore, now
 
     for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
@@ -92,7 +95,8 @@ def make_commit_study(db: Path, raters: list[str], n: int) -> None:
         })  # fmt: skip
         for rater in raters:
             conn.execute(tables.raters.insert(),
-                         {"study_id": STUDY, "rater_id": rater, "added_at": now()})  # fmt: skip
+                         {"study_id": STUDY, "rater_id": rater, "added_at": now(),
+                          "secret_hash": hash_secret(BENCH_SECRET)})  # fmt: skip
             conn.execute(tables.trials.insert(), [
                 {"study_id": STUDY, "rater_id": rater, "position": p,
                  "item_id": f"I{p + 1:03d}", "shown": json.dumps(["V001", "V002"])}
@@ -118,7 +122,7 @@ def commit_child(kind: str, db: str, rater: str, n: int, interval: float) -> dic
     if kind == "store":
         store = RatingStore(db)
     elif kind == "session":
-        session = RaterSession(db, rater, prefetch=False)
+        session = RaterSession(db, rater, secret=BENCH_SECRET, prefetch=False)
     else:
         con = sqlite3.connect(db, timeout=30.0)
         con.execute("PRAGMA journal_mode=WAL")
@@ -233,14 +237,17 @@ def study_inputs(n: int) -> tuple[Path, Path]:
 def turnover_study(spacing: float, trials: int, resolution: float) -> Path:
     """The frozen pair study at ``spacing`` mm (made once, then reused)."""
     from napari_mrisynth.turing.design import create_study
+    from napari_mrisynth.turing.store import RatingStore
 
     db = WORK / f"turnover-{spacing:g}mm-{trials}.db"
     if not db.is_file():
         real, synthetic = study_inputs(trials)
         started = time.perf_counter()
-        create_study(db, real=real, synthetic=synthetic, raters=["bench"], mode="pair",
-                     trials=trials, seed=0, study_id="study", spacing=spacing,
-                     resolution=resolution)  # fmt: skip
+        create_study(db, key=db.with_name(f"{db.stem}-KEY.db"), real=real, synthetic=synthetic,
+                     raters=["bench"], mode="pair", trials=trials, seed=0, study_id="study",
+                     spacing=spacing, resolution=resolution)  # fmt: skip
+        with RatingStore(db) as store:
+            store.set_secret("study", "bench", BENCH_SECRET)
         print(f"  created {db.name} in {time.perf_counter() - started:.1f} s", flush=True)
     return db
 
@@ -360,6 +367,7 @@ def turnover_child(db: str, think_s: float) -> dict:
     _, widget = viewer.window.add_plugin_dock_widget("napari-mrisynth", "Visual Turing test")
     widget.db_path.setText(db)
     widget.rater_id.setText("bench")
+    widget.secret.setText(BENCH_SECRET)
     widget.name.setText("Bench Marker")
     widget.years.setValue(7)
     if not widget.start():

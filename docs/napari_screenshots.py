@@ -165,14 +165,16 @@ def turing_views(viewer, qapp, tmp: Path) -> None:
     synthetic = tmp / "turing-synthetic"
     for condition in ("bvftd", "control"):
         generate(card.id, n=2, condition=condition, seed=3, out=synthetic)
-    db = tmp / "turing.db"
-    create_study(db, real=real, synthetic=synthetic, raters=["reader1", "reader2"], mode="pair",
-                 trials=4, seed=1, spacing=2.0)  # fmt: skip
+    db, key = tmp / "turing.db", tmp / "turing-KEY.db"
+    secrets = create_study(db, key=key, real=real, synthetic=synthetic,
+                           raters=["reader1", "reader2"], mode="pair", trials=4, seed=1,
+                           spacing=2.0)["secrets"]  # fmt: skip
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Visual Turing test")
     viewer.window._qt_window.resizeDocks([dock], [400], Qt.Orientation.Horizontal)
     _settle(viewer, qapp, 5)
     widget.db_path.setText(str(db))
     widget.rater_id.setText("reader1")
+    widget.secret.setText(secrets["reader1"])
     widget.name.setText("Reader One")
     widget.years.setValue(12)
     widget.start()
@@ -183,10 +185,10 @@ def turing_views(viewer, qapp, tmp: Path) -> None:
     _save(viewer, "napari_turing.png")
     widget.sign_out()
     viewer.window.remove_dock_widget(dock)
-    with RatingStore(db) as store:
+    with RatingStore(db, key=key) as store:
         kinds = {v: r["kind"] for v, r in store.volumes("study").items()}
     for rater in ("reader1", "reader2"):
-        session = RaterSession(db, rater, prefetch=False)
+        session = RaterSession(db, rater, secret=secrets[rater], prefetch=False)
         session.sign_in(rater, "radiologist", 10)
         while not session.finished:
             shown = session.store.trial("study", rater, session.position)["shown"]
@@ -198,6 +200,7 @@ def turing_views(viewer, qapp, tmp: Path) -> None:
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Curate synthetic volumes")
     viewer.window._qt_window.resizeDocks([dock], [520], Qt.Orientation.Horizontal)
     widget.db_path.setText(str(db))
+    widget.key_field.line.setText(str(key))
     widget.rules.setText("realism>=3,fooled>=0.5")
     widget.curator.setText("Curator")
     widget.load()

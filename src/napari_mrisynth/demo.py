@@ -217,20 +217,23 @@ def run_study(root: Path, out: Path) -> None:
     """Freeze a blinded pair study of the cohort's scans against the synthetic volumes."""
     from napari_mrisynth.turing.design import create_study, find_real, find_synthetic
 
-    db = out / "turing-study.db"
-    if db.exists():
-        db.unlink()
-        for stale in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+    db, key = out / "turing-study.db", out / "turing-study-KEY.db"
+    for old in (db, key):
+        for stale in (old, old.with_name(old.name + "-wal"), old.with_name(old.name + "-shm")):
             stale.unlink(missing_ok=True)
     real, synthetic = find_real(root), find_synthetic(out / "synthetic")
     trials = min(len(real), len(synthetic))
-    study = create_study(db, real=root, synthetic=out / "synthetic", raters=["rater1", "rater2"],
-                         mode="pair", trials=trials, seed=0, spacing=2.0)  # fmt: skip
+    study = create_study(db, key=key, real=root, synthetic=out / "synthetic",
+                         raters=["rater1", "rater2"], mode="pair", trials=trials, seed=0,
+                         spacing=2.0)  # fmt: skip
     print(f"8/8 blinded visual Turing test: {trials} pair trials for rater1 and rater2, "
           f"prepared identically ({study['grid']['spacing']:g} mm grid, "
           f"{study['grid']['resolution']:g} mm resolution) -> {db}")  # fmt: skip
+    print(f"    answer key (keep it from the raters): {key}")
+    for rater, secret in study["secrets"].items():
+        print(f"    {rater}'s secret (shown once): {secret}")
     print(f"    rate in napari: mrisynth study rate --db {db} --rater rater1")
-    print(f"    then: mrisynth study report --db {db} --out {out / 'turing-report'}")
+    print(f"    then: mrisynth study report --db {db} --key {key} --out {out / 'turing-report'}")
 
 
 def _read_participants(path: Path) -> list[dict[str, str]]:

@@ -29,6 +29,18 @@ TURING = "Visual Turing test"
 CURATE = "Curate synthetic volumes"
 NEUTRAL = re.compile(r"^Case \d+( · [AB])?$")
 TRIALS = 6
+#: Each study's rater secrets, by study file, as create_study issued them.
+SECRETS: dict[Path, dict[str, str]] = {}
+
+
+def _key(db: Path) -> Path:
+    """The study's answer key, which the organiser keeps beside the study file here."""
+    return db.with_name(f"{db.stem}-KEY.db")
+
+
+def _create(db: Path, **options) -> Path:
+    SECRETS[db] = create_study(db, key=_key(db), **options)["secrets"]
+    return db
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +51,9 @@ def inputs(tmp_path_factory):
 @pytest.fixture
 def pair_study(inputs, tmp_path):
     real, synthetic = inputs
-    db = tmp_path / "ratings.db"
-    create_study(db, real=real, synthetic=synthetic, raters=["ann", "ben"], mode="pair",
-                 trials=TRIALS, seed=11, spacing=4.0)  # fmt: skip
-    return db
+    return _create(tmp_path / "ratings.db", real=real, synthetic=synthetic,
+                   raters=["ann", "ben"], mode="pair", trials=TRIALS, seed=11,
+                   spacing=4.0)  # fmt: skip
 
 
 @pytest.fixture
@@ -53,7 +64,7 @@ def viewer(make_napari_viewer):
 
 
 def _truth(db: Path) -> dict[str, str]:
-    with RatingStore(db) as store:
+    with RatingStore(db, key=_key(db)) as store:
         return {v: row["kind"] for v, row in store.volumes("study").items()}
 
 
@@ -62,9 +73,11 @@ def _start(viewer, qtbot, db, rater, years=12.0):
     qtbot.wait(10)  # the dock is laid out before the first view is fitted
     widget.db_path.setText(str(db))
     widget.rater_id.setText(rater)
+    widget.secret.setText(SECRETS[db][rater])
     widget.name.setText(f"Dr {rater.title()}")
     widget.years.setValue(years)
     assert widget.start(), widget.last_error
+    assert widget.secret.text() == "", "the secret is not kept in the widget"
     return widget
 
 
@@ -130,7 +143,7 @@ def test_scripted_raters_rate_a_whole_pair_study_in_napari(viewer, qtbot, pair_s
         viewer.window.remove_dock_widget(widget)
 
     # every answer is in the database, as given
-    with RatingStore(db) as store:
+    with RatingStore(db, key=_key(db)) as store:
         rows = store.ratings("study")
         assert len(rows) == 2 * TRIALS
         for row in rows:
@@ -234,7 +247,7 @@ def test_keys_pause_and_resume_after_a_crash(viewer, qtbot, pair_study):
                                 "comment": ""}  # fmt: skip
     assert resumed.session.seconds_on_trial() >= draft_seconds - 0.05
     qtbot.keyClick(resumed.window(), Qt.Key.Key_Return)
-    with RatingStore(db) as store:
+    with RatingStore(db, key=_key(db)) as store:
         (row,) = store.ratings("study")
     assert (row["choice"], row["confidence"], row["realism"]) == ("B", 4, [2, 5])
     assert row["seconds"] >= draft_seconds - 0.05
@@ -249,9 +262,8 @@ def test_keys_pause_and_resume_after_a_crash(viewer, qtbot, pair_study):
 @pytest.mark.gui
 def test_single_mode_shows_one_neutral_volume(viewer, qtbot, inputs, tmp_path):
     real, synthetic = inputs
-    db = tmp_path / "single.db"
-    create_study(db, real=real, synthetic=synthetic, raters=["cat"], mode="single", trials=4,
-                 seed=2, spacing=4.0)  # fmt: skip
+    db = _create(tmp_path / "single.db", real=real, synthetic=synthetic, raters=["cat"],
+                 mode="single", trials=4, seed=2, spacing=4.0)  # fmt: skip
     truth = _truth(db)
     widget = _start(viewer, qtbot, db, "cat")
     assert not viewer.canvas.grid.enabled
@@ -267,13 +279,36 @@ def test_single_mode_shows_one_neutral_volume(viewer, qtbot, inputs, tmp_path):
         widget.set_score(widget.realism[0], 2)
         assert widget.submit(), widget.last_error
     assert sorted(answers) == ["real", "real", "synthetic", "synthetic"]
-    with RatingStore(db) as store:
+    with RatingStore(db, key=_key(db)) as store:
         rows = store.ratings("study")
     assert all(r["called_synthetic"] == [True] and r["choice"] == "synthetic" for r in rows)
 
 
+@pytest.mark.gui
+def test_the_widget_refuses_another_raters_secret_and_records_it(viewer, qtbot, pair_study):
+    from qtpy.QtWidgets import QLineEdit
+
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, TURING)
+    assert widget.secret.echoMode() == QLineEdit.EchoMode.Password
+    widget.db_path.setText(str(pair_study))
+    widget.rater_id.setText("ann")
+    widget.secret.setText(SECRETS[pair_study]["ben"])  # ben's secret, typed as ann
+    widget.name.setText("Dr Ann")
+    assert not widget.start()
+    assert "do not match" in widget.last_error and widget.session is None
+    assert widget.sign_in_box.isEnabled() and not widget.trial_box.isEnabled()
+    assert not [layer for layer in viewer.layers if layer.name.startswith("Case")]
+    widget.secret.setText(SECRETS[pair_study]["ann"])
+    assert widget.start(), widget.last_error
+    assert widget.session.rater_id == "ann"
+    with RatingStore(pair_study) as store:
+        attempts = [(a["rater_id"], a["accepted"]) for a in store.sign_in_attempts("study")]
+    assert attempts == [("ann", False), ("ann", True)]
+    widget.sign_out()
+
+
 def test_the_next_trial_is_read_in_the_background(pair_study):
-    session = RaterSession(pair_study, "ben")
+    session = RaterSession(pair_study, "ben", secret=SECRETS[pair_study]["ben"])
     first = session.presentation()
     assert session._pending, "the next trial is being read while this one is rated"
     session.submit(Answer("A", 3, [3, 3]))
@@ -289,7 +324,7 @@ def _rate_all(db: Path, raters: dict[str, float], seed: int = 0) -> None:
     truth = _truth(db)
     rng = np.random.default_rng(seed)
     for rater, skill in raters.items():
-        session = RaterSession(db, rater, prefetch=False)
+        session = RaterSession(db, rater, secret=SECRETS[db][rater], prefetch=False)
         session.sign_in(rater.title(), "radiologist", 8)
         while not session.finished:
             shown = session.store.trial("study", rater, session.position)["shown"]
@@ -307,6 +342,9 @@ def test_curation_widget_ranks_shows_and_records_decisions(viewer, pair_study):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, CURATE)
     widget.db_path.setText(str(db))
     widget.rules.setText("realism>=3,fooled>=0.5")
+    assert not widget.load(), "the ranking needs the key"
+    assert "--key" in widget.last_error or "key" in widget.last_error
+    widget.key_field.line.setText(str(_key(db)))
     assert widget.load(), widget.last_error
     assert widget.table.rowCount() == TRIALS
     pre = [c.preselected for c in widget.candidates]
@@ -321,17 +359,31 @@ def test_curation_widget_ranks_shows_and_records_decisions(viewer, pair_study):
     assert "reason" in widget.last_error
     widget.reason.setText("ventricles look painted")
     assert widget.decide("rejected")
-    widget.table.selectRow(1)
+    failing = [row for row, c in enumerate(widget.candidates) if not c.preselected]
+    passing = [row for row, c in enumerate(widget.candidates) if c.preselected]
+    widget.table.selectRow(passing[0] if passing[0] != 0 else passing[1])
     second = widget.selected().volume_id
     assert widget.decide("approved")
-    with RatingStore(db) as store:
+    if failing:  # approving against the rules needs the override and a reason
+        widget.table.selectRow(failing[-1])
+        third = widget.selected().volume_id
+        widget.reason.clear()
+        assert not widget.decide("approved") and "override" in widget.last_error
+        widget.override.setChecked(True)
+        assert not widget.decide("approved") and "reason" in widget.last_error
+        widget.reason.setText("the only example of this anatomy")
+        assert widget.decide("approved"), widget.last_error
+        assert not widget.override.isChecked(), "the override is per decision"
+    with RatingStore(db, key=_key(db)) as store:
         decisions = store.decisions("study")
+    if failing:
+        assert decisions[third]["override"] and decisions[third]["failures"]
     assert decisions[first.volume_id]["decision"] == "rejected"
     assert decisions[first.volume_id]["reason"] == "ventricles look painted"
     assert decisions[second]["decision"] == "approved"
     assert decisions[second]["curator"] == "Dr Cur"
     assert widget.apply_rules()
-    with RatingStore(db) as store:
+    with RatingStore(db, key=_key(db)) as store:
         assert len(store.decisions("study")) == TRIALS
 
 
@@ -347,30 +399,40 @@ def test_cli_create_rate_report_curate_export(inputs, tmp_path):
     real, synthetic = inputs
     run = _mrisynth("study", "create", "--real", str(real), "--synthetic", str(synthetic),
                     "--raters", "ann,ben,cat", "--mode", "pair", "--trials", str(TRIALS),
-                    "--seed", "5", "--db", "st.db", "--spacing", "4", cwd=tmp_path)  # fmt: skip
+                    "--seed", "5", "--db", "st.db", "--key", "st-KEY.db",
+                    "--spacing", "4", cwd=tmp_path)  # fmt: skip
     assert "pair mode, 6 trials for each of 3 rater(s)" in run.stdout
     db = tmp_path / "st.db"
+    SECRETS[db] = dict(re.findall(r"^ {4}(ann|ben|cat) +(\S{16})$", run.stdout, re.M))
+    assert sorted(SECRETS[db]) == ["ann", "ben", "cat"], run.stdout
+    key = ("--key", "st-KEY.db")
     _rate_all(db, {"ann": 1.0, "ben": 0.5, "cat": 0.5})
+    sealed = subprocess.run([sys.executable, "-m", "napari_mrisynth.cli", "study", "report",
+                             "--db", "st.db", "--out", "report"], cwd=tmp_path,
+                            capture_output=True, text=True)  # fmt: skip
+    assert sealed.returncode == 2 and "--key" in sealed.stderr  # the truth needs the key
     status = json.loads(_mrisynth("study", "status", "--db", "st.db", "--json",
                                   cwd=tmp_path).stdout)  # fmt: skip
     assert status["rated"] == status["total"] == 3 * TRIALS
-    report = _mrisynth("study", "report", "--db", "st.db", "--out", "report", "--json",
+    report = _mrisynth("study", "report", "--db", "st.db", *key, "--out", "report", "--json",
                        cwd=tmp_path)  # fmt: skip
     statistics = json.loads(report.stdout)
     assert statistics["raters"]["ann"]["accuracy"]["value"] == 1.0
     assert statistics["agreement"]["method"] == "fleiss"
     assert {p.name for p in (tmp_path / "report").iterdir()} >= {
         "report.html", "report.md", "statistics.json", "accuracy_by_rater.png"}  # fmt: skip
-    _mrisynth("study", "csv", "--db", "st.db", "--out", "ratings.csv", cwd=tmp_path)
+    _mrisynth("study", "csv", "--db", "st.db", *key, "--out", "ratings.csv", cwd=tmp_path)
     lines = (tmp_path / "ratings.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 * TRIALS and lines[0].startswith("study_id,rater_id")
-    audit = _mrisynth("curate", "audit", "--db", "st.db", "--train", str(real), cwd=tmp_path)
+    audit = _mrisynth("curate", "audit", "--db", "st.db", *key, "--train", str(real),
+                      cwd=tmp_path)  # fmt: skip
     assert audit.stdout.count("not a copy") == TRIALS
-    listing = json.loads(_mrisynth("curate", "list", "--db", "st.db", "--rules", "none",
+    listing = json.loads(_mrisynth("curate", "list", "--db", "st.db", *key, "--rules", "none",
                                    "--json", cwd=tmp_path).stdout)["volumes"]  # fmt: skip
     assert len(listing) == TRIALS and all(v["preselected"] for v in listing)
     keep = [v["volume_id"] for v in listing[:2]]
-    _mrisynth("curate", "approve", *keep, "--db", "st.db", "--curator", "Dr Cur", cwd=tmp_path)
+    _mrisynth("curate", "approve", *keep, "--db", "st.db", *key, "--rules", "none",
+              "--curator", "Dr Cur", cwd=tmp_path)  # fmt: skip
     # an annotator corrected the first approved volume's mask after the rating
     import nibabel as nib
 
@@ -380,8 +442,8 @@ def test_cli_create_rate_report_curate_export(inputs, tmp_path):
     (tmp_path / "masks").mkdir()
     stem = source.name[: -len(".nii.gz")]
     nib.save(nib.Nifti1Image(mask, image.affine), tmp_path / "masks" / f"{stem}_labels.nii.gz")
-    export = _mrisynth("export", "--db", "st.db", "--out", "approved", "--masks", "masks",
-                       "--json", cwd=tmp_path)  # fmt: skip
+    export = _mrisynth("export", "--db", "st.db", *key, "--out", "approved", "--masks",
+                       "masks", "--json", cwd=tmp_path)  # fmt: skip
     files = json.loads(export.stdout)["files"]
     assert "bids/sub-synth002/anat/sub-synth002_T1w.nii.gz" in files
     assert not any("synth003" in f for f in files)
@@ -393,7 +455,7 @@ def test_cli_create_rate_report_curate_export(inputs, tmp_path):
     exported = sorted(v["volume_id"] for v in manifest["volumes"])
     assert exported == sorted(keep)
     failed = subprocess.run(
-        [sys.executable, "-m", "napari_mrisynth.cli", "export", "--db", "st.db", "--out",
+        [sys.executable, "-m", "napari_mrisynth.cli", "export", "--db", "st.db", *key, "--out",
          "approved"], cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert failed.returncode == 1 and "approved" in failed.stderr
@@ -416,6 +478,7 @@ _, widget = viewer.window.add_plugin_dock_widget("napari-mrisynth", "Visual Turi
 QApplication.processEvents()
 widget.db_path.setText({db!r})
 widget.rater_id.setText("ben")
+widget.secret.setText({secret!r})
 widget.name.setText("Dr Ben")
 widget.years.setValue(3)
 assert widget.start(), widget.last_error
@@ -441,7 +504,7 @@ def test_a_napari_rater_killed_mid_trial_resumes_there(viewer, qtbot, pair_study
 
     from tests.support.study_inputs import read_line, run_python
 
-    proc = run_python(GUI_RATER.format(db=str(pair_study)))
+    proc = run_python(GUI_RATER.format(db=str(pair_study), secret=SECRETS[pair_study]["ben"]))
     try:
         line = read_line(proc, timeout=180).strip()
         assert line == "READY", proc.stderr.read() if proc.poll() is not None else line
@@ -455,7 +518,7 @@ def test_a_napari_rater_killed_mid_trial_resumes_there(viewer, qtbot, pair_study
     assert resumed._state() == {"choice": "B", "confidence": 2, "realism": [None, 3],
                                 "comment": ""}  # fmt: skip
     assert resumed.progress.format().startswith(f"Trial 3 of {TRIALS}")
-    with RatingStore(pair_study) as store:
+    with RatingStore(pair_study, key=_key(pair_study)) as store:
         rows = store.ratings("study")
     assert [(r["position"], r["choice"], r["confidence"], r["realism"]) for r in rows] == [
         (0, "A", 5, [4, 1]), (1, "A", 5, [4, 1])]  # fmt: skip

@@ -40,6 +40,8 @@ from tests.support.study_inputs import read_line, run_python
 
 RATERS = [f"r{k}" for k in range(1, 5)]
 TRIALS = 6
+#: The server study's rater secrets, as create_study and add_rater issued them.
+SECRETS: dict[str, str] = {}
 _names = itertools.count(1)
 
 
@@ -199,8 +201,17 @@ def test_schema_on_the_server(pg, pg_db):
         assert store.path is None
     tables = {t for (t,) in pg.sql(pg_db, "SELECT tablename FROM pg_tables "
                                           "WHERE schemaname = 'public'")}  # fmt: skip
-    assert tables >= {"meta", "studies", "volumes", "items", "raters", "trials", "ratings",
-                      "drafts", "audits", "decisions"}  # fmt: skip
+    assert tables == {
+        "meta",
+        "studies",
+        "volumes",
+        "items",
+        "raters",
+        "sign_ins",
+        "trials",
+        "ratings",
+        "drafts",
+    }  # fmt: skip (the key's tables come with a key)
     assert pg.sql(pg_db, "SELECT value FROM meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
@@ -237,38 +248,42 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server_study(pg, inputs, tmp_path_factory):
-    """A pair study (seed 0, raters r1-r4, 6 trials) frozen into a server database: its
-    database name, its URL and the cache folder."""
+    """A pair study (seed 0, raters r1-r4, 6 trials) frozen into a server database, its key
+    in the same database's ``key_*`` tables: its database name, its URL, the cache folder
+    (and the raters' secrets in ``SECRETS``)."""
     real, synthetic = inputs
     name = pg.create_database()
     url = pg.url(name)
     cache = tmp_path_factory.mktemp("turing-server") / "cache"
-    create_study(url, real=real, synthetic=synthetic, raters=RATERS, mode="pair",
-                 trials=TRIALS, seed=0, spacing=4.0, cache=cache)  # fmt: skip
+    made = create_study(url, key=url, real=real, synthetic=synthetic, raters=RATERS,
+                        mode="pair", trials=TRIALS, seed=0, spacing=4.0, cache=cache)  # fmt: skip
+    SECRETS.update(made["secrets"])
     return name, url, cache
 
 
 def test_a_server_study_needs_a_cache_folder(pg, pg_db, inputs):
     real, synthetic = inputs
     with pytest.raises(StudyError, match="server database needs --cache"):
-        create_study(pg.url(pg_db), real=real, synthetic=synthetic, raters=["r1"],
-                     trials=2, spacing=4.0)  # fmt: skip
+        create_study(pg.url(pg_db), key=pg.url(pg_db), real=real, synthetic=synthetic,
+                     raters=["r1"], trials=2, spacing=4.0)  # fmt: skip
 
 
 def test_the_server_study_matches_the_same_study_on_sqlite(pg, server_study, inputs, tmp_path):
     name, url, cache = server_study
     real, synthetic = inputs
-    db = tmp_path / "same.db"
-    create_study(db, real=real, synthetic=synthetic, raters=RATERS, mode="pair",
+    db, key = tmp_path / "same.db", tmp_path / "same-KEY.db"
+    create_study(db, key=key, real=real, synthetic=synthetic, raters=RATERS, mode="pair",
                  trials=TRIALS, seed=0, spacing=4.0)  # fmt: skip
-    for query in ("SELECT rater_id, position, item_id, shown FROM trials",
-                  "SELECT item_id, volumes FROM items",
-                  "SELECT volume_id, kind, source, source_sha256, condition, provenance "
-                  "FROM volumes",
-                  "SELECT study_id, mode, seed, trials_per_rater, grid FROM studies"):  # fmt: skip
+    for query, sqlite_file in (
+        ("SELECT rater_id, position, item_id, shown FROM trials", db),
+        ("SELECT item_id, volumes FROM items", db),
+        ("SELECT volume_id, kind, source, source_sha256, condition, provenance "
+         "FROM key_volumes", key),
+        ("SELECT study_id, mode, seed, trials_per_rater, grid FROM studies", db),
+    ):  # fmt: skip
         ordered = query + " ORDER BY 1, 2"
-        assert pg.sql(name, ordered) == _sqlite(db, ordered), query
-    with RatingStore(url) as store:
+        assert pg.sql(name, ordered) == _sqlite(sqlite_file, ordered), query
+    with RatingStore(url, key=url) as store:
         study = store.study("study")
         assert study["cache"] == str(Path(cache).resolve())
         assert study["seed"] == 0 and isinstance(study["seed"], int)
@@ -287,7 +302,7 @@ CONCURRENT_RATER = """
     from napari_mrisynth.turing.session import Answer, RaterSession
 
     url, rater = {url!r}, {rater!r}
-    session = RaterSession(url, rater)
+    session = RaterSession(url, rater, secret={secret!r})
     print("OPEN", flush=True)
     sys.stdin.readline()  # the starting gun: every process connected before the first write
     k = 0
@@ -306,7 +321,8 @@ CONCURRENT_RATER = """
 
 def test_four_rater_processes_on_the_server_lose_no_write(pg, server_study):
     name, url, _ = server_study
-    scripts = {rater: CONCURRENT_RATER.format(url=url, rater=rater) for rater in RATERS}
+    scripts = {rater: CONCURRENT_RATER.format(url=url, rater=rater, secret=SECRETS[rater])
+               for rater in RATERS}  # fmt: skip
     study_inputs.rate_concurrently(scripts, f"DONE {TRIALS}", timeout=300,
                                       diagnostics=pg.server_log)  # fmt: skip
     rows = pg.sql(name, "SELECT rater_id, position, choice, confidence, realism, comment, "
@@ -322,7 +338,7 @@ def test_four_rater_processes_on_the_server_lose_no_write(pg, server_study):
         assert json.loads(state) == {"k": k}
         assert json.loads(called) == [choice != "A", choice != "B"]
     assert pg.sql(name, "SELECT count(*) FROM drafts") == [(0,)]  # each submit cleared it
-    with RatingStore(url) as store:
+    with RatingStore(url, key=url) as store:
         stored = store.ratings("study")
         assert len(stored) == len(RATERS) * TRIALS
         assert [r["submitted_at"] for r in stored] == sorted(r["submitted_at"] for r in stored)
@@ -333,7 +349,7 @@ def test_four_rater_processes_on_the_server_lose_no_write(pg, server_study):
 def test_a_rated_trial_is_never_overwritten_on_the_server(pg, server_study):
     name, url, _ = server_study
     with RatingStore(url) as store:
-        add_rater(url, "r9")
+        SECRETS["r9"] = add_rater(url, "r9", key=url)
         assert store.rater_ids("study") == RATERS + ["r9"]
         kwargs = dict(called_synthetic=[False, True], realism=[4, 2], comment="first",
                       seconds=12.5, viewer_state={"zoom": 1.0})  # fmt: skip
@@ -353,7 +369,7 @@ def test_a_rated_trial_is_never_overwritten_on_the_server(pg, server_study):
         store.add_rating("study", "r9", 1, choice="B", confidence=2, **second)
         assert store.rated_positions("study", "r9") == {0, 1}
     # and through a session: the rated trials are skipped, a second answer is refused
-    session = RaterSession(url, "r9", prefetch=False)
+    session = RaterSession(url, "r9", secret=SECRETS["r9"], prefetch=False)
     try:
         assert session.position == 2 and session.done == 2
         with pytest.raises(StudyError, match="already rated"):
@@ -364,10 +380,10 @@ def test_a_rated_trial_is_never_overwritten_on_the_server(pg, server_study):
 
 def test_a_draft_on_the_server_survives_a_new_session(pg, server_study):
     name, url, _ = server_study
-    add_rater(url, "r7")
+    SECRETS["r7"] = add_rater(url, "r7", key=url)
     draft = {"choice": "B", "confidence": 4, "realism": [2, None], "comment": "hmm · é",
              "viewer": {"current_step": [5, 6, 7], "zoom": 1.5}}  # fmt: skip
-    session = RaterSession(url, "r7", prefetch=False)
+    session = RaterSession(url, "r7", secret=SECRETS["r7"], prefetch=False)
     try:
         session.submit(Answer("A", 3, [3, 3], "one"))
         assert session.position == 1
@@ -380,7 +396,7 @@ def test_a_draft_on_the_server_survives_a_new_session(pg, server_study):
     assert len(rows) == 1
     position, state, seconds = rows[0]
     assert position == 1 and json.loads(state) == draft and 0.3 <= seconds < 10
-    session = RaterSession(url, "r7")
+    session = RaterSession(url, "r7", secret=SECRETS["r7"])
     try:
         assert session.position == 1 and session.done == 1
         assert session.draft_state == draft
@@ -406,13 +422,13 @@ def test_report_and_csv_from_the_server(pg, server_study, tmp_path):
     status = study_status(url)
     assert status["rated"] == expected
     assert status["total"] == pg.sql(name, "SELECT count(*) FROM trials")[0][0]
-    out = ratings_csv(url, tmp_path / "csv" / "ratings.csv")
+    out = ratings_csv(url, tmp_path / "csv" / "ratings.csv", key=url)
     import csv
 
     with open(out, newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == expected
-    truth = {v: k for v, k in pg.sql(name, "SELECT volume_id, kind FROM volumes")}
+    truth = {v: k for v, k in pg.sql(name, "SELECT volume_id, kind FROM key_volumes")}
     for row in rows:
         shown = row["shown"].split(";")
         assert row["truth"].split(";") == [truth[v] for v in shown]
@@ -424,7 +440,7 @@ def test_report_and_csv_from_the_server(pg, server_study, tmp_path):
     stored = {(r, p + 1): (c, conf) for r, p, c, conf in pg.sql(name, query)}
     assert {(r["rater_id"], int(r["position"])): (r["choice"], int(r["confidence"]))
             for r in rows} == stored  # fmt: skip
-    result = study_report(url, tmp_path / "report")
+    result = study_report(url, tmp_path / "report", key=url)
     statistics = result["statistics"]
     assert statistics["pooled"]["n_trials"] == expected
     files = result["files"]
@@ -438,8 +454,8 @@ def test_a_session_survives_the_server_dropping_its_connections(pg, server_study
     """A rater's session outlives its database connections: an idle connection cut by the
     server (restart, idle timeout, a network blip) must not fail the next write."""
     name, url, _ = server_study
-    add_rater(url, "r8")
-    session = RaterSession(url, "r8", prefetch=False)
+    SECRETS["r8"] = add_rater(url, "r8", key=url)
+    session = RaterSession(url, "r8", secret=SECRETS["r8"], prefetch=False)
     try:
         session.submit(Answer("A", 3, [3, 3]))
         cut = pg.sql("postgres", "SELECT count(pg_terminate_backend(pid)) "
@@ -479,7 +495,7 @@ def test_two_windows_of_one_rater_saving_drafts_at_once(pg, server_study):
     draft row exists yet must not fail with a duplicate key (SQLite serialises the writers;
     a server runs them side by side)."""
     name, url, _ = server_study
-    add_rater(url, "r6")
+    add_rater(url, "r6", key=url)
     procs = [run_python(DRAFTING_TWICE.format(url=url, n=400, who=who), stdin=subprocess.PIPE)
              for who in ("left", "right")]  # fmt: skip
     try:
@@ -516,3 +532,45 @@ def test_sites_creating_the_schema_at_once_share_one(pg, pg_db):
     study_inputs.rate_concurrently(scripts, f"DONE {SCHEMA_VERSION}", timeout=120,
                                       diagnostics=pg.server_log)  # fmt: skip
     assert pg.sql(pg_db, "SELECT count(*) FROM meta WHERE key = 'schema_version'") == [(1,)]
+
+
+# -- the key, sealed from the raters' role -------------------------------------------------
+def test_the_raters_role_can_rate_but_not_read_the_key(pg, server_study):
+    """A real PostgreSQL role with the grants ``mrisynth study grant`` gives: it signs in,
+    reads its trials and commits ratings; every read of the key is refused by the server."""
+    import psycopg
+
+    from napari_mrisynth.turing.key import grant_rater_role
+    from napari_mrisynth.turing.schema import key_metadata
+
+    name, url, _ = server_study
+    secret = add_rater(url, "r5", key=url)
+    pg.sql(name, "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                 "'site_raters') THEN CREATE ROLE site_raters LOGIN; END IF; END $$")  # fmt: skip
+    grant_rater_role(url, "site_raters")
+    rater_url = url.replace("://postgres@", "://site_raters@")
+    with psycopg.connect(host="127.0.0.1", port=pg.port, user="site_raters", dbname=name) as con:
+        for table in key_metadata.sorted_tables:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                con.execute(f"SELECT * FROM {table.name}")
+            con.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # nor a secret's hash
+            con.execute("UPDATE raters SET secret_hash = 'x' WHERE rater_id = 'r1'")
+        con.rollback()
+        assert con.execute("SELECT count(*) FROM trials").fetchone()[0] > 0
+    with pytest.raises(StudyError, match="do not match"):
+        RaterSession(rater_url, "r5", secret=SECRETS["r1"])
+    session = RaterSession(rater_url, "r5", secret=secret, prefetch=False)
+    try:
+        session.sign_in("Dr Five", "radiologist", 6)
+        assert session.presentation().position == 0
+        session.save_draft({"choice": "A"})
+        session.submit(Answer("A", 3, [3, 3]))
+        assert session.done == 1
+    finally:
+        session.close()
+    with pytest.raises(StudyError, match="cannot|permission denied"):
+        with RatingStore(rater_url, key=rater_url) as store:
+            store.volumes("study")
+    assert pg.sql(name, "SELECT accepted FROM sign_ins WHERE rater_id = 'r5' "
+                        "ORDER BY attempt_id") == [(False,), (True,)]  # fmt: skip

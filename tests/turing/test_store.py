@@ -28,6 +28,9 @@ from tests.support.study_inputs import read_line, run_python
 
 RATERS = [f"r{k}" for k in range(1, 9)]
 TRIALS = 6
+#: Every rater's secret per study fixture name, as ``create_study`` and ``add_rater`` issued
+#: them (the raters' secrets of a copy of a study are the original's).
+SECRETS: dict[str, dict[str, str]] = {}
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -61,6 +64,15 @@ def _integrity(db: Path) -> str:
     return _sql(db, "PRAGMA integrity_check")[0][0]
 
 
+def _key(db: Path) -> Path:
+    """The answer key written beside a fixture study (the organiser's file)."""
+    return db.with_name(f"{db.stem}-KEY.db")
+
+
+def _session(db: Path, rater: str, study: str = "a", **options) -> RaterSession:
+    return RaterSession(db, rater, secret=SECRETS[study][rater], **options)
+
+
 def _answer(mode: str, k: int) -> Answer:
     if mode == "pair":
         return Answer("AB"[k % 2], 1 + k % 5, [1 + k % 5, 1 + (k + 2) % 5], f"c{k}")
@@ -91,15 +103,18 @@ def studies(inputs, tmp_path_factory):
                                      ("c", "pair", 1, RATERS),
                                      ("single", "single", 0, RATERS)):  # fmt: skip
         dbs[name] = root / f"{name}.db"
-        create_study(dbs[name], real=real, synthetic=synthetic, raters=raters, mode=mode,
-                     trials=TRIALS, seed=seed, spacing=4.0)  # fmt: skip
-    add_rater(dbs["a"], "zed")
+        made = create_study(dbs[name], key=_key(dbs[name]), real=real, synthetic=synthetic,
+                            raters=raters, mode=mode, trials=TRIALS, seed=seed,
+                            spacing=4.0)  # fmt: skip
+        SECRETS[name] = made["secrets"]
+    SECRETS["a"]["zed"] = add_rater(dbs["a"], "zed", key=_key(dbs["a"]))
     return dbs
 
 
 @pytest.fixture
 def pair_db(studies, tmp_path):
-    """A private copy of study ``a`` to rate in."""
+    """A private copy of study ``a`` (and its key) to rate in."""
+    _copy_db(_key(studies["a"]), _key(tmp_path / "ratings.db"))
     return _copy_db(studies["a"], tmp_path / "ratings.db")
 
 
@@ -157,9 +172,8 @@ def test_same_seed_gives_identical_trials_for_every_rater(studies):
     assert _sql(studies["a"], "SELECT item_id, volumes FROM items ORDER BY item_id") == _sql(
         studies["b"], "SELECT item_id, volumes FROM items ORDER BY item_id"
     )
-    assert _sql(studies["a"], "SELECT volume_id, kind, source FROM volumes ORDER BY 1") == _sql(
-        studies["b"], "SELECT volume_id, kind, source FROM volumes ORDER BY 1"
-    )
+    query = "SELECT volume_id, kind, source FROM key_volumes ORDER BY 1"
+    assert _sql(_key(studies["a"]), query) == _sql(_key(studies["b"]), query)
 
 
 def test_a_different_seed_gives_a_different_order(studies):
@@ -174,7 +188,7 @@ def test_a_different_seed_gives_a_different_order(studies):
 
 
 def test_pair_design_is_balanced_and_never_reuses_a_volume(studies):
-    with RatingStore(studies["a"]) as store:
+    with RatingStore(studies["a"], key=_key(studies["a"])) as store:
         kinds = {v: row["kind"] for v, row in store.volumes("study").items()}
     items = {i: json.loads(v) for i, v in _sql(studies["a"], "SELECT item_id, volumes FROM items")}
     assert len(items) == TRIALS
@@ -193,7 +207,7 @@ def test_pair_design_is_balanced_and_never_reuses_a_volume(studies):
 
 
 def test_single_design_is_half_real_half_synthetic(studies):
-    with RatingStore(studies["single"]) as store:
+    with RatingStore(studies["single"], key=_key(studies["single"])) as store:
         kinds = {v: row["kind"] for v, row in store.volumes("study").items()}
         assert store.study("study")["mode"] == "single"
     items = [json.loads(v) for (v,) in _sql(studies["single"], "SELECT volumes FROM items")]
@@ -214,8 +228,9 @@ def test_more_trials_than_volumes_is_refused_with_the_counts(inputs, tmp_path, m
                                                              needed):  # fmt: skip
     real, synthetic = inputs
     with pytest.raises(StudyError) as info:
-        create_study(tmp_path / "big.db", real=real, synthetic=synthetic, raters=["r1"],
-                     mode=mode, trials=trials, spacing=4.0)  # fmt: skip
+        create_study(tmp_path / "big.db", key=tmp_path / "big-KEY.db", real=real,
+                     synthetic=synthetic, raters=["r1"], mode=mode, trials=trials,
+                     spacing=4.0)  # fmt: skip
     message = str(info.value)
     assert f"--trials {trials}" in message
     assert needed in message
@@ -228,14 +243,14 @@ def test_an_added_rater_gets_a_reproducible_order(studies):
     zed = [added["zed", p] for p in range(TRIALS)]
     assert zed == [from_start["zed", p] for p in range(TRIALS)]
     with pytest.raises(StudyError, match="already exists"):
-        add_rater(studies["a"], "zed")
+        add_rater(studies["a"], "zed", key=_key(studies["a"]))
 
 
 # -- ratings -------------------------------------------------------------------------------
 def test_a_rating_is_never_overwritten(pair_db):
     kwargs = dict(called_synthetic=[False, True], realism=[4, 2], comment="first",
                   seconds=12.5, viewer_state={"zoom": 1.0})  # fmt: skip
-    with RatingStore(pair_db) as store:
+    with RatingStore(pair_db, key=_key(pair_db)) as store:
         store.add_rating("study", "r1", 0, choice="A", confidence=4, **kwargs)
         before = _sql(pair_db, "SELECT * FROM ratings")
         store.save_draft("study", "r1", 0, {"choice": "B"}, 3.0)
@@ -253,8 +268,8 @@ CONCURRENT_RATER = """
     import sys
     from napari_mrisynth.turing.session import Answer, RaterSession
 
-    db, rater = sys.argv[1], sys.argv[2]
-    session = RaterSession(db, rater)
+    db, rater, secret = sys.argv[1], sys.argv[2], sys.argv[3]
+    session = RaterSession(db, rater, secret=secret)
     print("OPEN", flush=True)
     sys.stdin.readline()  # the starting gun: every process opened before the first write
     k = 0
@@ -271,7 +286,10 @@ CONCURRENT_RATER = """
 
 def test_eight_raters_in_separate_processes_lose_no_write(pair_db):
     scripts = {
-        rater: CONCURRENT_RATER.replace("sys.argv[1], sys.argv[2]", f"{str(pair_db)!r}, {rater!r}")
+        rater: CONCURRENT_RATER.replace(
+            "sys.argv[1], sys.argv[2], sys.argv[3]",
+            f"{str(pair_db)!r}, {rater!r}, {SECRETS['a'][rater]!r}",
+        )
         for rater in RATERS
     }
     study_inputs.rate_concurrently(scripts, f"DONE {TRIALS}", timeout=180)
@@ -285,7 +303,7 @@ def test_eight_raters_in_separate_processes_lose_no_write(pair_db):
         assert json.loads(state) == {"k": k}
     assert _sql(pair_db, "SELECT count(*) FROM drafts") == [(0,)]  # each submit cleared it
     assert _integrity(pair_db) == "ok"
-    with RatingStore(pair_db) as store:
+    with RatingStore(pair_db, key=_key(pair_db)) as store:
         assert len(store.ratings("study")) == len(RATERS) * TRIALS
 
 
@@ -293,7 +311,7 @@ CRASHING_RATER = """
     import sys, time
     from napari_mrisynth.turing.session import Answer, RaterSession
 
-    session = RaterSession({db!r}, "r3")
+    session = RaterSession({db!r}, "r3", secret={secret!r})
     for k in range({k}):
         session.submit(Answer("AB"[k % 2], 2 + k % 4, [3, 1 + k % 5], "k%d" % k), {{"k": k}})
     time.sleep(0.4)  # time on trial k+1 before the draft
@@ -307,7 +325,8 @@ def test_a_killed_rater_resumes_on_the_same_trial_with_the_draft(pair_db):
     k = 3
     draft = {"choice": "B", "confidence": 4, "realism": [2, None], "comment": "hmm",
              "viewer": {"current_step": [5, 6, 7], "zoom": 1.5}}  # fmt: skip
-    proc = run_python(CRASHING_RATER.format(db=str(pair_db), k=k, draft=draft))
+    proc = run_python(CRASHING_RATER.format(db=str(pair_db), k=k, draft=draft,
+                                            secret=SECRETS["a"]["r3"]))  # fmt: skip
     try:
         line = read_line(proc).split()
         assert line[:2] == ["READY", str(k)], proc.stderr.read() if not line else line
@@ -320,7 +339,7 @@ def test_a_killed_rater_resumes_on_the_same_trial_with_the_draft(pair_db):
     assert saved["position"] == k
     assert 0.4 <= saved["seconds"] < 5.0
     time.sleep(0.2)
-    session = RaterSession(pair_db, "r3")
+    session = _session(pair_db, "r3")
     try:
         assert session.position == k
         assert session.done == k
@@ -386,7 +405,7 @@ def test_killing_a_writer_mid_loop_leaves_a_consistent_database(pair_db, kill_af
     # (the writer may have committed a few more before the signal landed: it does not wait)
     assert len(stored) < len(order), "the writer finished before it was killed"
     rater, position = order[len(stored)]
-    session = RaterSession(pair_db, rater, prefetch=False)
+    session = _session(pair_db, rater, prefetch=False)
     try:
         assert session.position == position  # the first unrated trial of that rater
         assert session.draft_state in ({}, {"choice": "A", "pad": "x" * 4000})
@@ -414,7 +433,7 @@ def _strings(value) -> list[str]:
 @pytest.mark.parametrize("study", ["a", "single"])
 def test_a_presentation_gives_nothing_away(studies, tmp_path, study):
     db = _copy_db(studies[study], tmp_path / "blind.db")
-    with RatingStore(db) as store:
+    with RatingStore(db, key=_key(studies[study])) as store:
         truth = store.volumes("study")
         cache = Path(store.study("study")["cache"])
     secrets = set(truth) | {row["source"] for row in truth.values()}
@@ -429,7 +448,7 @@ def test_a_presentation_gives_nothing_away(studies, tmp_path, study):
     }
     assert {f.name for f in dataclasses.fields(Panel)} == {"label", "name", "data"}
     pattern = r"^Case \d+ · [AB]$" if study == "a" else r"^Case \d+$"
-    session = RaterSession(db, "r5")
+    session = _session(db, "r5", study)
     seen = {"real": [], "synthetic": []}
     try:
         k = 0
@@ -479,14 +498,14 @@ def test_a_prepared_file_changed_on_disk_is_refused(studies, tmp_path):
     raw = bytearray(target.read_bytes())
     raw[-1] ^= 0x01  # one voxel, one bit
     target.write_bytes(bytes(raw))
-    session = RaterSession(db, "r2", prefetch=False)
+    session = _session(db, "r2", prefetch=False)
     try:
         with pytest.raises(StudyError, match=re.escape(str(target)) + ".*changed"):
             session.presentation()
     finally:
         session.close()
     target.unlink()
-    session = RaterSession(db, "r2", prefetch=False)
+    session = _session(db, "r2", prefetch=False)
     try:
         with pytest.raises(StudyError, match=re.escape(str(target)) + ".*missing"):
             session.presentation()

@@ -3,8 +3,10 @@
 The table ranks every synthetic volume by the raters' verdict (fooled rate, mean realism),
 the memorization audit and the preselection rules (preselected first). Selecting a row
 shows the volume as generated, in its own geometry, beside nothing else; Approve and Reject
-append a decision (a rejection needs a reason) to the study's database, which is what
-``mrisynth export`` reads. The curator is not blinded: this happens after the rating.
+append a decision (a rejection needs a reason) to the study's answer key, which is what
+``mrisynth export`` reads. Approving a volume that fails the rules needs "Override the
+rules" and a reason, and both are recorded. The curator is not blinded: this happens after
+the rating, and needs the study's key file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -50,7 +53,8 @@ def _fid(value: float | None) -> str:
 class CurationWidget(QWidget):
     """Review, approve and reject a study's synthetic volumes."""
 
-    def __init__(self, napari_viewer: napari.Viewer, db: str | None = None):
+    def __init__(self, napari_viewer: napari.Viewer, db: str | None = None,
+                 key: str | None = None):  # fmt: skip
         super().__init__()
         self.viewer = napari_viewer
         self.candidates: list[Candidate] = []
@@ -62,6 +66,8 @@ class CurationWidget(QWidget):
         self.db_field = DatabaseField(db, "ratings database of the study")
         self.db_path = self.db_field.line
         form.addRow("Study", self.db_field)
+        self.key_field = DatabaseField(key, "the study's answer key (kept from the raters)")
+        form.addRow("Key", self.key_field)
         self.rules = QLineEdit(DEFAULT_RULES)
         self.rules.setToolTip("realism>=X, fooled>=X (0-1 or %), judgments>=N, unflagged")
         form.addRow("Rules", self.rules)
@@ -88,8 +94,11 @@ class CurationWidget(QWidget):
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.details)
         self.reason = QLineEdit()
-        self.reason.setPlaceholderText("reason (required to reject)")
+        self.reason.setPlaceholderText("reason (required to reject or to override)")
         layout.addWidget(self.reason)
+        self.override = QCheckBox("Override the rules (approve a volume that fails them)")
+        self.override.setToolTip("Needs a reason; the decision and the export manifest say so")
+        layout.addWidget(self.override)
         buttons = QHBoxLayout()
         self.approve_button = QPushButton("Approve")
         self.approve_button.clicked.connect(lambda: self.decide("approved"))
@@ -115,7 +124,8 @@ class CurationWidget(QWidget):
         self.last_error = None
         try:
             rules = CurationRules.parse(self.rules.text())
-            self.candidates = candidates(self.db_field.database(), rules=rules)
+            self.candidates = candidates(self.db_field.database(), key=self.key_field.database(),
+                                         rules=rules)  # fmt: skip
         except MrisynthError as exc:
             self._error(str(exc))
             return False
@@ -160,7 +170,10 @@ class CurationWidget(QWidget):
             lines.append("Not preselected: " + "; ".join(candidate.failures))
         if candidate.decision:
             d = candidate.decision
-            lines.append(f"{d['decision']} by {d['curator']} ({d['decided_at']}): {d['reason']}")
+            note = " (OVERRIDE)" if d.get("override") else ""
+            lines.append(
+                f"{d['decision']}{note} by {d['curator']} ({d['decided_at']}): {d['reason']}"
+            )
         self.details.setText("<br>".join(lines))
         self.show_volume(candidate)
 
@@ -183,7 +196,7 @@ class CurationWidget(QWidget):
 
     def decide(self, decision: str) -> bool:
         """Record the curator's decision on the selected volume."""
-        from napari_mrisynth.turing.curation import decide
+        from napari_mrisynth.turing.curation import CurationRules, decide
 
         candidate = self.selected()
         if candidate is None:
@@ -196,6 +209,9 @@ class CurationWidget(QWidget):
                 decision,
                 curator=self.curator.text(),
                 reason=self.reason.text(),
+                override=self.override.isChecked(),
+                rules=CurationRules.parse(self.rules.text()),
+                key=self.key_field.database(),
             )
         except MrisynthError as exc:
             self._error(str(exc))
@@ -204,6 +220,7 @@ class CurationWidget(QWidget):
         self.load()
         self.status.setText(f"{volume_id}: {decision} by {self.curator.text().strip()}.")
         self.reason.clear()
+        self.override.setChecked(False)
         return True
 
     def apply_rules(self) -> bool:
@@ -212,7 +229,8 @@ class CurationWidget(QWidget):
 
         try:
             rules = CurationRules.parse(self.rules.text())
-            done = apply_rules(self.db_field.database(), rules, curator=self.curator.text())
+            done = apply_rules(self.db_field.database(), rules, curator=self.curator.text(),
+                               key=self.key_field.database())  # fmt: skip
         except MrisynthError as exc:
             self._error(str(exc))
             return False

@@ -25,7 +25,7 @@ class DatabaseField(QWidget):
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Ratings database", "", "SQLite (*.db *.sqlite);;All files (*)"
+            self, "Study database", "", "SQLite (*.db *.sqlite);;All files (*)"
         )
         if path:
             self.line.setText(path)

@@ -122,10 +122,12 @@ class TuringWidget(QWidget):
         The ratings database (also settable in the widget).
     rater : str, optional
         The rater id given when the study was created.
+    secret : str, optional
+        The rater's secret (typed in the widget otherwise; never shown).
     """
 
     def __init__(self, napari_viewer: napari.Viewer, db: str | None = None,
-                 rater: str | None = None):  # fmt: skip
+                 rater: str | None = None, secret: str | None = None):  # fmt: skip
         super().__init__()
         self.viewer = napari_viewer
         self.session: RaterSession | None = None
@@ -147,6 +149,10 @@ class TuringWidget(QWidget):
         self.rater_id = QLineEdit(rater or "")
         self.rater_id.setPlaceholderText("your rater id (from the study organiser)")
         form.addRow("Rater id", self.rater_id)
+        self.secret = QLineEdit(secret or "")
+        self.secret.setEchoMode(QLineEdit.EchoMode.Password)
+        self.secret.setPlaceholderText("your secret (from the study organiser)")
+        form.addRow("Secret", self.secret)
         self.name = QLineEdit()
         form.addRow("Name", self.name)
         self.role = QComboBox()
@@ -234,15 +240,17 @@ class TuringWidget(QWidget):
         self.last_error = None
         db = self.db_field.database()
         rater = self.rater_id.text().strip()
-        if not db or not rater:
-            self._error("Give the study database and your rater id.")
+        if not db or not rater or not self.secret.text():
+            self._error("Give the study database, your rater id and your secret.")
             return False
         try:
-            session = RaterSession(db, rater)
+            session = RaterSession(db, rater, secret=self.secret.text())
             session.sign_in(self.name.text(), self.role.currentText(), self.years.value())
         except MrisynthError as exc:
             self._error(str(exc))
             return False
+        finally:
+            self.secret.clear()  # not kept in the widget once used
         if self.session is not None:
             self.session.close()
         self.session = session
@@ -510,13 +518,13 @@ class TuringWidget(QWidget):
         super().closeEvent(event)
 
 
-def rate_in_napari(db: str, rater: str | None = None) -> int:
+def rate_in_napari(db: str, rater: str | None = None, secret: str | None = None) -> int:
     """``mrisynth study rate``: napari with the Visual Turing test docked on ``db``; returns
     when the rater closes the window."""
     import napari
 
     viewer = napari.Viewer(title="Visual Turing test")
-    viewer.window.add_dock_widget(TuringWidget(viewer, db=db, rater=rater),
+    viewer.window.add_dock_widget(TuringWidget(viewer, db=db, rater=rater, secret=secret),
                                   name="Visual Turing test", area="right")  # fmt: skip
     napari.run()
     return 0

@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     export.add_argument("--db", required=True, help="the study's ratings database")
+    export.add_argument("--key", required=True, help="the study's answer key (file or URL)")
     export.add_argument("--study", help="study id (needed when the database holds several)")
     export.add_argument("--out", type=Path, required=True, help="export folder (must not exist)")
     export.add_argument("--format", default="bids,dicom", help="bids, dicom or both (default)")
@@ -45,7 +46,7 @@ def run_export(args: argparse.Namespace) -> int:
     from napari_mrisynth.turing.store import RatingStore
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    with RatingStore(args.db) as store:
+    with RatingStore(args.db, key=args.key) as store:
         study_id = args.study or store.only_study()
         study = store.study(study_id)
         volumes = approved_volumes(store, study_id=study_id, masks=args.masks)

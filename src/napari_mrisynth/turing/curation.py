@@ -169,15 +169,19 @@ def _rank_key(candidate: Candidate) -> tuple:
 
 
 def candidates(
-    db: str | Path | RatingStore, *, study_id: str | None = None, rules: CurationRules | None = None
+    db: str | Path | RatingStore,
+    *,
+    key: str | Path | None = None,
+    study_id: str | None = None,
+    rules: CurationRules | None = None,
 ) -> list[Candidate]:
     """Every synthetic volume of the study, best first: preselected ones, then by fooled
-    rate, mean realism and (lower is better) audit similarity."""
+    rate, mean realism and (lower is better) audit similarity. Needs the study's key."""
     from napari_mrisynth.turing.results import rated_trials
     from napari_mrisynth.turing.statistics import volume_scores
 
     rules = rules or CurationRules()
-    with opened(db) as store:
+    with opened(db, key) as store:
         study_id = study_id or store.only_study()
         trials = rated_trials(store, study_id)
         scores = volume_scores(trials) if trials else {}
@@ -217,13 +221,27 @@ def decide(
     *,
     curator: str,
     reason: str = "",
+    override: bool = False,
+    rules: CurationRules | None = None,
+    key: str | Path | None = None,
     study_id: str | None = None,
 ) -> dict[str, Any]:
-    """Record a curator's decision ("approved" or "rejected"; a rejection needs a reason)."""
-    with opened(db) as store:
-        return store.add_decision(
-            study_id or store.only_study(), volume_id, decision, curator=curator, reason=reason
-        )
+    """Record a curator's decision ("approved" or "rejected"; a rejection needs a reason).
+
+    Approving a volume that fails ``rules`` (the study's rules; the defaults when not
+    given) is refused unless ``override`` is set with a reason; the decision records the
+    rules it failed, and the export manifest carries them.
+    """
+    with opened(db, key) as store:
+        study_id = study_id or store.only_study()
+        failures: list[str] = []
+        if decision == "approved":
+            found = [c for c in candidates(store, study_id=study_id, rules=rules)
+                     if c.volume_id == volume_id]  # fmt: skip
+            failures = found[0].failures if found else []
+        return store.add_decision(study_id, volume_id, decision, curator=curator,
+                                  reason=reason, failures=failures,
+                                  override=override)  # fmt: skip
 
 
 def apply_rules(
@@ -231,12 +249,13 @@ def apply_rules(
     rules: CurationRules,
     *,
     curator: str,
+    key: str | Path | None = None,
     study_id: str | None = None,
     redecide: bool = False,
 ) -> list[dict[str, Any]]:
     """Approve the preselected and reject the others (the unmet rules as the reason), for
     volumes not yet decided (or all, with ``redecide``). Returns the decisions recorded."""
-    with opened(db) as store:
+    with opened(db, key) as store:
         study_id = study_id or store.only_study()
         recorded = []
         for candidate in candidates(store, study_id=study_id, rules=rules):
@@ -266,16 +285,17 @@ def audit_study(
     db: str | Path | RatingStore,
     train: str | Path,
     *,
+    key: str | Path | None = None,
     study_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the memorization audit of every synthetic volume against the training scans in
-    ``train`` (a BIDS cohort or a folder) and store the results."""
+    ``train`` (a BIDS cohort or a folder) and store the results in the study's key."""
     from napari_mrisynth.evaluation.memorization import audit_memorization
     from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.turing.design import find_real
 
-    with opened(db) as store:
+    with opened(db, key) as store:
         study_id = study_id or store.only_study()
         training = []
         for scan in find_real(train):
@@ -329,7 +349,8 @@ class ApprovedVolume:
     audit : dict
         Memorization audit (``{}`` if not audited).
     curation : dict
-        ``decision``, ``curator``, ``reason``, ``decided_at`` (ISO 8601).
+        ``decision``, ``curator``, ``reason``, ``decided_at`` (ISO 8601), ``override``
+        (approved although it fails the rules) and ``failures`` (the rules it failed).
     mask_path : Path, optional
         Corrected label mask (NIfTI) on the volume's grid.
     mask_labels : dict
@@ -348,7 +369,8 @@ class ApprovedVolume:
     mask_labels: dict[int, tuple[str, tuple[int, int, int]]] = field(default_factory=dict)
 
 
-def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = None,
+def approved_volumes(db: str | Path | RatingStore, *, key: str | Path | None = None,
+                     study_id: str | None = None,
                      masks: Sequence[str | Path] = ()) -> list[ApprovedVolume]:  # fmt: skip
     """The volumes whose latest decision is "approved", as the export takes them.
 
@@ -359,7 +381,7 @@ def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = Non
     """
     from napari_mrisynth.turing.design import find_mask
 
-    with opened(db) as store:
+    with opened(db, key) as store:
         study_id = study_id or store.only_study()
         out = []
         for c in candidates(store, study_id=study_id, rules=CurationRules()):
@@ -374,7 +396,8 @@ def approved_volumes(db: str | Path | RatingStore, *, study_id: str | None = Non
                 k: c.scores.get(k)
                 for k in ("n_judgments", "fooled_rate", "mean_realism", "mean_confidence")
             }
-            curation = {k: c.decision[k] for k in ("decision", "curator", "reason", "decided_at")}
+            curation = {k: c.decision[k] for k in ("decision", "curator", "reason", "decided_at",
+                                                   "override", "failures")}  # fmt: skip
             mask = Path(c.mask) if c.mask else find_mask(c.source, masks)
             out.append(
                 ApprovedVolume(

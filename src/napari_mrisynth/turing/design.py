@@ -191,6 +191,7 @@ def rater_order(items: Sequence[tuple[str, Sequence[str], Sequence[bool]]], mode
 def create_study(
     db: str | Path,
     *,
+    key: str | Path,
     real: str | Path | Sequence[StudyVolume],
     synthetic: str | Path | Sequence[StudyVolume],
     raters: Sequence[str],
@@ -204,10 +205,15 @@ def create_study(
     device: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Freeze a study into the ratings database ``db`` (created when missing).
+    """Freeze a study into the ratings database ``db`` (created when missing) and its answer
+    key into ``key``.
 
     Parameters
     ----------
+    key : path or URL
+        Where the answer key goes (:mod:`.key`): a SQLite file of its own for a SQLite
+        study (created when missing; keep it from the raters), or a database URL whose
+        ``key_*`` tables the raters' role is not granted.
     real, synthetic : folder or list of StudyVolume
         See :func:`find_real` and :func:`find_synthetic`.
     raters : sequence of str
@@ -229,7 +235,8 @@ def create_study(
     Returns
     -------
     dict
-        The study row (see :meth:`RatingStore.study`).
+        The study row (see :meth:`RatingStore.study`) and ``secrets``: rater id -> the
+        rater's sign-in secret. Shown once: the database keeps only salted hashes.
     """
     from napari_mrisynth.evaluation.presentation import native_resolution
     from napari_mrisynth.io.files import load_volume
@@ -245,7 +252,9 @@ def create_study(
         raise StudyError(f"raters {list(raters)}: give at least one, each once")
     real_set = find_real(real) if isinstance(real, (str, Path)) else list(real)
     synth_set = find_synthetic(synthetic) if isinstance(synthetic, (str, Path)) else list(synthetic)
-    store = RatingStore(db, create=True)
+    from napari_mrisynth.turing.accounts import new_secret
+
+    store = RatingStore(db, create=True, key=key)
     try:
         if study_id in store.study_ids():
             raise StudyError(f"{store}: a study {study_id!r} already exists; it is frozen")
@@ -280,43 +289,56 @@ def create_study(
             (f"I{k + 1:03d}", [ids[i] for i in item], [pool[i].kind == "synthetic" for i in item])
             for k, item in enumerate(chosen)
         ]
-        design = {
+        offered = {
             "real": str(real) if isinstance(real, (str, Path)) else "given",
             "synthetic": str(synthetic) if isinstance(synthetic, (str, Path)) else "given",
             "n_real_offered": len(real_set), "n_synthetic_offered": len(synth_set),
-            "raters": rater_ids, "items": len(items),
         }  # fmt: skip
-        with store.transaction() as conn:
-            conn.execute(schema.studies.insert(), {
-                "study_id": study_id, "created_at": now(), "mode": mode, "seed": int(seed),
-                "trials_per_rater": trials, "grid": json.dumps(grid.describe()),
-                "cache": str(Path(cache).resolve()), "design": json.dumps(design),
-            })  # fmt: skip
-            conn.execute(schema.volumes.insert(), [
-                {"study_id": study_id, "volume_id": ids[i], "kind": pool[i].kind,
-                 "source": str(pool[i].source), "source_sha256": digests[i],
-                 "prepared_sha256": prepared[ids[i]],
-                 "condition": json.dumps(pool[i].condition, sort_keys=True),
-                 "provenance": json.dumps(pool[i].provenance, sort_keys=True),
-                 "mask": str(pool[i].mask) if pool[i].mask else None}
-                for i in used
-            ])  # fmt: skip
-            conn.execute(schema.items.insert(), [
-                {"study_id": study_id, "item_id": item_id, "volumes": json.dumps(vols)}
-                for item_id, vols, _ in items
-            ])  # fmt: skip
-            for rater_id in rater_ids:
-                _insert_rater(conn, study_id, rater_id, items, mode, seed)
-        return store.study(study_id)
+        design = {"raters": rater_ids, "items": len(items), "volumes": len(used)}
+        # The key first: a study without its key could never be reported.
+        store.key.add_study(study_id, {**offered, **design}, [
+            {"volume_id": ids[i], "kind": pool[i].kind, "source": str(pool[i].source),
+             "source_sha256": digests[i], "prepared_sha256": prepared[ids[i]],
+             "condition": pool[i].condition, "provenance": pool[i].provenance,
+             "mask": str(pool[i].mask) if pool[i].mask else None}
+            for i in used
+        ])  # fmt: skip
+        secrets = {rater_id: new_secret() for rater_id in rater_ids}
+        try:
+            with store.transaction() as conn:
+                conn.execute(schema.studies.insert(), {
+                    "study_id": study_id, "created_at": now(), "mode": mode, "seed": int(seed),
+                    "trials_per_rater": trials, "grid": json.dumps(grid.describe()),
+                    "cache": str(Path(cache).resolve()), "design": json.dumps(design),
+                })  # fmt: skip
+                conn.execute(schema.volumes.insert(), [
+                    {"study_id": study_id, "volume_id": ids[i],
+                     "prepared_sha256": prepared[ids[i]]}
+                    for i in used
+                ])  # fmt: skip
+                # Each item lists its volumes in id order: never real first.
+                conn.execute(schema.items.insert(), [
+                    {"study_id": study_id, "item_id": item_id, "volumes": json.dumps(sorted(vols))}
+                    for item_id, vols, _ in items
+                ])  # fmt: skip
+                for rater_id in rater_ids:
+                    _insert_rater(conn, study_id, rater_id, items, mode, seed, secrets[rater_id])
+        except BaseException:
+            store.key.remove_study(study_id)
+            raise
+        return {**store.study(study_id), "secrets": secrets}
     finally:
         store.close()
 
 
 def _insert_rater(conn: Any, study_id: str, rater_id: str,
                   items: Sequence[tuple[str, Sequence[str], Sequence[bool]]], mode: str,
-                  seed: int) -> None:  # fmt: skip
+                  seed: int, secret: str) -> None:  # fmt: skip
+    from napari_mrisynth.turing.accounts import hash_secret
+
     conn.execute(schema.raters.insert(),
-                 {"study_id": study_id, "rater_id": rater_id, "added_at": now()})  # fmt: skip
+                 {"study_id": study_id, "rater_id": rater_id, "added_at": now(),
+                  "secret_hash": hash_secret(secret)})  # fmt: skip
     conn.execute(schema.trials.insert(), [
         {"study_id": study_id, "rater_id": rater_id, "position": position,
          "item_id": item_id, "shown": json.dumps(shown)}
@@ -325,7 +347,8 @@ def _insert_rater(conn: Any, study_id: str, rater_id: str,
 
 
 def study_items(store: RatingStore, study_id: str) -> list[tuple[str, list[str], list[bool]]]:
-    """``(item id, volume ids, synthetic per volume)`` for every item of a study."""
+    """``(item id, volume ids, synthetic per volume)`` for every item of a study (the store
+    must hold the key)."""
     import sqlalchemy as sa
 
     kinds = {v: r["kind"] == "synthetic" for v, r in store.volumes(study_id).items()}
@@ -341,14 +364,37 @@ def study_items(store: RatingStore, study_id: str) -> list[tuple[str, list[str],
     return out
 
 
-def add_rater(db: str | Path, rater_id: str, *, study_id: str | None = None) -> None:
-    """Give a new rater the study's items in their own seeded order."""
+def add_rater(db: str | Path, rater_id: str, *, key: str | Path,
+              study_id: str | None = None) -> str:  # fmt: skip
+    """Give a new rater the study's items in their own seeded order, and a secret.
+
+    The key is needed: a pair study shows each rater the real volume on the left in exactly
+    half of their trials. Returns the rater's secret (shown once; only its hash is kept).
+    """
+    from napari_mrisynth.turing.accounts import new_secret
+
     check_id(rater_id, "rater id")
-    with RatingStore(db) as store:
+    with RatingStore(db, key=key) as store:
         study_id = study_id or store.only_study()
         study = store.study(study_id)
         if rater_id in store.rater_ids(study_id):
             raise StudyError(f"study {study_id!r}: rater {rater_id!r} already exists")
         items = study_items(store, study_id)
+        secret = new_secret()
         with store.transaction() as conn:
-            _insert_rater(conn, study_id, rater_id, items, study["mode"], study["seed"])
+            _insert_rater(conn, study_id, rater_id, items, study["mode"], study["seed"], secret)
+        return secret
+
+
+def reissue_secret(db: str | Path, rater_id: str, *, key: str | Path,
+                   study_id: str | None = None) -> str:  # fmt: skip
+    """A new secret for a rater who lost theirs (the old one stops working). Needs the key:
+    whoever holds it organises the study. Returns the secret (shown once)."""
+    from napari_mrisynth.turing.accounts import new_secret
+
+    with RatingStore(db, key=key) as store:
+        study_id = study_id or store.only_study()
+        store.answer_key(study_id)  # the organiser's proof
+        secret = new_secret()
+        store.set_secret(study_id, rater_id, secret)
+        return secret

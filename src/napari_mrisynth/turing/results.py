@@ -44,11 +44,12 @@ CSV_COLUMNS = (
 )
 
 
-def rated_trials(db: str | Path | RatingStore, study_id: str | None = None) -> list[Any]:
-    """Every rating of a study as a ``RatedTrial`` (truth from the store's volume table)."""
+def rated_trials(db: str | Path | RatingStore, study_id: str | None = None, *,
+                 key: str | Path | None = None) -> list[Any]:  # fmt: skip
+    """Every rating of a study as a ``RatedTrial`` (truth from the study's key)."""
     from napari_mrisynth.turing.statistics import RatedTrial
 
-    with opened(db) as store:
+    with opened(db, key) as store:
         study_id = study_id or store.only_study()
         mode = store.study(study_id)["mode"]
         return [
@@ -72,17 +73,19 @@ def study_report(
     db: str | Path | RatingStore,
     out: str | Path,
     *,
+    key: str | Path | None = None,
     study_id: str | None = None,
     title: str | None = None,
 ) -> dict[str, Any]:
     """Statistics of a study, written as Markdown, HTML, JSON and PNGs into ``out``.
 
-    Returns the statistics and the paths written (``{"statistics": ..., "files": ...}``).
+    ``key`` is the study's answer key (unless ``db`` is a store opened with it). Returns
+    the statistics and the paths written (``{"statistics": ..., "files": ...}``).
     """
     from napari_mrisynth.turing.statistics import study_statistics
     from napari_mrisynth.turing.study_report import write_study_report
 
-    with opened(db) as store:
+    with opened(db, key) as store:
         study_id = study_id or store.only_study()
         study = store.study(study_id)
         trials = rated_trials(store, study_id)
@@ -105,13 +108,18 @@ def study_report(
 
 
 def ratings_csv(
-    db: str | Path | RatingStore, out: str | Path, *, study_id: str | None = None
+    db: str | Path | RatingStore,
+    out: str | Path,
+    *,
+    key: str | Path | None = None,
+    study_id: str | None = None,
 ) -> Path:
-    """Every rating of a study, one row per trial, with the truth (for analysts, not raters).
+    """Every rating of a study, one row per trial, with the truth from ``key`` (for
+    analysts, not raters).
 
     Written to a temporary file and moved into place.
     """
-    with opened(db) as store:
+    with opened(db, key) as store:
         study_id = study_id or store.only_study()
         mode = store.study(study_id)["mode"]
         buffer = io.StringIO()

@@ -1,20 +1,36 @@
-"""The ratings store's schema: a study's frozen design, its raters and every rating.
+"""The schemas of a study: what raters reach (``metadata``) and its sealed key (``key_metadata``).
 
-One table per fact: ``studies`` (mode, seed, grid, cache), ``volumes`` (neutral id, the
-answer ``kind``, sources and checksums), ``items`` and ``trials`` (the frozen design, per
-rater and position), ``raters``, ``ratings`` (insert-only), ``drafts`` (the only rows that
-change), ``audits`` and ``decisions`` (curation). :mod:`.store` reads and writes them.
+What a rater's file (SQLite) or database role (a server) holds, one table per fact:
+``studies`` (mode, seed, grid, cache and counts), ``volumes`` (neutral id and the prepared
+file's checksum, nothing else), ``items`` and ``trials`` (the frozen design, per rater and
+position), ``raters`` (with a salted hash of each rater's secret), ``sign_ins`` (every
+attempt, refused ones too), ``ratings`` (insert-only) and ``drafts`` (the only rows that
+change). Nothing in them says which volume is real.
+
+The answer key lives apart: a separate SQLite file, or ``key_*`` tables that a server's
+rater role is not granted (:func:`napari_mrisynth.turing.key.grant_rater_role`):
+``key_studies`` (where the volumes came from), ``key_volumes`` (each volume's ``kind``,
+source, checksums, condition, provenance, mask), ``key_audits`` and ``key_decisions``
+(curation). :mod:`.store` and :mod:`.key` read and write them.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-#: Bump with a migration in ``MIGRATIONS`` whenever a table changes.
-SCHEMA_VERSION = 1
+#: Bump with a migration in ``MIGRATIONS`` whenever a table changes. Version 1 held the
+#: answer key in the raters' file; :func:`napari_mrisynth.turing.key.seal` moves it out.
+SCHEMA_VERSION = 2
 
-#: version -> statements that bring a database from ``version - 1`` to ``version``.
+#: The last version that held the answer key beside the ratings.
+UNSEALED_VERSION = 1
+
+#: version -> statements that bring a database from ``version - 1`` to ``version`` (from
+#: version 2 on; 1 -> 2 needs a place for the key and is :func:`~.key.seal`).
 MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+#: The key's own schema version (``key_meta.schema_version``).
+KEY_SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
 
@@ -33,20 +49,14 @@ studies = sa.Table(
     sa.Column("trials_per_rater", sa.Integer, nullable=False),
     sa.Column("grid", sa.Text, nullable=False),  # JSON: spacing, shape, preparation
     sa.Column("cache", sa.Text, nullable=False),  # folder of prepared volumes
-    sa.Column("design", sa.Text, nullable=False),  # JSON: how it was made (sources, counts)
+    sa.Column("design", sa.Text, nullable=False),  # JSON: counts and raters, no source
 )  # fmt: skip
 
 volumes = sa.Table(
     "volumes", metadata,
     sa.Column("study_id", sa.String(64), sa.ForeignKey("studies.study_id"), primary_key=True),
     sa.Column("volume_id", sa.String(16), primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # "real" or "synthetic": the answer
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("source_sha256", sa.String(64), nullable=False),
     sa.Column("prepared_sha256", sa.String(64), nullable=False),
-    sa.Column("condition", sa.Text, nullable=False),  # JSON
-    sa.Column("provenance", sa.Text, nullable=False),  # JSON: the generator's sidecar, or {}
-    sa.Column("mask", sa.Text),  # a corrected mask on the volume's grid, when there is one
 )  # fmt: skip
 
 items = sa.Table(
@@ -65,6 +75,16 @@ raters = sa.Table(
     sa.Column("years", sa.Float),
     sa.Column("added_at", sa.String(32), nullable=False),
     sa.Column("signed_in_at", sa.String(32)),
+    sa.Column("secret_hash", sa.Text),  # "scrypt$n$r$p$salt$hash" (see .accounts)
+)  # fmt: skip
+
+sign_ins = sa.Table(
+    "sign_ins", metadata,
+    sa.Column("attempt_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_id", sa.String(64), nullable=False),
+    sa.Column("rater_id", sa.String(64), nullable=False),  # as typed, known or not
+    sa.Column("accepted", sa.Boolean, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
 )  # fmt: skip
 
 trials = sa.Table(
@@ -107,8 +127,36 @@ drafts = sa.Table(
     sa.Column("updated_at", sa.String(32), nullable=False),
 )  # fmt: skip
 
+# -- the answer key ---------------------------------------------------------------------------
+key_metadata = sa.MetaData()
+
+key_meta = sa.Table(
+    "key_meta", key_metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)  # fmt: skip
+
+key_studies = sa.Table(
+    "key_studies", key_metadata,
+    sa.Column("study_id", sa.String(64), primary_key=True),
+    sa.Column("design", sa.Text, nullable=False),  # JSON: the folders offered and counts
+)  # fmt: skip
+
+key_volumes = sa.Table(
+    "key_volumes", key_metadata,
+    sa.Column("study_id", sa.String(64), primary_key=True),
+    sa.Column("volume_id", sa.String(16), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "real" or "synthetic": the answer
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("source_sha256", sa.String(64), nullable=False),
+    sa.Column("prepared_sha256", sa.String(64), nullable=False),  # binds the key to its study
+    sa.Column("condition", sa.Text, nullable=False),  # JSON
+    sa.Column("provenance", sa.Text, nullable=False),  # JSON: the generator's sidecar, or {}
+    sa.Column("mask", sa.Text),  # a corrected mask on the volume's grid, when there is one
+)  # fmt: skip
+
 audits = sa.Table(
-    "audits", metadata,
+    "key_audits", key_metadata,
     sa.Column("study_id", sa.String(64), primary_key=True),
     sa.Column("volume_id", sa.String(16), primary_key=True),
     sa.Column("nearest", sa.Text, nullable=False),
@@ -120,7 +168,7 @@ audits = sa.Table(
 )  # fmt: skip
 
 decisions = sa.Table(
-    "decisions", metadata,
+    "key_decisions", key_metadata,
     sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("study_id", sa.String(64), nullable=False),
     sa.Column("volume_id", sa.String(16), nullable=False),
@@ -128,4 +176,7 @@ decisions = sa.Table(
     sa.Column("curator", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("decided_at", sa.String(32), nullable=False),
+    # an approval against the study's rules: the rules it failed, as the curator saw them
+    sa.Column("override", sa.Boolean, nullable=False, default=False),
+    sa.Column("failures", sa.Text, nullable=False, default="[]"),  # JSON list of str
 )  # fmt: skip

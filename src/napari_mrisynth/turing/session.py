@@ -75,20 +75,28 @@ class RaterSession:
     ----------
     db : path, URL or RatingStore
     rater_id : str
+    secret : str
+        The rater's secret (issued when they were added to the study): a wrong one is
+        refused and the attempt recorded.
     study_id : str, optional
         Needed only when the database holds more than one study.
     prefetch : bool
         Read the next trial's voxels in a background thread.
     """
 
-    def __init__(self, db: str | Path | RatingStore, rater_id: str, *,
+    def __init__(self, db: str | Path | RatingStore, rater_id: str, *, secret: str,
                  study_id: str | None = None, prefetch: bool = True):  # fmt: skip
         self.store = db if isinstance(db, RatingStore) else RatingStore(db)
-        self.study_id = study_id or self.store.only_study()
-        study = self.store.study(self.study_id)
+        try:
+            self.study_id = study_id or self.store.only_study()
+            study = self.store.study(self.study_id)
+            self.store.authenticate(self.study_id, rater_id, secret)
+        except BaseException:
+            if not isinstance(db, RatingStore):
+                self.store.close()
+            raise
         self.mode: str = study["mode"]
         self.rater_id = rater_id
-        self.store.rater(self.study_id, rater_id)  # a clear error for an unknown rater
         self.total = self.store.trial_count(self.study_id, rater_id)
         self._cache = Path(study["cache"])
         spacing = float(study["grid"]["spacing"])

@@ -1,5 +1,10 @@
 """The ratings store: a study's frozen design and every rating, in one database.
 
+What it holds is what raters may reach: nothing in it says which volume is real. The answer
+key (kinds, sources, provenance, curation) is a separate database, :class:`~.key.KeyStore`,
+that reports, curation and export open explicitly (``key=``); a store opened without it
+refuses every question whose answer needs the truth.
+
 SQLite in WAL mode by default (a file path), or any database SQLAlchemy reaches (a URL such
 as ``postgresql+psycopg://host/db``) when several sites rate. Every write is one short
 transaction committed before the call returns, so a rating survives a crash of the rater's
@@ -29,13 +34,13 @@ from napari_mrisynth.errors import MrisynthError
 from napari_mrisynth.turing.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    audits,
-    decisions,
+    UNSEALED_VERSION,
     drafts,
     meta_table,
     metadata,
     raters,
     ratings,
+    sign_ins,
     studies,
     trials,
     volumes,
@@ -105,6 +110,33 @@ def database_url(db: str | Path) -> str:
     return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
+def connect(db: str | Path, *, create: bool, what: str) -> tuple[str, Path | None, sa.Engine]:
+    """``(URL, SQLite path or None, engine)`` for a study database or key.
+
+    A SQLite file must exist unless ``create`` (a mistyped path must not silently start a
+    new, empty one); it gets WAL mode, full fsync and foreign keys. A server connection is
+    pinged before each use: a server may drop a pooled connection while a rater looks at a
+    trial (restart, idle timeout, network).
+    """
+    url = database_url(db)
+    path: Path | None = None
+    connect_args: dict[str, Any] = {}
+    options: dict[str, Any] = {} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not create and not path.is_file():
+            raise StudyError(f"{path}: no such {what}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"timeout": BUSY_TIMEOUT_S}
+    try:
+        engine = sa.create_engine(url, connect_args=connect_args, **options)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise StudyError(f"{db}: not a database URL SQLAlchemy can use ({exc})") from exc
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return url, path, engine
+
+
 @dataclass(frozen=True)
 class RaterInfo:
     """Who rates, as they signed in."""
@@ -126,27 +158,13 @@ class RatingStore:
     create : bool
         Create the schema when the database is empty; otherwise an empty database is an
         error (a mistyped path must not silently start a new study).
+    key : path, URL or KeyStore, optional
+        The study's answer key (:class:`~.key.KeyStore`): needed for reports, curation,
+        export and adding raters, never by a rater.
     """
 
-    def __init__(self, db: str | Path, *, create: bool = False):
-        self.url = database_url(db)
-        self.path: Path | None = None
-        connect_args: dict[str, Any] = {}
-        # A server may drop a pooled connection while a rater looks at a trial (restart,
-        # idle timeout, network): test each one before use rather than fail the next write.
-        options: dict[str, Any] = {} if self.url.startswith("sqlite:") else {"pool_pre_ping": True}
-        if self.url.startswith("sqlite:///"):
-            self.path = Path(self.url[len("sqlite:///") :])
-            if not create and not self.path.is_file():
-                raise StudyError(f"{self.path}: no such ratings database")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connect_args = {"timeout": BUSY_TIMEOUT_S}
-        try:
-            self.engine = sa.create_engine(self.url, connect_args=connect_args, **options)
-        except (sa.exc.ArgumentError, ImportError) as exc:
-            raise StudyError(f"{db}: not a database URL SQLAlchemy can use ({exc})") from exc
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+    def __init__(self, db: str | Path, *, create: bool = False, key: Any = None):
+        self.url, self.path, self.engine = connect(db, create=create, what="ratings database")
         self._sql: dict[Any, tuple[str, tuple[str, ...] | None]] = {}
         self._writer_lock = threading.Lock()
         self._writer: Any = None
@@ -154,9 +172,18 @@ class RatingStore:
             sa.exc.IntegrityError,
             self.engine.dialect.loaded_dbapi.IntegrityError,
         )
+        self.key: Any = None
+        self._checked_keys: set[str] = set()
         self._open(create)
         if self.engine.dialect.name == "sqlite":
             self._writer = self.engine.raw_connection()
+        if key is not None:
+            from napari_mrisynth.turing.key import KeyStore
+
+            if isinstance(key, KeyStore):
+                self.key = key
+            else:
+                self.key = KeyStore(key, create=create, beside=self)
 
     def __repr__(self) -> str:
         return f"RatingStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -167,6 +194,8 @@ class RatingStore:
                 self._writer.close()
                 self._writer = None
         self.engine.dispose()
+        if self.key is not None:
+            self.key.close()
 
     def __enter__(self) -> RatingStore:
         return self
@@ -198,6 +227,12 @@ class RatingStore:
                     sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
                 ).first()
                 version = int(row[0]) if row else 0
+                if version <= UNSEALED_VERSION:
+                    raise StudyError(
+                        f"{where}: this study file still holds its answer key (schema "
+                        f"{version}); seal it before anyone rates from it: mrisynth study "
+                        f"seal --db {where} --key <new key file>"
+                    )
                 if version > SCHEMA_VERSION:
                     raise StudyError(
                         f"{where}: schema version {version} is newer than this software's "
@@ -301,19 +336,36 @@ class RatingStore:
             )
         return ids[0]
 
+    def answer_key(self, study_id: str) -> Any:
+        """The study's key (:class:`~.key.KeyStore`), checked once to be this study's: every
+        volume id with the same prepared checksum. :class:`StudyError` without one."""
+        if self.key is None:
+            raise StudyError(
+                f"{self}: the answer key is sealed away from the ratings; pass the study's "
+                "key file (--key) to see which volume is real"
+            )
+        if study_id not in self._checked_keys:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(volumes.c.volume_id, volumes.c.prepared_sha256)
+                    .where(volumes.c.study_id == study_id)
+                ).all()  # fmt: skip
+            self.key.check_binding(study_id, dict(rows), where=str(self))
+            self._checked_keys.add(study_id)
+        return self.key
+
     def volumes(self, study_id: str) -> dict[str, dict[str, Any]]:
-        """volume id -> row (with the answer, ``kind``): for reports and curation only."""
+        """volume id -> its key row (with the answer, ``kind``): needs the key."""
+        return self.answer_key(study_id).volumes(study_id)
+
+    def volume_ids(self, study_id: str) -> list[str]:
+        """The study's neutral volume ids (what a rater's file holds)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(volumes).where(volumes.c.study_id == study_id).order_by("volume_id")
-            ).all()
-        out = {}
-        for row in rows:
-            entry = dict(row._mapping)
-            entry["condition"] = json.loads(entry["condition"])
-            entry["provenance"] = json.loads(entry["provenance"])
-            out[entry["volume_id"]] = entry
-        return out
+                sa.select(volumes.c.volume_id).where(volumes.c.study_id == study_id)
+                .order_by("volume_id")
+            )  # fmt: skip
+            return [r[0] for r in rows]
 
     def prepared_digest(self, study_id: str, volume_id: str) -> str:
         """The SHA-256 of a prepared volume's file: what a rater's session checks it against
@@ -349,6 +401,55 @@ class RatingStore:
             raise StudyError(f"study {study_id!r}: no rater {rater_id!r} (raters: {known})")
         m = row._mapping
         return RaterInfo(m["rater_id"], m["name"], m["role"], m["years"], m["signed_in_at"])
+
+    def set_secret(self, study_id: str, rater_id: str, secret: str) -> None:
+        """Store the salted hash of a rater's new secret (the secret itself never)."""
+        from napari_mrisynth.turing.accounts import hash_secret
+
+        self.rater(study_id, rater_id)
+        with self.transaction() as conn:
+            conn.execute(
+                raters.update().where(
+                    (raters.c.study_id == study_id) & (raters.c.rater_id == rater_id)
+                ),
+                {"secret_hash": hash_secret(secret)},
+            )
+
+    def authenticate(self, study_id: str, rater_id: str, secret: str) -> RaterInfo:
+        """The rater, when ``secret`` is theirs; :class:`StudyError` otherwise. Every
+        attempt, refused or accepted, is recorded in ``sign_ins``.
+
+        An unknown rater id and a wrong secret get the same answer, so that the message
+        does not tell a guesser which rater ids exist.
+        """
+        from napari_mrisynth.turing.accounts import verify_secret
+
+        with self.engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(raters.c.secret_hash).where(
+                    (raters.c.study_id == study_id) & (raters.c.rater_id == rater_id)
+                )
+            ).first()
+        accepted = stored is not None and verify_secret(secret or "", stored[0])
+        with self.transaction() as conn:
+            conn.execute(sign_ins.insert(), {"study_id": study_id, "rater_id": str(rater_id),
+                                             "accepted": accepted, "at": now()})  # fmt: skip
+        if not accepted:
+            raise StudyError(
+                f"study {study_id!r}: rater id {rater_id!r} and this secret do not match; "
+                "sign-in refused (the attempt is recorded). Ask the study organiser for "
+                "your secret"
+            )
+        return self.rater(study_id, rater_id)
+
+    def sign_in_attempts(self, study_id: str) -> list[dict[str, Any]]:
+        """Every sign-in attempt (rater id as typed, accepted or not, when), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(sign_ins).where(sign_ins.c.study_id == study_id)
+                .order_by(sign_ins.c.attempt_id)
+            ).all()  # fmt: skip
+        return [dict(row._mapping) for row in rows]
 
     def sign_in(self, study_id: str, rater_id: str, *, name: str, role: str,
                 years: float) -> RaterInfo:  # fmt: skip
@@ -467,7 +568,8 @@ class RatingStore:
         return draft
 
     def ratings(self, study_id: str) -> list[dict[str, Any]]:
-        """Every rating with its trial, the rater and the truth, in submission order."""
+        """Every rating with its trial, the rater and the truth (needs the key), in
+        submission order."""
         query = (
             sa.select(ratings, trials.c.shown, raters.c.name, raters.c.role, raters.c.years)
             .join(trials, (trials.c.study_id == ratings.c.study_id)
@@ -478,7 +580,7 @@ class RatingStore:
             .where(ratings.c.study_id == study_id)
             .order_by(ratings.c.submitted_at, ratings.c.rater_id, ratings.c.position)
         )  # fmt: skip
-        kinds = {v: row["kind"] for v, row in self.volumes(study_id).items()}
+        kinds = self.answer_key(study_id).kinds(study_id)
         out = []
         with self.engine.connect() as conn:
             for row in conn.execute(query):
@@ -489,70 +591,38 @@ class RatingStore:
                 out.append(entry)
         return out
 
-    # -- curation ---------------------------------------------------------------------------
+    # -- curation (in the key) -------------------------------------------------------------
     def add_audit(self, study_id: str, rows: Sequence[dict[str, Any]], train: str) -> None:
-        """Store memorization-audit results (one row per synthetic volume), replacing any
-        earlier audit of the same volumes."""
-        stamp = now()
-        with self.transaction() as conn:
-            for row in rows:
-                conn.execute(
-                    audits.delete().where(
-                        (audits.c.study_id == study_id) & (audits.c.volume_id == row["volume_id"])
-                    )
-                )
-                conn.execute(
-                    audits.insert(),
-                    {"study_id": study_id, "volume_id": row["volume_id"],
-                     "nearest": str(row["nearest"]), "similarity": float(row["similarity"]),
-                     "threshold": float(row["threshold"]), "flagged": bool(row["flagged"]),
-                     "train": train, "audited_at": stamp},
-                )  # fmt: skip
+        """Store memorization-audit results in the key (see :meth:`.key.KeyStore.add_audit`)."""
+        self.answer_key(study_id).add_audit(study_id, rows, train)
 
     def audits(self, study_id: str) -> dict[str, dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(audits).where(audits.c.study_id == study_id)).all()
-        return {row.volume_id: dict(row._mapping) for row in rows}
+        return self.answer_key(study_id).audits(study_id)
 
     def add_decision(self, study_id: str, volume_id: str, decision: str, *, curator: str,
-                     reason: str) -> dict[str, Any]:  # fmt: skip
-        """Append a curator's decision; the latest decision per volume counts."""
-        if decision not in ("approved", "rejected"):
-            raise StudyError(f"decision {decision!r}: use 'approved' or 'rejected'")
-        if not curator.strip():
-            raise StudyError("a decision needs the curator's name")
-        if decision == "rejected" and not reason.strip():
-            raise StudyError(f"{volume_id}: a rejection needs a reason")
-        kinds = {v: r["kind"] for v, r in self.volumes(study_id).items()}
-        if kinds.get(volume_id) != "synthetic":
-            raise StudyError(f"study {study_id!r}: {volume_id!r} is not a synthetic volume")
-        row = {"study_id": study_id, "volume_id": volume_id, "decision": decision,
-               "curator": curator.strip(), "reason": reason.strip(),
-               "decided_at": now()}  # fmt: skip
-        with self.transaction() as conn:
-            conn.execute(decisions.insert(), row)
-        return row
+                     reason: str, failures: Sequence[str] = (),
+                     override: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Append a curator's decision to the key (see :meth:`.key.KeyStore.add_decision`)."""
+        return self.answer_key(study_id).add_decision(
+            study_id, volume_id, decision, curator=curator, reason=reason, failures=failures,
+            override=override,
+        )  # fmt: skip
 
     def decisions(self, study_id: str) -> dict[str, dict[str, Any]]:
         """volume id -> its latest decision."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(decisions).where(decisions.c.study_id == study_id)
-                .order_by(decisions.c.decision_id)
-            ).all()  # fmt: skip
-        latest = {}
-        for row in rows:
-            latest[row.volume_id] = dict(row._mapping)
-        return latest
+        return self.answer_key(study_id).decisions(study_id)
 
 
 @contextmanager
-def opened(db: str | Path | RatingStore) -> Iterator[RatingStore]:
-    """``db`` itself when it is a store, else a store opened for the block and closed after."""
+def opened(db: str | Path | RatingStore, key: Any = None) -> Iterator[RatingStore]:
+    """``db`` itself when it is a store, else a store (with ``key``, the study's answer key,
+    when given) opened for the block and closed after."""
     if isinstance(db, RatingStore):
+        if key is not None and db.key is None:
+            raise StudyError(f"{db}: opened without its key; open it with key={key!r}")
         yield db
         return
-    store = RatingStore(db)
+    store = RatingStore(db, key=key)
     try:
         yield store
     finally:
