@@ -25,6 +25,9 @@ apt_packages=(
 # PostgreSQL's server (initdb, pg_ctl in /usr/lib/postgresql/<ver>/bin): the ratings-store
 # tests start a throwaway cluster to rate a study on a real server database.
 [[ "$extras" == *test* ]] && apt_packages+=(postgresql)
+# Orthanc and its DICOMweb plugin: the PACS tests start one on loopback ports and query,
+# retrieve and send over DIMSE and DICOMweb.
+[[ "$extras" == *test* ]] && apt_packages+=(orthanc orthanc-dicomweb)
 # node and npm run the official BIDS validator, which checks the BIDS export in the tests.
 if [[ "$extras" == *test* ]] && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
   apt_packages+=(nodejs npm)

@@ -19,6 +19,7 @@ from napari_mrisynth.errors import MrisynthError
 #: Modules that contribute subcommands, in the order they appear in ``--help``.
 COMMAND_MODULES = (
     "napari_mrisynth.cli.series",  # series, convert
+    "napari_mrisynth.cli.pacs",  # pacs echo|find|get|send|nodes|cache
     "napari_mrisynth.cli.cohort",  # cohort
     "napari_mrisynth.cli.demo",  # demo
     "napari_mrisynth.cli.models",  # models list|show|search|verify
