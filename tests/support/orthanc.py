@@ -30,7 +30,8 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc server in ``base``."""
 
-    def __init__(self, base: Path, modalities: dict[str, tuple[str, int]] | None = None):
+    def __init__(self, base: Path, modalities: dict[str, tuple[str, int]] | None = None,
+                 tls: dict[str, Path] | None = None):  # fmt: skip
         binary = shutil.which("Orthanc")
         if binary is None or not PLUGIN.is_file():
             pytest.skip(
@@ -73,6 +74,15 @@ class Orthanc:
             "Plugins": [str(PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
+        self.tls = tls
+        self.https: TlsProxy | None = None
+        if tls:  # DICOM TLS, our certificate required
+            config.update({
+                "DicomTlsEnabled": True, "DicomTlsCertificate": str(tls["cert"]),
+                "DicomTlsPrivateKey": str(tls["key"]),
+                "DicomTlsTrustedCertificates": str(tls["ca"]),
+                "DicomTlsRemoteCertificateRequired": True,
+            })  # fmt: skip
         base.mkdir(parents=True, exist_ok=True)
         self.config = base / "orthanc.json"
         self.config.write_text(json.dumps(config, indent=2))
@@ -81,11 +91,14 @@ class Orthanc:
     # -- addresses -------------------------------------------------------------------------
     @property
     def dimse(self) -> str:
-        return f"dimse://{AET}@127.0.0.1:{self.dicom_port}"
+        scheme = "dimse+tls" if self.tls else "dimse"
+        return f"{scheme}://{AET}@127.0.0.1:{self.dicom_port}"
 
     @property
     def dicomweb(self) -> str:
-        return f"dicomweb:http://127.0.0.1:{self.http_port}/dicom-web"
+        if self.https is not None:
+            return f"dicomweb:https://127.0.0.1:{self.https.port}/dicom-web"
+        return f"dicomweb:{self.rest}/dicom-web"
 
     @property
     def rest(self) -> str:
@@ -103,9 +116,13 @@ class Orthanc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Orthanc exited: {self.log.read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.rest}/system", auth=(USER, PASSWORD), timeout=2).ok:
+                answer = requests.get(f"{self.rest}/system", auth=(USER, PASSWORD), timeout=2)
+                if answer.ok:
                     with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=2):
-                        return self
+                        pass
+                    if self.tls and self.https is None:
+                        self.https = TlsProxy(self.tls, self.http_port)
+                    return self
             except (requests.RequestException, OSError):
                 pass
             time.sleep(0.2)
@@ -115,6 +132,9 @@ class Orthanc:
         )
 
     def stop(self, kill: bool = False) -> None:
+        if self.https is not None and not kill:
+            self.https.close()
+            self.https = None
         if self.proc is None or self.proc.poll() is not None:
             return
         if kill:
@@ -154,3 +174,132 @@ class Orthanc:
     def series_uids(self) -> set[str]:
         return {self.api("GET", f"/series/{s}")["MainDicomTags"]["SeriesInstanceUID"]
                 for s in self.api("GET", "/series")}  # fmt: skip
+
+
+class TlsProxy:
+    """HTTPS in front of Orthanc's HTTP port: Python's ``ssl`` with the test CA's server
+    certificate, bytes passed through both ways. (Orthanc 1.10's own HTTPS, as Debian builds
+    it, resets every connection once the request is sent, with curl as with requests.)"""
+
+    def __init__(self, tls: dict[str, Path], backend_port: int):
+        import ssl
+        import threading
+
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(tls["cert"], tls["key"])
+        self.backend = backend_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while self.open:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        import ssl
+        import threading
+
+        try:
+            secure = self.context.wrap_socket(client, server_side=True)
+        except (ssl.SSLError, OSError):
+            client.close()  # the client refused our certificate: its side reports it
+            return
+        backend = socket.create_connection(("127.0.0.1", self.backend))
+
+        def pump(source: socket.socket, target: socket.socket) -> None:
+            try:
+                while chunk := source.recv(65536):
+                    target.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                for end in (source, target):
+                    try:
+                        end.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pump, args=(backend, secure), daemon=True).start()
+        pump(secure, backend)
+
+    def close(self) -> None:
+        self.open = False
+        self.listener.close()
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files:
+    ``ca``, ``cert``/``key`` (server), ``pem`` (server certificate + key, for Orthanc's
+    HTTPS), ``client_cert``/``client_key``, and ``other_ca`` (a CA that signed nothing)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())  # fmt: skip
+
+    def ca(label: str):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(name(label)).issuer_name(name(label))
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(True, False, False, False, False, True, True,
+                                             False, False), critical=True)
+                .sign(key, hashes.SHA256()))  # fmt: skip
+        return key, cert
+
+    def leaf(label: str, issuer_key, issuer, usage, ip: bool):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(name(label))
+                   .issuer_name(issuer.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))  # fmt: skip
+        if ip:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return key, builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, ca_cert = ca("mrisynth test CA")
+    _, other = ca("a CA nobody uses")
+    server_key, server = leaf("127.0.0.1", ca_key, ca_cert, ExtendedKeyUsageOID.SERVER_AUTH, True)
+    client_key, client = leaf("MRISYNTH", ca_key, ca_cert, ExtendedKeyUsageOID.CLIENT_AUTH, False)
+    pem = serialization.Encoding.PEM
+    files = {
+        "ca": ca_cert.public_bytes(pem), "other_ca": other.public_bytes(pem),
+        "cert": server.public_bytes(pem), "key": key_pem(server_key),
+        "pem": server.public_bytes(pem) + key_pem(server_key),
+        "client_cert": client.public_bytes(pem), "client_key": key_pem(client_key),
+    }  # fmt: skip
+    out = {}
+    for label, data in files.items():
+        out[label] = folder / f"{label}.pem"
+        out[label].write_bytes(data)
+    return out

@@ -12,6 +12,10 @@ passwords and bearer tokens come from the environment (``MRISYNTH_PACS_<NAME>_US
 ``_``; then ``MRISYNTH_PACS_USERNAME`` … for any node) or from the OS keyring (service
 ``napari-mrisynth-pacs``, user ``<name>:username`` / ``:password`` / ``:token``) when the
 optional ``keyring`` package is installed. An address with a password in it is refused.
+
+TLS (``dimse+tls://``, ``dicomweb:https://``) verifies the node against the system's
+certificates, or against ``MRISYNTH_PACS_[<NAME>_]CA`` (a PEM bundle); a node that wants our
+certificate gets ``MRISYNTH_PACS_[<NAME>_]CERT`` and ``_KEY`` (PEM files).
 """
 
 from __future__ import annotations
@@ -65,28 +69,41 @@ class Node:
     def __str__(self) -> str:
         return f"{self.name} ({self.address})" if self.name else self.address
 
+    def _env(self, field: str) -> str | None:
+        """``MRISYNTH_PACS_<NAME>_<FIELD>``, else ``MRISYNTH_PACS_<FIELD>``."""
+        prefixes = ["MRISYNTH_PACS_"]
+        if self.name:
+            named = re.sub(r"[^A-Z0-9]", "_", self.name.upper())
+            prefixes.insert(0, f"MRISYNTH_PACS_{named}_")
+        for prefix in prefixes:
+            value = os.environ.get(prefix + field.upper())
+            if value:
+                return value
+        return None
+
     def credentials(self) -> dict[str, str]:
         """``username``/``password`` and/or ``token`` for this node, from the environment
         or the OS keyring (empty when none is set)."""
-        prefixes = ["MRISYNTH_PACS_"]
-        if self.name:
-            prefixes.insert(
-                0, "MRISYNTH_PACS_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper()) + "_"
-            )
         found = {}
         for field in ("username", "password", "token"):
-            value = next(
-                (
-                    os.environ[p + field.upper()]
-                    for p in prefixes
-                    if os.environ.get(p + field.upper())
-                ),
-                None,
-            )
-            if value is None:
-                value = _keyring(f"{self.name or self.address}:{field}")
+            value = self._env(field) or _keyring(f"{self.name or self.address}:{field}")
             if value:
                 found[field] = value
+        return found
+
+    def tls_files(self) -> dict[str, str]:
+        """``ca`` (PEM bundle to verify the node), ``cert`` and ``key`` (our certificate),
+        from the environment; each checked to exist."""
+        found = {}
+        for field in ("ca", "cert", "key"):
+            value = self._env(field)
+            if value:
+                path = Path(value).expanduser()
+                if not path.is_file():
+                    raise PacsError(f"{self}: TLS {field} file {value} does not exist")
+                found[field] = str(path)
+        if ("cert" in found) != ("key" in found):
+            raise PacsError(f"{self}: a TLS client certificate needs both _CERT and _KEY")
         return found
 
 

@@ -26,17 +26,32 @@ AS_STORED = (("application/dicom", "*"),)
 
 
 def session(node: Node) -> Any:
-    """A requests session carrying the node's credentials (bearer token, else basic)."""
+    """A requests session carrying the node's credentials (bearer token, else basic) and
+    TLS files. The node's CA wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, which
+    requests would otherwise put before a session's own ``verify``."""
     import requests
 
     if node.protocol != "dicomweb":
         raise PacsError(f"{node}: not a DICOMweb node")
-    http = requests.Session()
+
+    class Session(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            settings = super().merge_environment_settings(*args, **kwargs)
+            if isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+    http = Session()
     found = node.credentials()
     if "token" in found:
         http.headers["Authorization"] = f"Bearer {found['token']}"
     elif "username" in found:
         http.auth = (found["username"], found.get("password", ""))
+    files = node.tls_files()
+    if "ca" in files:
+        http.verify = files["ca"]
+    if "cert" in files:
+        http.cert = (files["cert"], files["key"])
     return http
 
 
@@ -63,7 +78,7 @@ def speaking(node: Node, what: str) -> Iterator[None]:
         }.get(code, exc.response.reason if exc.response is not None else "")
         raise PacsError(f"{node}: {what} refused: HTTP {code} {hint}".rstrip()) from exc
     except requests.exceptions.SSLError as exc:
-        raise PacsError(f"{node}: {what}: TLS failed ({exc.args[0] if exc.args else exc})") from exc
+        raise PacsError(f"{node}: {what}: TLS failed ({_root_cause(exc)})") from exc
     except requests.exceptions.Timeout as exc:
         raise PacsError(f"{node}: {what}: no answer in time") from exc
     except requests.exceptions.ConnectionError as exc:
