@@ -292,3 +292,33 @@ def test_credentials_from_the_os_keyring(server, tmp_path, monkeypatch):
     accepted = _mrisynth("pacs", "echo", "vault", env=env)
     assert accepted.returncode == 0, accepted.stderr
     assert orthanc_support.PASSWORD not in NodeBook().path.read_text()
+
+
+@pytest.mark.parametrize("protocol", ["dimse", "dicomweb"])
+def test_a_corrected_masks_dicom_seg_goes_to_the_pacs_and_comes_back(server, corpus, tmp_path,
+                                                                     protocol):  # fmt: skip
+    """The DICOM SEG a corrected mask is saved as (highdicom, referencing the axial series)
+    is sent, found beside its source series, retrieved and read back label for label."""
+    import numpy as np
+
+    from napari_mrisynth.io.dicom_seg import read_dicom_seg, write_dicom_seg
+
+    node = server.dimse if protocol == "dimse" else server.dicomweb
+    source = load_dicom(corpus["axial"].folder).compute()
+    labels = np.zeros(source.shape, dtype=np.uint8)
+    labels[2:5, 10:30, 12:28] = 1
+    labels[3:6, 30:40, 20:30] = 2
+    files = sorted(p for p in corpus["axial"].folder.iterdir() if p.is_file())
+    seg = write_dicom_seg(source.with_data(labels), files, tmp_path / f"mask-{protocol}.dcm",
+                          segments={1: ("left_lateral_ventricle", (120, 18, 134)),
+                                    2: ("right_insula_gm", (60, 220, 60))},
+                          manual=True, annotator="Dr Mask", uid_seed=protocol)  # fmt: skip
+    assert send(node, [seg]) == 1
+    seg_uid = str(pydicom.dcmread(seg, stop_before_pixels=True).SeriesInstanceUID)
+    study = {r.study_uid for r in find_series(node) if r.series_uid == seg_uid}
+    assert study == {r.study_uid for r in find_series(node, description="axial")}
+    (folder,) = retrieve(node, [seg_uid], cache=tmp_path / "c")
+    (back,) = folder.iterdir()
+    read, names = read_dicom_seg(back, files)
+    np.testing.assert_array_equal(read, labels)
+    assert names == {1: "left_lateral_ventricle", 2: "right_insula_gm"}
