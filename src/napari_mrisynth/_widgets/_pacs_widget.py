@@ -417,12 +417,18 @@ class PacsWidget(QWidget):
         prefix = f"series {index + 1} of {count}: " if count > 1 else ""
         self.progress.setFormat(f"{prefix}%v of %m {unit}")
 
-    def _retrieved(self, result: Opened | str) -> None:
+    def _failed(self, result: object) -> bool:
+        """Reset the progress bar; show a worker's error line (a str) and say so."""
         self.progress.setRange(0, 1)
-        if isinstance(result, str):
-            self.progress.setValue(0)
-            self.progress.setFormat("failed")
-            self._error(result)
+        if not isinstance(result, str):
+            return False
+        self.progress.setValue(0)
+        self.progress.setFormat("failed")
+        self._error(result)
+        return True
+
+    def _retrieved(self, result: Opened | str) -> None:
+        if self._failed(result):
             return
         if result.cancelled:
             self.progress.setValue(0)
@@ -470,11 +476,7 @@ class PacsWidget(QWidget):
         return self._start("send", _send, node, paths, self._report, done=self._sent)
 
     def _sent(self, result: tuple[str, int, float] | str) -> None:
-        self.progress.setRange(0, 1)
-        if isinstance(result, str):
-            self.progress.setValue(0)
-            self.progress.setFormat("failed")
-            self._error(result)
+        if self._failed(result):
             return
         node, count, seconds = result
         self.progress.setValue(1)
