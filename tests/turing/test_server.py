@@ -574,3 +574,51 @@ def test_the_raters_role_can_rate_but_not_read_the_key(pg, server_study):
             store.volumes("study")
     assert pg.sql(name, "SELECT accepted FROM sign_ins WHERE rater_id = 'r5' "
                         "ORDER BY attempt_id") == [(False,), (True,)]  # fmt: skip
+
+
+def test_a_raters_own_role_sees_and_rates_only_that_raters_trials(pg, server_study):
+    """Row-level security: a role granted for one rater reads only that rater's trials,
+    ratings and drafts, cannot sign in or rate as another rater, and cannot write a row of
+    another rater's even with its own SQL."""
+    import psycopg
+
+    from napari_mrisynth.turing.key import grant_rater_role
+
+    name, url, _ = server_study
+    secrets = {r: add_rater(url, r, key=url) for r in ("rls1", "rls2")}
+    for rater in secrets:
+        pg.sql(
+            name,
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+            f"'{rater}_role') THEN CREATE ROLE {rater}_role LOGIN; END IF; END $$",
+        )
+        grant_rater_role(url, f"{rater}_role", rater=rater)
+    own = url.replace("://postgres@", "://rls1_role@")
+    with psycopg.connect(host="127.0.0.1", port=pg.port, user="rls1_role", dbname=name) as con:
+        assert {r for (r,) in con.execute("SELECT DISTINCT rater_id FROM trials")} == {"rls1"}
+        assert {r for (r,) in con.execute("SELECT rater_id FROM raters")} == {"rls1"}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            con.execute(
+                "INSERT INTO ratings SELECT study_id, 'rls2', position, item_id, 'A', "
+                "'[false, true]', 3, '[3, 3]', '', 1.0, '{}', 'x' FROM trials LIMIT 1"
+            )
+        con.rollback()
+    with pytest.raises(StudyError, match="do not match"):  # rls2's own secret, through rls1's role
+        RaterSession(own, "rls2", secret=secrets["rls2"])
+    session = RaterSession(own, "rls1", secret=secrets["rls1"], prefetch=False)
+    try:
+        session.sign_in("Dr One", "radiologist", 4)
+        session.save_draft({"choice": "A"})
+        session.submit(Answer("B", 4, [2, 5]))
+        assert session.done == 1
+        with pytest.raises(StudyError, match="no trial 1"):
+            session.store.add_rating("study", "rls2", 0, choice="A", confidence=3,
+                                     called_synthetic=[False, True], realism=[3, 3],
+                                     comment="", seconds=1.0, viewer_state={})  # fmt: skip
+    finally:
+        session.close()
+    assert pg.sql(name, "SELECT rater_id, position FROM ratings WHERE rater_id LIKE 'rls%'") == [
+        ("rls1", 0)
+    ]
+    # the shared role of the other test still rates every rater's trials
+    assert pg.sql(name, "SELECT count(*) FROM rater_roles WHERE rater_id = '*'")[0][0] <= 1

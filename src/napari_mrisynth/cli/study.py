@@ -122,7 +122,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let a PostgreSQL role rate a server study without reading its key",
     )
     grant.add_argument("--db", required=True, help="the study's database URL (as its owner)")
+    grant.add_argument("--study", help="study id (needed when the database holds several)")
     grant.add_argument("--role", required=True, help="the raters' PostgreSQL role")
+    grant.add_argument(
+        "--rater",
+        help="the one rater this role is for: row-level security then shows it only that "
+        "rater's trials, ratings and drafts (default: a role every rater shares)",
+    )
     grant.set_defaults(func=run_grant)
 
     status = sub.add_parser("status", help="how far each rater is")
@@ -281,8 +287,9 @@ def run_seal(args: argparse.Namespace) -> int:
 def run_grant(args: argparse.Namespace) -> int:
     from napari_mrisynth.turing.key import grant_rater_role
 
-    grant_rater_role(args.db, args.role)
-    print(f"role {args.role!r} may rate in {args.db} and cannot read its key_* tables")
+    grant_rater_role(args.db, args.role, rater=args.rater, study_id=args.study)
+    whose = f"as rater {args.rater!r} only" if args.rater else "as any of the study's raters"
+    print(f"role {args.role!r} may rate in {args.db} {whose}, and cannot read its key_* tables")
     return 0
 
 

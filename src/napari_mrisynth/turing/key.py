@@ -258,15 +258,45 @@ class KeyStore:
 
 
 # -- a server's rater role ----------------------------------------------------------------------
-def grant_rater_role(db: str, role: str) -> None:
+#: Row-level security on a server: which rater's rows a role may see and write. ``rater_id``
+#: ``*`` is a role shared by every rater of a study (the software then keeps them apart).
+RATER_ROLES_DDL = """CREATE TABLE IF NOT EXISTS rater_roles (
+    role_name TEXT NOT NULL, study_id VARCHAR(64) NOT NULL, rater_id VARCHAR(64) NOT NULL,
+    PRIMARY KEY (role_name, study_id, rater_id))"""
+
+#: table -> (command, USING?, WITH CHECK?) of its row policies for rater roles. Sign-in
+#: attempts may be recorded under any id typed (a wrong one too) but read only for one's own.
+_RLS = {
+    "raters": (("SELECT", True, False), ("UPDATE", True, True)),
+    "trials": (("SELECT", True, False),),
+    "ratings": (("SELECT", True, False), ("INSERT", False, True)),
+    "drafts": (("ALL", True, True),),
+    "sign_ins": (("SELECT", True, False), ("INSERT", None, None)),
+}
+
+
+def _own_rows(table: str) -> str:
+    return (
+        f"EXISTS (SELECT 1 FROM rater_roles r WHERE r.role_name = current_user "
+        f"AND r.study_id = {table}.study_id AND r.rater_id IN ({table}.rater_id, '*'))"
+    )
+
+
+def grant_rater_role(db: str, role: str, *, rater: str | None = None,
+                     study_id: str | None = None) -> None:  # fmt: skip
     """Let the PostgreSQL role ``role`` rate a study in ``db`` and read nothing of its key.
 
     Run with an owner's credentials. The role gets the rater tables (:data:`RATER_GRANTS`)
-    and nothing on the ``key_*`` tables, from which PUBLIC's rights are revoked too.
+    and nothing on the ``key_*`` tables, from which PUBLIC's rights are revoked too. Row-level
+    security on the raters' tables then shows a role only its own rater's rows: with
+    ``rater``, the role is that rater's alone (it can neither read nor rate another rater's
+    trials, whatever SQL it runs); without, it is shared by every rater of the study.
     """
     from napari_mrisynth.turing.store import check_id
 
     check_id(role, "role")
+    if rater is not None:
+        check_id(rater, "rater id")
     url, path, engine = connect(db, create=False, what="ratings database")
     if path is not None or engine.dialect.name != "postgresql":
         engine.dispose()
@@ -277,6 +307,20 @@ def grant_rater_role(db: str, role: str) -> None:
     quote = engine.dialect.identifier_preparer.quote
     try:
         with engine.begin() as conn:
+            studies = [r[0] for r in conn.exec_driver_sql("SELECT study_id FROM studies")]
+            if study_id is None:
+                if len(studies) != 1:
+                    raise StudyError(f"{db}: holds {len(studies)} studies; name one (--study)")
+                study_id = studies[0]
+            elif study_id not in studies:
+                raise StudyError(f"{db}: no study {study_id!r}")
+            if rater is not None:
+                known = conn.execute(
+                    sa.text("SELECT 1 FROM raters WHERE study_id = :s AND rater_id = :r"),
+                    {"s": study_id, "r": rater},
+                ).first()
+                if known is None:
+                    raise StudyError(f"study {study_id!r}: no rater {rater!r}")
             names = sa.inspect(conn).get_table_names()
             for table in key_metadata.sorted_tables:
                 if table.name in names:
@@ -288,6 +332,27 @@ def grant_rater_role(db: str, role: str) -> None:
             conn.exec_driver_sql(
                 f"GRANT USAGE ON SEQUENCE {quote('sign_ins_attempt_id_seq')} TO {quote(role)}"
             )
+            conn.exec_driver_sql(RATER_ROLES_DDL)
+            conn.exec_driver_sql("REVOKE ALL ON rater_roles FROM PUBLIC")
+            conn.exec_driver_sql(f"GRANT SELECT ON rater_roles TO {quote(role)}")
+            conn.execute(
+                sa.text("INSERT INTO rater_roles VALUES (:role, :study, :rater) "
+                        "ON CONFLICT DO NOTHING"),
+                {"role": role, "study": study_id, "rater": rater or "*"},
+            )  # fmt: skip
+            for table, policies in _RLS.items():
+                conn.exec_driver_sql(f"ALTER TABLE {quote(table)} ENABLE ROW LEVEL SECURITY")
+                for command, using, check in policies:
+                    name = quote(f"mrisynth_{command.lower()}")
+                    conn.exec_driver_sql(f"DROP POLICY IF EXISTS {name} ON {quote(table)}")
+                    rule = f"CREATE POLICY {name} ON {quote(table)} FOR {command}"
+                    if using:
+                        rule += f" USING ({_own_rows(table)})"
+                    if check:
+                        rule += f" WITH CHECK ({_own_rows(table)})"
+                    elif check is None:
+                        rule += " WITH CHECK (true)"
+                    conn.exec_driver_sql(rule)
     except sa.exc.DatabaseError as exc:
         raise StudyError(f"{db}: cannot grant role {role!r} ({exc.orig})") from exc
     finally:
