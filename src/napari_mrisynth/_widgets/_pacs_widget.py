@@ -517,10 +517,7 @@ def _retrieve(node_text: str, chosen: list, cancel: threading.Event, report) -> 
         node = resolve(node_text)
         cache = SeriesCache()
         folders = []
-        for index, record in enumerate(chosen):
-            if cancel.is_set():
-                opened.cancelled = True
-                return opened
+        for index, record in enumerate(chosen):  # a set cancel stops retrieve: see except
             (folder,) = retrieve(
                 node,
                 [record],

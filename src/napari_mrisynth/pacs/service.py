@@ -156,21 +156,12 @@ def find_series(
 
 
 def _study_of(node: Node, series_uid: str, *, aet: str, timeout: float) -> str:
-    found = (
-        _find(
-            node,
-            "SERIES",
-            {"StudyInstanceUID": "", "SeriesInstanceUID": series_uid},
-            aet=aet,
-            timeout=timeout,
-        )
-        if node.protocol == "dimse"
-        else web.find(
-            node,
-            "SERIES",
-            {"SeriesInstanceUID": series_uid, "StudyInstanceUID": ""},
-            timeout=timeout,
-        )
+    found = _find(
+        node,
+        "SERIES",
+        {"StudyInstanceUID": "", "SeriesInstanceUID": series_uid},
+        aet=aet,
+        timeout=timeout,
     )
     studies = {_text(d, "StudyInstanceUID") for d in found} - {""}
     if len(studies) != 1:

@@ -168,6 +168,19 @@ def _rank_key(candidate: Candidate) -> tuple:
     )
 
 
+#: The rater scores of a volume nobody has judged.
+UNJUDGED = {"n_judgments": 0}
+
+
+def _judged(store: RatingStore, study_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume id -> rater scores, volume id -> memorization audit): what the rules read."""
+    from napari_mrisynth.turing.results import rated_trials
+    from napari_mrisynth.turing.statistics import volume_scores
+
+    trials = rated_trials(store, study_id)
+    return (volume_scores(trials) if trials else {}), store.audits(study_id)
+
+
 def candidates(
     db: str | Path | RatingStore,
     *,
@@ -177,22 +190,17 @@ def candidates(
 ) -> list[Candidate]:
     """Every synthetic volume of the study, best first: preselected ones, then by fooled
     rate, mean realism and (lower is better) audit similarity. Needs the study's key."""
-    from napari_mrisynth.turing.results import rated_trials
-    from napari_mrisynth.turing.statistics import volume_scores
-
     rules = rules or CurationRules()
     with opened(db, key) as store:
         study_id = study_id or store.only_study()
-        trials = rated_trials(store, study_id)
-        scores = volume_scores(trials) if trials else {}
-        audits = store.audits(study_id)
+        scores, audits = _judged(store, study_id)
         decided = store.decisions(study_id)
         generators: dict[str, dict[str, float | None]] = {}
         out = []
         for volume_id, row in store.volumes(study_id).items():
             if row["kind"] != "synthetic":
                 continue
-            score = scores.get(volume_id, {"n_judgments": 0})
+            score = scores.get(volume_id, UNJUDGED)
             audit = audits.get(volume_id, {})
             ref = json.dumps(row["provenance"].get("generator") or {}, sort_keys=True)
             if ref not in generators:
@@ -236,9 +244,10 @@ def decide(
         study_id = study_id or store.only_study()
         failures: list[str] = []
         if decision == "approved":
-            found = [c for c in candidates(store, study_id=study_id, rules=rules)
-                     if c.volume_id == volume_id]  # fmt: skip
-            failures = found[0].failures if found else []
+            scores, audits = _judged(store, study_id)
+            failures = (rules or CurationRules()).failures(
+                scores.get(volume_id, UNJUDGED), audits.get(volume_id, {})
+            )
         return store.add_decision(study_id, volume_id, decision, curator=curator,
                                   reason=reason, failures=failures,
                                   override=override)  # fmt: skip

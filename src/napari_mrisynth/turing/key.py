@@ -139,15 +139,6 @@ class KeyStore:
             for table in (key_volumes, key_studies, audits, decisions):
                 conn.execute(table.delete().where(table.c.study_id == study_id))
 
-    def design(self, study_id: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(key_studies.c.design).where(key_studies.c.study_id == study_id)
-            ).first()
-        if row is None:
-            raise StudyError(f"{self}: holds no key of study {study_id!r}")
-        return json.loads(row[0])
-
     def check_binding(self, study_id: str, prepared: Mapping[str, str], *, where: str) -> None:
         """Refuse a key that is not this study's: the same volume ids, each with the same
         prepared-file checksum (``prepared``: volume id -> SHA-256, from the study file)."""
@@ -222,6 +213,8 @@ class KeyStore:
             raise StudyError("a decision needs the curator's name")
         if decision == "rejected" and not reason.strip():
             raise StudyError(f"{volume_id}: a rejection needs a reason")
+        if self.kinds(study_id).get(volume_id) != "synthetic":
+            raise StudyError(f"study {study_id!r}: {volume_id!r} is not a synthetic volume")
         failures = [str(f) for f in failures]
         if decision == "approved" and failures:
             if not override:
@@ -231,8 +224,6 @@ class KeyStore:
                 )
             if not reason.strip():
                 raise StudyError(f"{volume_id}: an override needs a reason")
-        if self.kinds(study_id).get(volume_id) != "synthetic":
-            raise StudyError(f"study {study_id!r}: {volume_id!r} is not a synthetic volume")
         row = {"study_id": study_id, "volume_id": volume_id, "decision": decision,
                "curator": curator.strip(), "reason": reason.strip(), "decided_at": now(),
                "override": bool(decision == "approved" and failures),
