@@ -92,6 +92,17 @@ def test_anatomy_model_fits_into_the_registry_with_its_report(fitted, tracking_u
     brain = {LABELS[v][0]: match[LABELS[v][0]] for v in BRAIN_LABELS}  # head labels: a few voxels
     assert all(abs(v) < 0.1 for v in brain.values()), brain
     assert abs(match["white_matter"]) < 0.02 and abs(match["frontal_gm"]) < 0.02
+    # the fine folding is calibrated so that sampled heads vary as much as the scans do:
+    # MS-SSIM within the sampled set falls as the folding grows, and the kept amplitude is
+    # the one whose MS-SSIM is closest to the training scans'
+    diversity = report["diversity_calibration"]
+    scores = {float(k): v for k, v in diversity["ms_ssim"].items()}
+    assert len(scores) >= 6 and 0.0 < diversity["target_ms_ssim"] < 1.0
+    assert scores[max(scores)] < scores[min(scores)]
+    best = min(scores, key=lambda r: abs(scores[r] - diversity["target_ms_ssim"]))
+    assert diversity["chosen_rms_mm"] == best == report["fine_folding"]["rms_mm_sampled"]
+    sr = report["structure_super_resolution"]
+    assert sr["misfit"] < sr["misfit_start"]
     assert (out / f"test-anatomy-{card.version}" / "card.json").exists()
     runs = MlflowClient(tracking_uri).search_runs(
         [MlflowClient(tracking_uri).get_experiment_by_name("tests").experiment_id],
@@ -164,3 +175,79 @@ def test_condition_effects_place_generated_effect_sizes_against_the_real_interva
     assert frontal["inside"] and frontal["synthetic_d"] < 0
     flipped = condition_effects(real, truth, reversed_, groups)["frontal_gm"]
     assert flipped["synthetic_d"] > 0 and not flipped["inside"]
+
+
+def test_super_resolution_undoes_the_blur_of_averaging_interpolated_scans():
+    """Known answer: a sharp field seen by eight scans, each through a linear interpolation at
+    its own sub-voxel offset. Warping the scans back and averaging blurs the field (two
+    interpolations); the super-resolved field is far closer to the truth and explains the
+    scans better."""
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage as ndi
+
+    from napari_mrisynth.models.anatomy_generator import sampling_grid
+    from napari_mrisynth.synthesis.anatomy import _warp, super_resolved
+
+    rng = np.random.default_rng(0)
+    shape, spacing = (20, 22, 24), 2.0
+    truth = ndi.gaussian_filter(rng.standard_normal(shape), 0.7).astype(np.float32)
+    truth /= truth.std()
+    view = np.zeros(shape, bool)
+    view[(slice(3, -3),) * 3] = True
+    scans, to_template, back = [], [], []
+    for _ in range(8):
+        shift = rng.uniform(-1.0, 1.0, 3) * spacing  # mm, components x, y, z
+        field = np.ascontiguousarray(np.broadcast_to(shift[:, None, None, None], (3, *shape)),
+                                     dtype=np.float32)  # fmt: skip
+        grid = sampling_grid(torch.from_numpy(field)[None], spacing)
+        seen = F.grid_sample(torch.from_numpy(truth)[None, None], grid, mode="bilinear",
+                             padding_mode="zeros", align_corners=True)[0, 0].numpy()  # fmt: skip
+        scans.append(seen * view)
+        to_template.append(field)
+        back.append(_warp(scans[-1], -field, spacing, 1))
+    mean = np.mean(back, axis=0)
+    solved, report = super_resolved(scans, [view] * 8, iter(to_template), mean, spacing,
+                                    smoothness=1e-4, iterations=40)  # fmt: skip
+    core = (slice(6, -6),) * 3
+
+    def error(field):
+        return float(np.sqrt(np.mean((field[core] - truth[core]) ** 2)))
+
+    assert error(solved) < 0.25 * error(mean), (error(solved), error(mean))
+    assert report["misfit"] < 0.1 * report["misfit_start"]
+    assert solved.shape == shape and solved.dtype == np.float32
+
+
+@pytest.mark.slow
+def test_fine_folding_moves_the_brain_but_leaves_the_scalp_outline_alone(fitted):
+    """The fine folding is for gyri and sulci: with a large folding, the brain's labels move
+    while every voxel more than a voxel outside the template's brain keeps its label."""
+    import copy
+
+    import torch
+    from scipy import ndimage as ndi
+
+    from napari_mrisynth.models.anatomy_generator import SCALARS
+    from napari_mrisynth.models.card import read_card
+    from napari_mrisynth.models.conditions import Condition
+    from napari_mrisynth.models.weights import load_model
+
+    card, out = fitted
+    loaded = load_model(read_card(out / f"test-anatomy-{card.version}"), "generation",
+                        device="cpu")  # fmt: skip
+    network = copy.deepcopy(loaded.network)
+    condition = torch.tensor([Condition.parse("bvftd").vector()] * 2, dtype=torch.float32)
+    noise = torch.randn((2, *network.noise_shape), generator=torch.Generator().manual_seed(0))
+    labels = {}
+    for rms in (0.0, 6.0):
+        network.scalars[SCALARS.index("fine_rms")] = rms
+        labels[rms] = network.generate(condition, noise)[1].numpy()[:, 0]
+    brain = np.isin(network.template_labels.numpy(), network.brain)
+    outside = ~ndi.binary_dilation(brain, iterations=2)
+    moved = labels[0.0] != labels[6.0]
+    assert moved[:, brain].mean() > 0.02  # the folding is there
+    # the coarse warp is the same in both; far from the brain nothing else moves
+    coarse = np.stack([ndi.binary_dilation(np.isin(m, network.brain), iterations=3)
+                       for m in labels[0.0]])  # fmt: skip
+    assert not moved[:, outside & ~coarse.any(axis=0)].any()

@@ -6,8 +6,8 @@ and kept here as buffers, so the registry saves and verifies it like any network
 * a **template**, built by groupwise registration of the training scans (never one
   subject's scan): its label map at the scans' own resolution, sharp because its tissue
   boundaries are placed where the aligned subjects most probably have them, in the
-  subjects' mean proportions; the cortex's depth from the pial surface; and the mean
-  intensity structure the labels do not explain;
+  subjects' mean proportions; the cortex's depth from the pial surface; and the intensity
+  structure the labels do not explain (super-resolved from every scan, not averaged);
 * a **shape model**: each training scan's smooth diffeomorphic transform to the template as
   a stationary velocity field on a coarse node grid, modelled by its mean given the
   condition (diagnosis, age, sex) plus principal components (a conditional Gaussian), or
@@ -17,7 +17,7 @@ and kept here as buffers, so the registry saves and verifies it like any network
   bias field (quadratic), noise level and field of view;
 * **fine-scale models** of what the coarse fields and the template cannot hold: a random
   fine folding deformation and a tissue texture field, their amplitude and scale fitted to
-  the training scans.
+  the training scans (the folding's amplitude so that sampled heads vary as much as they do).
 
 Sampling draws all of these, thins (or thickens) the template's cortex region by region,
 warps its labels through ``exp(-v)`` (the inverse of the scans' warps onto it) composed
@@ -48,6 +48,8 @@ FOV_TERMS = 6
 SEED_TERMS = 4
 #: Knots of the intensity response curve.
 TONE_KNOTS = 65
+#: Distance (mm) outside the template's brain over which the fine folding fades out.
+FINE_FADE_MM = 4.0
 #: Named entries of the ``scalars`` buffer.
 SCALARS = ("psf", "fine_rms", "fine_sigma", "texture_rms", "texture_sigma", "vae_scale",
            "noise_blur", "psf_head")  # fmt: skip
@@ -114,6 +116,14 @@ def _to_normalised(displacement_mm: torch.Tensor, shape: Sequence[int], spacing:
     scale = torch.tensor([2.0 / (max(int(n), 2) - 1) / spacing for n in shape[::-1]],
                          dtype=displacement_mm.dtype, device=displacement_mm.device)  # fmt: skip
     return displacement_mm.permute(0, 2, 3, 4, 1) * scale
+
+
+def sampling_grid(displacement_mm: torch.Tensor, spacing: float) -> torch.Tensor:
+    """(B, D, H, W, 3) grid_sample coordinates of ``x + displacement(x)`` for every voxel x of
+    a (B, 3, D, H, W) displacement in mm (components x, y, z)."""
+    shape = displacement_mm.shape[2:]
+    identity = _identity_grid(shape, displacement_mm.device, displacement_mm.dtype)
+    return identity + _to_normalised(displacement_mm, shape, spacing)
 
 
 def exponentiate(velocity: torch.Tensor, step_mm: float, squarings: int = 6) -> torch.Tensor:
@@ -302,10 +312,19 @@ class AnatomyFirst(nn.Module):
         if fine_rms > 0:
             fine_v = fine_rms * self._field(self._seeds(seeds, 1), self.fine_shape, fine_sigma, 3)
             fine = exponentiate(fine_v, self.fine_step * self.spacing)
-            displacement = displacement + _node_to_voxels(fine, self.fine_step, self.shape)
-        grid = _identity_grid(self.shape, device, dtype) + _to_normalised(
-            displacement, self.shape, self.spacing
-        )
+            # the folding of the brain and its sulci: it fades out across the skull, so that
+            # the scalp keeps a smooth outline
+            weight = self._brain_weight().expand(displacement.shape[0], -1, -1, -1, -1)
+            weight = F.grid_sample(
+                weight,
+                sampling_grid(displacement, self.spacing),
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=True,
+            )
+            displacement = displacement + weight * _node_to_voxels(fine, self.fine_step,
+                                                                   self.shape)  # fmt: skip
+        grid = sampling_grid(displacement, self.spacing)
         # anatomy: regional cortex, warped labels and structure
         labels = self._labels(look[:, self.layout["thinning"]]).to(dtype)[:, None]
         labels = F.grid_sample(labels, grid, mode="nearest", padding_mode="zeros",
@@ -333,6 +352,15 @@ class AnatomyFirst(nn.Module):
         image = _interpolate(image, self.tone[0], self.tone[1])
         image = image * self._field_of_view(look[:, self.layout["fov"]])
         return image.clamp(0.0, 1.5), labels.to(torch.uint8)
+
+    def _brain_weight(self) -> torch.Tensor:
+        """(1, 1, D, H, W): 1 in the template's brain, falling to 0 over about 4 mm outside."""
+        brain = torch.isin(
+            self.template_labels, torch.tensor(self.brain, device=self.scalars.device)
+        )
+        sigma = FINE_FADE_MM / 2.0 / self.spacing
+        grown = gaussian_blur(brain.float()[None, None], sigma)
+        return (2.0 * grown).clamp(max=1.0)
 
     def _bias(self, coefficients: torch.Tensor) -> torch.Tensor:
         axes = [torch.linspace(-1.0, 1.0, n, device=coefficients.device,

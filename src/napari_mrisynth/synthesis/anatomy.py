@@ -15,8 +15,11 @@ label maps beside them):
    cortex's depth maps and the mean intensity structure the labels do not explain follow.
 3. **Encoding.** Per scan: its velocity field, its regional cortical thinning against the
    template (mm per cortical label), tissue intensities, a quadratic bias field, noise level
-   and field of view; per cohort: the point spread, the fine folding left after the coarse
-   fields (measured by a fine registration of a few scans) and the tissue texture.
+   and field of view; per cohort: the point spread, the template's intensity structure
+   (super-resolved from every scan's residual, :func:`super_resolved`), the tissue texture and
+   the fine folding left after the coarse fields (measured by a fine registration of a few
+   scans, then its amplitude calibrated so that sampled heads are as varied as the training
+   scans, :func:`calibrate_diversity`).
 4. **Models.** A conditional Gaussian (regression on diagnosis, age, sex, then principal
    components) over the velocity fields, compared on the validation scans with a conditional
    VAE on the same field grid trained with condition dropout for classifier-free guidance;
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +57,9 @@ MIXED_LABELS = (LABEL_IDS["bone"], LABEL_IDS["soft_tissue"], LABEL_IDS["eyes"],
                 LABEL_IDS["extracerebral_csf"], LABEL_IDS["spinal_cord"])  # fmt: skip
 #: Candidate texture correlation sigmas (voxels).
 TEXTURE_CANDIDATES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+#: Candidate fine-folding amplitudes (mm, RMS of the velocity per axis) of the diversity
+#: calibration, besides the one the fine registration measured.
+FINE_RMS_CANDIDATES = (0.5, 0.8, 1.1, 1.4, 1.7, 2.0)
 
 
 @dataclass
@@ -583,6 +589,134 @@ def fine_folding(template: np.ndarray, warped: Sequence[np.ndarray], spacing: fl
     return {"rms_mm": float(np.median(rms)), "sigma_mm": float(np.median(sigmas))}
 
 
+def super_resolved(observations: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                   displacements: Iterable[np.ndarray], start: np.ndarray, spacing: float, *,
+                   smoothness: float = 0.01,
+                   iterations: int = 20) -> tuple[np.ndarray, dict[str, float]]:  # fmt: skip
+    """The template-space field S whose warps best explain every scan's observation.
+
+    Each scan saw S through its own warp (``displacements[k]``: template point of each of its
+    voxels, mm, the inverse of its field onto the template) and a linear interpolation at its
+    own sub-voxel offsets (``masks[k]``: its field of view). The mean of the scans warped
+    back blurs S twice over (once per interpolation); solving
+    ``min_S sum_k |M_k (W_k S - o_k)|^2 + smoothness |L S|^2`` (M_k: the scan's field of view,
+    L: the discrete Laplacian) by conjugate gradients undoes that blur, as a super-resolution
+    from many offsets does. Starts from ``start`` (the mean).
+
+    Returns S and ``{"misfit_start", "misfit", "relative_residual"}`` (sum of squared
+    differences between the scans and the warped field, before and after).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from napari_mrisynth.models.anatomy_generator import sampling_grid
+
+    shape = tuple(start.shape)
+    half = np.prod(shape) > 4_000_000  # 1 mm grids: keep the sampling grids in half precision
+    grids, data, weights = [], [], []
+    # a displacement at a time (they may be made on the fly): only its grid is kept
+    for o, m, d in zip(observations, masks, displacements, strict=True):
+        grid = sampling_grid(torch.from_numpy(np.ascontiguousarray(d, np.float32))[None], spacing)
+        grids.append(grid.half() if half else grid)
+        weights.append(torch.from_numpy(np.ascontiguousarray(m, np.float32))[None, None])
+        data.append(weights[-1] * torch.from_numpy(np.ascontiguousarray(o, np.float32))[None, None])
+    stencil = torch.zeros(1, 1, 3, 3, 3)
+    stencil[0, 0, 1, 1, 1] = 6.0
+    for offset in ((0, 1, 1), (2, 1, 1), (1, 0, 1), (1, 2, 1), (1, 1, 0), (1, 1, 2)):
+        stencil[(0, 0, *offset)] = -1.0
+
+    def warp(field: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(field, grid.float(), mode="bilinear", padding_mode="zeros",
+                             align_corners=True)  # fmt: skip
+
+    def adjoint(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        field = torch.zeros((1, 1, *shape), requires_grad=True)
+        (out,) = torch.autograd.grad(warp(field, grid), field, grad_outputs=values)
+        return out
+
+    def laplacian(field: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(F.pad(field, (1,) * 6, mode="replicate"), stencil)
+
+    def normal(field: torch.Tensor) -> torch.Tensor:
+        out = smoothness * laplacian(laplacian(field))
+        for grid, mask in zip(grids, weights, strict=True):
+            out = out + adjoint(mask * warp(field, grid), grid)
+        return out
+
+    def misfit(field: torch.Tensor) -> float:
+        return sum(float(((m * (warp(field, g) - o)) ** 2).sum())
+                   for g, m, o in zip(grids, weights, data, strict=True))  # fmt: skip
+
+    with torch.enable_grad():
+        x = torch.from_numpy(np.ascontiguousarray(start, np.float32))[None, None]
+        b = sum(adjoint(o, g) for g, o in zip(grids, data, strict=True))
+        before = misfit(x)
+        r = b - normal(x)
+        p, rs = r.clone(), float((r * r).sum())
+        norm_b = float(b.norm()) or 1.0
+        for _ in range(iterations):
+            q = normal(p)
+            alpha = rs / max(float((p * q).sum()), 1e-30)
+            x, r = x + alpha * p, r - alpha * q
+            new = float((r * r).sum())
+            if math.sqrt(new) < 1e-6 * norm_b:
+                break
+            p, rs = r + (new / rs) * p, new
+        x = x.detach()
+        return x[0, 0].numpy(), {"misfit_start": before, "misfit": misfit(x),
+                                 "relative_residual": math.sqrt(rs) / norm_b}  # fmt: skip
+
+
+def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
+                        images: Sequence[np.ndarray], conditions: Sequence[Condition], *,
+                        samples: int = 16, pairs: int = 50,
+                        seed: int = 0) -> tuple[float, dict[str, Any]]:  # fmt: skip
+    """The fine-folding amplitude that makes sampled heads as varied as the training scans.
+
+    The fine registration sees only part of each head's own folding (it registers to a
+    blurred template and is regularised), so its amplitude is a lower bound. The within-set
+    MS-SSIM of ``samples`` heads (conditions cycled through the training scans') is measured
+    for the measured amplitude and :data:`FINE_RMS_CANDIDATES`; the one closest to the
+    training scans' own within-set MS-SSIM (``pairs`` seeded pairs) is kept.
+    """
+    import torch
+
+    from napari_mrisynth.evaluation.metrics import ms_ssim_pairs, random_pairs
+    from napari_mrisynth.models.anatomy_generator import AnatomyFirst
+
+    def scaled(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [np.clip(np.asarray(v, np.float32) / 1.5, 0.0, 1.0) for v in volumes]
+
+    def within(volumes: Sequence[np.ndarray]) -> float:
+        chosen = random_pairs(len(volumes), pairs, seed)
+        return float(np.mean(ms_ssim_pairs(scaled(volumes), chosen)))
+
+    index = SCALARS.index("fine_rms")
+    measured = float(buffers["scalars"][index])
+    try:
+        target = within(images)
+    except ValueError as exc:  # volumes too small for MS-SSIM's scales: keep the measurement
+        return measured, {"measured_rms_mm": measured, "chosen_rms_mm": measured,
+                          "skipped": str(exc)}  # fmt: skip
+    network = AnatomyFirst(**args)
+    network.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                             for k, v in buffers.items()})  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((samples, *network.noise_shape), generator=generator)
+    vectors = torch.tensor([conditions[k % len(conditions)].vector() for k in range(samples)],
+                           dtype=torch.float32)  # fmt: skip
+    scores: dict[float, float] = {}
+    for rms in sorted({round(measured, 3), *FINE_RMS_CANDIDATES}):
+        network.scalars[index] = rms
+        made = [network.generate(vectors[k : k + 2], noise[k : k + 2])[0].numpy()[:, 0]
+                for k in range(0, samples, 2)]  # fmt: skip
+        scores[rms] = within([v for batch in made for v in batch])
+    chosen = min(scores, key=lambda r: abs(scores[r] - target))
+    return chosen, {"target_ms_ssim": target, "ms_ssim": {str(k): v for k, v in scores.items()},
+                    "measured_rms_mm": measured, "chosen_rms_mm": chosen,
+                    "samples": samples, "pairs": pairs}  # fmt: skip
+
+
 def fit_anatomy_first(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -639,9 +773,15 @@ def fit_anatomy_first(
         look["intensity"] = np.where(np.isnan(look["intensity"]), fill, look["intensity"])
         bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
         residuals.append(image / bias - render(look["intensity"], label, class_label, psf))
-    warped_residuals = [_warp(r, d, spacing, 1) for r, d in zip(residuals, displacements,
-                                                                 strict=True)]  # fmt: skip
-    structure = ndi.gaussian_filter(np.mean(warped_residuals, axis=0), 0.5)
+    mean_residual = np.mean(
+        [_warp(r, d, spacing, 1) for r, d in zip(residuals, displacements, strict=True)], axis=0
+    )
+    structure, super_resolution = super_resolved(
+        residuals, [i > 0 for i in images],
+        (to_voxels(exponentiate(-v, node_mm), step, shape) for v in velocities),
+        mean_residual, spacing,
+    )  # fmt: skip
+    del mean_residual
     texture_rms, texture_sigma = texture_of(images, labels, looks)
     inverse = [to_voxels(exponentiate(-v, node_mm), step, shape) for v in velocities[:6]]
     setting, calibration = calibrate_rendering(
@@ -683,6 +823,7 @@ def fit_anatomy_first(
         "psf_errors": psf_errors,
         "fine_folding": fine, "texture": {"rms": texture_rms, "sigma_voxels": texture_sigma},
         "rendering_calibration": calibration,
+        "structure_super_resolution": super_resolution,
         "shape_components": shape_model["components"],
         "shape_variance_explained": shape_model["explained"],
         "template_volume_match": {
@@ -766,4 +907,15 @@ def fit_anatomy_first(
         args["vae"] = vae["args"]
         buffers["scalars"][SCALARS.index("vae_scale")] = vae["scale"]
         buffers.update({f"vae.{k}": v for k, v in vae["state"].items()})
+    if progress is not None:
+        progress("diversity", 0, 1)
+    fine_rms, report["diversity_calibration"] = calibrate_diversity(
+        args, buffers, images, conditions
+    )  # fmt: skip
+    buffers["scalars"][SCALARS.index("fine_rms")] = fine_rms
+    if progress is not None:
+        progress("diversity", 1, 1)
+    report["fine_folding"]["rms_mm_sampled"] = fine_rms
+    timings["diversity"] = time.perf_counter() - clock
+    report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     return Fitted(args, buffers, report, {"template_intensity": template})
