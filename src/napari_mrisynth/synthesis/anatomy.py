@@ -28,6 +28,7 @@ label maps beside them):
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -682,7 +683,7 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
     import torch
 
     from napari_mrisynth.evaluation.metrics import ms_ssim_pairs, random_pairs
-    from napari_mrisynth.models.anatomy_generator import AnatomyFirst
+    from napari_mrisynth.models.networks import build_network
 
     def scaled(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [np.clip(np.asarray(v, np.float32) / 1.5, 0.0, 1.0) for v in volumes]
@@ -698,7 +699,7 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
     except ValueError as exc:  # volumes too small for MS-SSIM's scales: keep the measurement
         return measured, {"measured_rms_mm": measured, "chosen_rms_mm": measured,
                           "skipped": str(exc)}  # fmt: skip
-    network = AnatomyFirst(**args)
+    network = build_network({"name": "AnatomyFirst", "args": args})
     network.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
                              for k, v in buffers.items()})  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
@@ -776,14 +777,17 @@ def fit_anatomy_first(
     mean_residual = np.mean(
         [_warp(r, d, spacing, 1) for r, d in zip(residuals, displacements, strict=True)], axis=0
     )
+    # the scans' inverse fields: the rendering calibration keeps the first six, the
+    # super-resolution takes every one (the rest made one at a time)
+    inverse = [to_voxels(exponentiate(-v, node_mm), step, shape) for v in velocities[:6]]
     structure, super_resolution = super_resolved(
         residuals, [i > 0 for i in images],
-        (to_voxels(exponentiate(-v, node_mm), step, shape) for v in velocities),
+        itertools.chain(inverse, (to_voxels(exponentiate(-v, node_mm), step, shape)
+                                  for v in velocities[6:])),
         mean_residual, spacing,
     )  # fmt: skip
     del mean_residual
     texture_rms, texture_sigma = texture_of(images, labels, looks)
-    inverse = [to_voxels(exponentiate(-v, node_mm), step, shape) for v in velocities[:6]]
     setting, calibration = calibrate_rendering(
         images[:6], labels[:6], looks[:6], [_warp(structure, d, spacing, 1) for d in inverse],
         terms, class_label, spacing,
