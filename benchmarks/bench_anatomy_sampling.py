@@ -55,7 +55,7 @@ def one_mm_network(card, device):
         if (
             value.shape != target.shape
             and value.dim() >= 3
-            and name.endswith(("labels", "depth", "cortex", "structure"))
+            and name.endswith(("labels", "depth", "cortex", "structure", "distance", "neighbour"))
         ):
             up = F.interpolate(value[None, None].float(), size=tuple(target.shape), mode="nearest")
             value = up[0, 0].to(target.dtype)

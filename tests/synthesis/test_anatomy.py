@@ -103,6 +103,18 @@ def test_anatomy_model_fits_into_the_registry_with_its_report(fitted, tracking_u
     assert diversity["chosen_rms_mm"] == best == report["fine_folding"]["rms_mm_sampled"]
     sr = report["structure_super_resolution"]
     assert sr["misfit"] < sr["misfit_start"]
+    # the condition is calibrated: the corrected diagnosis terms (cortical thinning and
+    # ventricular growth) bring the sampled bvFTD-minus-control differences in each label's
+    # share of the brain closer to the training scans' than before
+    condition = report["condition_calibration"]
+    target = condition["target_share_difference"]
+    assert "lateral_ventricles" in target and "insula_gm" in target
+    assert any(abs(v) > 0 for v in condition["change_mm"].values())
+
+    def miss(key: str) -> float:
+        return sum(abs(condition[key][name] - target[name]) for name in target)
+
+    assert miss("after") < miss("before"), condition
     assert (out / f"test-anatomy-{card.version}" / "card.json").exists()
     runs = MlflowClient(tracking_uri).search_runs(
         [MlflowClient(tracking_uri).get_experiment_by_name("tests").experiment_id],
@@ -251,3 +263,66 @@ def test_fine_folding_moves_the_brain_but_leaves_the_scalp_outline_alone(fitted)
     coarse = np.stack([ndi.binary_dilation(np.isin(m, network.brain), iterations=3)
                        for m in labels[0.0]])  # fmt: skip
     assert not moved[:, outside & ~coarse.any(axis=0)].any()
+
+
+def test_brain_weight_is_made_once_per_template(fitted):
+    """The fade of the fine folding is made once, and made again when the template's labels
+    change (weights loaded into the same network) or the network moves."""
+    import copy
+
+    from napari_mrisynth.models.card import read_card
+    from napari_mrisynth.models.weights import load_model
+
+    card, out = fitted
+    loaded = load_model(read_card(out / f"test-anatomy-{card.version}"), "generation",
+                        device="cpu")  # fmt: skip
+    network = copy.deepcopy(loaded.network)
+    first = network._brain_weight()
+    assert network._brain_weight() is first  # kept
+    assert first.max() == 1.0 and first.min() == 0.0
+    state = network.state_dict()
+    state["template_labels"] = torch.zeros_like(state["template_labels"])  # no brain at all
+    network.load_state_dict(state)
+    assert network._brain_weight() is not first
+    assert float(network._brain_weight().max()) == 0.0
+    network.load_state_dict(loaded.network.state_dict())
+    torch.testing.assert_close(network._brain_weight(), first)
+
+
+def test_ventricles_grow_and_shrink_by_the_distance_measured():
+    """A ventricle block in white matter: the growth measured for a head with more (or
+    fewer) ventricle voxels, applied by the generator, gives back that many voxels."""
+    from napari_mrisynth.anatomy.labels import LABEL_IDS
+    from napari_mrisynth.models.anatomy_generator import AnatomyFirst
+    from napari_mrisynth.synthesis.anatomy import growth_of, ventricle_distances
+
+    ventricle, white = LABEL_IDS["lateral_ventricles"], LABEL_IDS["white_matter"]
+    template = np.full((24, 24, 24), white, np.uint8)
+    template[:2] = 0  # background: never grown into
+    template[8:16, 9:15, 10:14] = ventricle
+    maps = ventricle_distances(template, 2.0)
+    inside = template == ventricle
+    assert (maps["ventricle_distance"][inside] < 0).all()
+    assert (maps["ventricle_distance"][~inside] > 0).all()
+    assert set(np.unique(maps["ventricle_neighbour"][inside])) == {white}
+    network = AnatomyFirst((24, 24, 24), 2.0, 4, 1, 1, 19, [1], LABEL_IDS["sulcal_csf"],
+                           list(range(1, 14)), ventricle=ventricle)  # fmt: skip
+    network.template_labels.copy_(torch.from_numpy(template))
+    network.ventricle_distance.copy_(torch.from_numpy(maps["ventricle_distance"]).half())
+    network.ventricle_neighbour.copy_(torch.from_numpy(maps["ventricle_neighbour"]))
+    deep = network.deep_tissue()
+    assert white in deep and ventricle not in deep and 0 not in deep
+    have = int(inside.sum())
+    for count in (have + 150, have - 60, have):
+        g = growth_of(count, template, maps["ventricle_distance"], deep)
+        assert (g > 0) == (count > have) and (g < 0) == (count < have)
+        made = network._labels(torch.zeros(1, 1), torch.tensor([[g]]))[0].numpy()
+        got = int((made == ventricle).sum())
+        assert abs(got - count) <= max(2, int(0.02 * count)), (count, got, g)
+        # growth takes white matter only; shrinking gives it back
+        changed = made != template
+        if g > 0:
+            assert (template[changed] == white).all() and (made[changed] == ventricle).all()
+        else:
+            assert (template[changed] == ventricle).all() and (made[changed] == white).all()
+        assert (made[:2] == 0).all()

@@ -13,18 +13,20 @@ and kept here as buffers, so the registry saves and verifies it like any network
   condition (diagnosis, age, sex) plus principal components (a conditional Gaussian), or
   by a conditional VAE with classifier-free guidance;
 * an **anatomy and appearance model**: a conditional Gaussian over each scan's regional
-  cortical thinning or thickening (mm per cortical label), tissue intensities (per label),
-  bias field (quadratic), noise level and field of view;
+  cortical thinning or thickening (mm per cortical label), the growth or shrinking of its
+  lateral ventricles (mm), tissue intensities (per label), bias field (quadratic), noise
+  level and field of view, its diagnosis terms for thinning and growth calibrated so that
+  sampled classes differ as the training scans' label maps do;
 * **fine-scale models** of what the coarse fields and the template cannot hold: a random
   fine folding deformation and a tissue texture field, their amplitude and scale fitted to
   the training scans (the folding's amplitude so that sampled heads vary as much as they do).
 
-Sampling draws all of these, thins (or thickens) the template's cortex region by region,
-warps its labels through ``exp(-v)`` (the inverse of the scans' warps onto it) composed
-with a fresh fine folding at native resolution, renders tissue intensities with the fitted
-point spread, adds structure, texture, bias and Rician noise, and cuts the field of view: a
-volume and its exact label map,
-as sharp as the training scans, and never a copy of one.
+Sampling draws all of these, thins (or thickens) the template's cortex region by region and
+grows (or shrinks) its ventricles, warps its labels through ``exp(-v)`` (the inverse of the
+scans' warps onto it) composed with a fresh fine folding at native resolution, renders
+tissue intensities with the fitted point spread, adds structure, texture, bias and Rician
+noise, and cuts the field of view: a volume and its exact label map, as sharp as the
+training scans, and never a copy of one.
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ SCALARS = ("psf", "fine_rms", "fine_sigma", "texture_rms", "texture_sigma", "vae
            "noise_blur", "psf_head")  # fmt: skip
 
 
-def appearance_layout(labels: int, cortical: int) -> dict[str, slice]:
-    """Where each part of the anatomy-and-appearance vector sits."""
-    sizes = {"thinning": cortical, "intensity": labels, "bias": BIAS_TERMS, "log_noise": 1,
-             "fov": FOV_TERMS}  # fmt: skip
+def appearance_layout(labels: int, cortical: int, ventricles: int = 0) -> dict[str, slice]:
+    """Where each part of the anatomy-and-appearance vector sits (``ventricles``: 1 when the
+    model grows and shrinks the lateral ventricles, 0 for models made before it)."""
+    sizes = {"thinning": cortical, "ventricles": ventricles, "intensity": labels,
+             "bias": BIAS_TERMS, "log_noise": 1, "fov": FOV_TERMS}  # fmt: skip
     out, start = {}, 0
     for name, size in sizes.items():
         out[name] = slice(start, start + size)
@@ -177,6 +180,10 @@ class AnatomyFirst(nn.Module):
     shape_model : {"gaussian", "vae"}
     vae : dict, optional
         The ConditionalVAE arguments of a VAE shape model.
+    ventricle : int, optional
+        The lateral ventricles' label: each head's ventricles grow into the brain tissue
+        around them or shrink by a sampled distance (mm). None (models made before it): the
+        ventricles change only with the warp.
     """
 
     family = "anatomy"
@@ -195,6 +202,7 @@ class AnatomyFirst(nn.Module):
         shape_model: str = "gaussian",
         vae: dict[str, Any] | None = None,
         condition_dim: int = len(CONDITION_NAMES),
+        ventricle: int | None = None,
     ) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
@@ -208,7 +216,9 @@ class AnatomyFirst(nn.Module):
         self.sulcal = int(sulcal)
         self.brain = [int(v) for v in brain]
         self.shape_model = shape_model
-        self.layout = appearance_layout(self.label_count, len(self.cortical))
+        self.ventricle = None if ventricle is None else int(ventricle)
+        self.layout = appearance_layout(self.label_count, len(self.cortical),
+                                        int(self.ventricle is not None))  # fmt: skip
         self.appearance_dim = max(s.stop for s in self.layout.values())
         design = 1 + int(condition_dim)
         zeros, half = torch.zeros, {"dtype": torch.float16}  # big maps: half the weights file
@@ -220,6 +230,11 @@ class AnatomyFirst(nn.Module):
         self.register_buffer("csf_depth", zeros(self.shape, **half))  # mm of CSF from cortex
         self.register_buffer("nearest_cortex", zeros(self.shape, dtype=torch.uint8))
         self.register_buffer("structure", zeros(self.shape, **half))
+        if self.ventricle is not None:
+            # mm from the ventricles' surface: > 0 outside, < 0 inside; and, inside, the label
+            # of the nearest voxel outside (what a shrinking ventricle gives back)
+            self.register_buffer("ventricle_distance", zeros(self.shape, **half))
+            self.register_buffer("ventricle_neighbour", zeros(self.shape, dtype=torch.uint8))
         self.register_buffer("velocity_design", zeros(design, 3, *self.node_shape, **half))
         self.register_buffer("velocity_basis", zeros(self.components, 3, *self.node_shape, **half))
         self.register_buffer("appearance_design", zeros(design, self.appearance_dim))
@@ -229,6 +244,7 @@ class AnatomyFirst(nn.Module):
         # acquisition noise's correlation (voxels): see SCALARS
         self.register_buffer("scalars", zeros(len(SCALARS)))
         self.vae = None
+        self._weight_cache: tuple[tuple, torch.Tensor] | None = None  # see _brain_weight
         if shape_model == "vae":
             from napari_mrisynth.models.generators import ConditionalVAE
 
@@ -256,9 +272,12 @@ class AnatomyFirst(nn.Module):
     def _appearance(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return x @ self.appearance_design + z @ self.appearance_factor.T
 
-    def _labels(self, thinning: torch.Tensor) -> torch.Tensor:
+    def _labels(self, thinning: torch.Tensor, growth: torch.Tensor | None = None) -> torch.Tensor:
         """The template's labels with each cortical label thinned (t > 0: its outer t mm
-        become sulcal CSF) or thickened (t < 0: sulcal CSF within |t| mm of it becomes it)."""
+        become sulcal CSF) or thickened (t < 0: sulcal CSF within |t| mm of it becomes it),
+        then the lateral ventricles grown (g > 0: the deep brain tissue within g mm of them
+        becomes ventricle) or shrunk (g < 0: their outer |g| mm give the voxels back to the
+        nearest tissue)."""
         batch = thinning.shape[0]
         labels = self.template_labels[None].expand(batch, -1, -1, -1).clone()
         gm_depth, csf_depth = self.gm_depth.float()[None], self.csf_depth.float()[None]
@@ -268,7 +287,19 @@ class AnatomyFirst(nn.Module):
             labels[(labels == value) & (gm_depth < t)] = self.sulcal
             grow = sulcal & (self.nearest_cortex == value)[None] & (csf_depth <= -t)
             labels[grow] = value
+        if self.ventricle is not None and growth is not None:
+            g = growth.reshape(batch, 1, 1, 1)
+            distance = self.ventricle_distance.float()[None]
+            deep = torch.isin(labels, torch.tensor(self.deep_tissue(), device=labels.device))
+            shrink = (labels == self.ventricle) & (-distance < -g)
+            labels[(distance > 0) & (distance <= g) & deep] = self.ventricle
+            labels = torch.where(shrink, self.ventricle_neighbour[None].to(labels.dtype), labels)
         return labels
+
+    def deep_tissue(self) -> list[int]:
+        """Labels the ventricles may grow into: brain tissue that is not cortex or CSF."""
+        return [v for v in self.brain
+                if v not in self.cortical and v not in (self.sulcal, self.ventricle)]  # fmt: skip
 
     def _field(self, seeds: torch.Tensor, shape: Sequence[int], sigma: float,
                components: int) -> torch.Tensor:  # fmt: skip
@@ -326,7 +357,8 @@ class AnatomyFirst(nn.Module):
                                                                    self.shape)  # fmt: skip
         grid = sampling_grid(displacement, self.spacing)
         # anatomy: regional cortex, warped labels and structure
-        labels = self._labels(look[:, self.layout["thinning"]]).to(dtype)[:, None]
+        labels = self._labels(look[:, self.layout["thinning"]],
+                              look[:, self.layout["ventricles"]]).to(dtype)[:, None]  # fmt: skip
         labels = F.grid_sample(labels, grid, mode="nearest", padding_mode="zeros",
                                align_corners=True).round().to(torch.long)  # fmt: skip
         structure = self.structure.float()[None, None].expand(grid.shape[0], -1, -1, -1, -1)
@@ -354,13 +386,21 @@ class AnatomyFirst(nn.Module):
         return image.clamp(0.0, 1.5), labels.to(torch.uint8)
 
     def _brain_weight(self) -> torch.Tensor:
-        """(1, 1, D, H, W): 1 in the template's brain, falling to 0 over about 4 mm outside."""
-        brain = torch.isin(
-            self.template_labels, torch.tensor(self.brain, device=self.scalars.device)
-        )
+        """(1, 1, D, H, W): 1 in the template's brain, falling to 0 over about 4 mm outside.
+
+        Made once per template: kept with the identity of the labels it came from (storage,
+        device and in-place version), so loading weights or moving the model remakes it.
+        """
+        labels = self.template_labels
+        key = (labels.data_ptr(), str(labels.device), labels._version)
+        if self._weight_cache is not None and self._weight_cache[0] == key:
+            return self._weight_cache[1]
+        brain = torch.isin(labels, torch.tensor(self.brain, device=labels.device))
         sigma = FINE_FADE_MM / 2.0 / self.spacing
         grown = gaussian_blur(brain.float()[None, None], sigma)
-        return (2.0 * grown).clamp(max=1.0)
+        weight = (2.0 * grown).clamp(max=1.0)
+        self._weight_cache = (key, weight)
+        return weight
 
     def _bias(self, coefficients: torch.Tensor) -> torch.Tensor:
         axes = [torch.linspace(-1.0, 1.0, n, device=coefficients.device,

@@ -14,7 +14,8 @@ label maps beside them):
    sharp and its sulci stay open although the scans disagree on their exact places. The
    cortex's depth maps and the mean intensity structure the labels do not explain follow.
 3. **Encoding.** Per scan: its velocity field, its regional cortical thinning against the
-   template (mm per cortical label), tissue intensities, a quadratic bias field, noise level
+   template (mm per cortical label), the growth of its lateral ventricles (mm), tissue
+   intensities, a quadratic bias field, noise level
    and field of view; per cohort: the point spread, the template's intensity structure
    (super-resolved from every scan's residual, :func:`super_resolved`), the tissue texture and
    the fine folding left after the coarse fields (measured by a fine registration of a few
@@ -24,6 +25,9 @@ label maps beside them):
    components) over the velocity fields, compared on the validation scans with a conditional
    VAE on the same field grid trained with condition dropout for classifier-free guidance;
    a conditional Gaussian (Ledoit-Wolf covariance) over the anatomy-and-appearance vectors.
+5. **Condition.** The diagnosis terms calibrated so that sampled bvFTD and control heads
+   differ in ventricles and regional grey matter as the training scans' label maps do
+   (:func:`calibrate_condition`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ TEXTURE_CANDIDATES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 #: Candidate fine-folding amplitudes (mm, RMS of the velocity per axis) of the diversity
 #: calibration, besides the one the fine registration measured.
 FINE_RMS_CANDIDATES = (0.5, 0.8, 1.1, 1.4, 1.7, 2.0)
+#: Largest correction (mm) the condition calibration makes to a diagnosis term.
+CONDITION_MAX_MM = 1.0
 
 
 @dataclass
@@ -244,6 +250,44 @@ def cortex_depths(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
     csf_depth = np.where(sulcal, distance - dither, 0.0).astype(np.float32)
     nearest[~sulcal] = 0
     return {"gm_depth": gm_depth, "csf_depth": csf_depth, "nearest_cortex": nearest}
+
+
+def ventricle_distances(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
+    """Signed distance from the lateral ventricles' surface (mm: > 0 outside, < 0 inside),
+    dithered as :func:`cortex_depths` so that a fraction of a voxel of growth is a fraction
+    of the layer; and, inside, the label of the nearest voxel outside."""
+    from scipy import special
+
+    noise = np.random.default_rng(1).standard_normal(labels.shape).astype(np.float32)
+    smooth = ndi.gaussian_filter(noise, 1.0)
+    dither = special.ndtr(smooth / smooth.std()).astype(np.float32) * np.float32(spacing)
+    inside = labels == LABEL_IDS["lateral_ventricles"]
+    if not inside.any():
+        return {"ventricle_distance": np.full(labels.shape, 1e3, np.float32),
+                "ventricle_neighbour": np.zeros(labels.shape, np.uint8)}  # fmt: skip
+    outward = ndi.distance_transform_edt(~inside, sampling=spacing)
+    depth, index = ndi.distance_transform_edt(inside, sampling=spacing, return_indices=True)
+    floor = np.float32(1e-3)
+    signed = np.where(inside, -np.maximum(depth - dither, floor),
+                      np.maximum(outward - dither, floor)).astype(np.float32)  # fmt: skip
+    neighbour = np.where(inside, labels[tuple(index)], 0).astype(np.uint8)
+    return {"ventricle_distance": signed, "ventricle_neighbour": neighbour}
+
+
+def growth_of(count: int, template: np.ndarray, distance: np.ndarray,
+              deep: Sequence[int]) -> float:  # fmt: skip
+    """The growth (mm; negative: shrinking) of the template's lateral ventricles that
+    leaves ``count`` voxels of them (growth into the ``deep`` tissue labels only)."""
+    inside = template == LABEL_IDS["lateral_ventricles"]
+    have = int(inside.sum())
+    if count >= have:
+        around = np.sort(distance[(distance > 0) & np.isin(template, deep)])
+        extra = min(count - have, around.size)
+        return float(around[extra - 1]) if extra > 0 else 0.0
+    depths = np.sort(-distance[inside])
+    lost = min(have - count, depths.size)
+    # voxels shallower than |g| go: just beyond the lost-th shallowest depth
+    return -float(np.nextafter(depths[lost - 1], np.float32(np.inf)))
 
 
 def thinning_of(count: int, value: int, depths: dict[str, np.ndarray],
@@ -718,6 +762,98 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
                     "samples": samples, "pairs": pairs}  # fmt: skip
 
 
+def brain_shares(maps: Iterable[np.ndarray], values: Sequence[int]) -> np.ndarray:
+    """(maps, values): each label's voxels as a share of the brain's, per label map."""
+    rows = []
+    for m in maps:
+        counts = np.bincount(np.asarray(m).ravel().astype(np.int64), minlength=256)
+        rows.append(counts[list(values)] / max(float(counts[list(BRAIN_LABELS)].sum()), 1.0))
+    return np.array(rows)
+
+
+def calibrate_condition(args: dict[str, Any], buffers: dict[str, np.ndarray],
+                        labels: Sequence[np.ndarray], conditions: Sequence[Condition], *,
+                        samples: int = 8, step_mm: float = 0.3,
+                        seed: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Make sampled bvFTD and control heads differ as the training scans do, in place.
+
+    Each scan's regional cortical thinning and ventricular growth are measured against the
+    template from the scans' label maps warped onto it, and the conditional Gaussian gives
+    their means per diagnosis; but a sampled head's label map is the template's changed by
+    those distances *and then* warped, and the two do not add exactly (thinning is bounded
+    by the cortex's depth, the warp stretches some regions more than others). The training
+    scans' label maps give the difference to reach: for each cortical grey-matter label and
+    the lateral ventricles, the bvFTD mean minus the control mean of its share of the brain.
+
+    Sampled heads are compared in pairs that share every random draw and differ only in
+    diagnosis, so the class difference is measured without sampling noise. Each entry's
+    diagnosis term moves by the remaining difference divided by its measured response to
+    ``step_mm`` more difference (at most :data:`CONDITION_MAX_MM`).
+
+    Returns the report (targets, the differences before and after, the corrections);
+    ``buffers`` are updated.
+    """
+    import torch
+
+    from napari_mrisynth.models.networks import build_network
+
+    network = build_network({"name": "AnatomyFirst", "args": args})
+    network.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                             for k, v in buffers.items()})  # fmt: skip
+    columns = list(range(network.layout["thinning"].start, network.layout["thinning"].stop))
+    values = list(CORTICAL_GM_LABELS)
+    if network.ventricle is not None:
+        columns.append(network.layout["ventricles"].start)
+        values.append(network.ventricle)
+    names = [LABELS[v][0] for v in values]
+    diagnosis = np.array([c.diagnosis.lower() == "bvftd" for c in conditions])
+    if diagnosis.all() or not diagnosis.any():
+        return {"skipped": "the training scans hold one diagnosis only"}
+    shares = brain_shares(labels, values)
+    target = shares[diagnosis].mean(axis=0) - shares[~diagnosis].mean(axis=0)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((samples, *network.noise_shape), generator=generator)
+    rows = torch.tensor([conditions[k % len(conditions)].vector() for k in range(samples)],
+                        dtype=torch.float32)  # fmt: skip
+    pairs = []
+    for sign in (1.0, -1.0):  # bvFTD, then the same draws as controls
+        paired = rows.clone()
+        paired[:, 0] = sign
+        pairs.append(paired)
+
+    def difference() -> np.ndarray:
+        made = []
+        for vectors in pairs:
+            maps = [network.generate(vectors[k : k + 2], noise[k : k + 2])[1].numpy()[:, 0]
+                    for k in range(0, samples, 2)]  # fmt: skip
+            made.append(brain_shares([m for batch in maps for m in batch], values))
+        return (made[0] - made[1]).mean(axis=0)
+
+    look = network.appearance_design
+    start = look[1, columns].clone()
+    before = difference()
+    # thinning removes grey matter, growth adds ventricle: more of either for bvFTD
+    sign = np.array(
+        [-1.0] * len(CORTICAL_GM_LABELS) + [1.0] * (len(values) - len(CORTICAL_GM_LABELS))
+    )
+    look[1, columns] = start + step_mm / 2.0  # diagnosis is +-1: half on each side
+    response = (difference() - before) / step_mm  # share per mm of class difference
+    usable = response * sign > 1e-7
+    change = np.where(usable, (target - before) / np.where(usable, response, 1.0), 0.0)
+    change = np.clip(change, -CONDITION_MAX_MM, CONDITION_MAX_MM)
+    look[1, columns] = start + torch.as_tensor(change / 2.0, dtype=look.dtype)
+    after = difference()
+    buffers["appearance_design"] = look.numpy().astype(buffers["appearance_design"].dtype)
+    return {
+        "labels": names,
+        "target_share_difference": dict(zip(names, target.tolist(), strict=True)),
+        "before": dict(zip(names, before.tolist(), strict=True)),
+        "after": dict(zip(names, after.tolist(), strict=True)),
+        "change_mm": dict(zip(names, change.tolist(), strict=True)),
+        "samples": samples, "training_scans": len(labels),
+    }  # fmt: skip
+
+
 def fit_anatomy_first(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -804,7 +940,11 @@ def fit_anatomy_first(
     fine = fine_folding(template, warped_images, spacing, options)
     timings["appearance"] = time.perf_counter() - clock
     # anatomy-and-appearance vectors
-    layout = appearance_layout(count, len(CORTICAL_GM_LABELS))
+    layout = appearance_layout(count, len(CORTICAL_GM_LABELS), 1)
+    ventricle = LABEL_IDS["lateral_ventricles"]
+    deep = [v for v in BRAIN_LABELS if v not in CORTICAL_GM_LABELS
+            and v not in (LABEL_IDS["sulcal_csf"], ventricle)]  # fmt: skip
+    around = ventricle_distances(template_labels, spacing)
     noise_blur = float(np.median([look["noise_blur"] for look in looks]))
     vectors = []
     for warped, look in zip(warped_labels, looks, strict=True):
@@ -813,6 +953,8 @@ def fit_anatomy_first(
                     for v in CORTICAL_GM_LABELS]  # fmt: skip
         vector = np.zeros(max(s.stop for s in layout.values()))
         vector[layout["thinning"]] = thinning
+        vector[layout["ventricles"]] = growth_of(int(counts[ventricle]), template_labels,
+                                                 around["ventricle_distance"], deep)  # fmt: skip
         vector[layout["intensity"]] = look["intensity"]
         vector[layout["bias"]] = look["bias"]
         vector[layout["log_noise"]] = math.log(look["noise"])
@@ -878,7 +1020,7 @@ def fit_anatomy_first(
         "fine_step": max(1, int(round(2.0 / spacing))),
         "components": int(shape_model["components"]), "labels": count,
         "cortical": list(CORTICAL_GM_LABELS), "sulcal": LABEL_IDS["sulcal_csf"],
-        "brain": list(BRAIN_LABELS), "shape_model": chosen,
+        "brain": list(BRAIN_LABELS), "shape_model": chosen, "ventricle": ventricle,
     }  # fmt: skip
     fine_step_mm = args["fine_step"] * spacing
     buffers = {
@@ -888,6 +1030,8 @@ def fit_anatomy_first(
         "gm_depth": depths["gm_depth"].astype(np.float16),
         "csf_depth": depths["csf_depth"].astype(np.float16),
         "nearest_cortex": depths["nearest_cortex"],
+        "ventricle_distance": around["ventricle_distance"].astype(np.float16),
+        "ventricle_neighbour": around["ventricle_neighbour"],
         "structure": structure.astype(np.float16),
         "velocity_design": shape_model["design"].reshape(4, 3, *nodes).astype(np.float16),
         "velocity_basis": shape_model["basis"].reshape(-1, 3, *nodes).astype(np.float16),
@@ -921,5 +1065,13 @@ def fit_anatomy_first(
         progress("diversity", 1, 1)
     report["fine_folding"]["rms_mm_sampled"] = fine_rms
     timings["diversity"] = time.perf_counter() - clock
+    if progress is not None:
+        progress("condition", 0, 1)
+    report["condition_calibration"] = calibrate_condition(
+        args, buffers, [class_label[m] for m in labels], conditions
+    )
+    if progress is not None:
+        progress("condition", 1, 1)
+    timings["condition"] = time.perf_counter() - clock
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     return Fitted(args, buffers, report, {"template_intensity": template})

@@ -45,8 +45,8 @@ TITLES = {"vae": "conditional VAE", "gan": "conditional GAN", "ldm": "latent dif
 DETAILS = {
     "anatomy": "a groupwise template built by SimpleITK diffeomorphic demons, stationary "
     "velocity fields on a 6 mm grid under a conditional shape model, regional cortical "
-    "thinning, tissue appearance, fine folding and texture; rendered at native resolution "
-    "with exact label maps",
+    "thinning and ventricular growth, tissue appearance, fine folding and texture; rendered "
+    "at native resolution with exact label maps",
     "vae": "MONAI AutoencoderKL encoder and decoder, both seeing the condition",
     "gan": "AutoencoderKL-style decoder generator and PatchDiscriminator critic, hinge loss, "
     "DiffAugment, R1 penalty, generator EMA",
