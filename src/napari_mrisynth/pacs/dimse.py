@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,14 +142,26 @@ def associated(
         if "cert" in files:
             context.load_cert_chain(files["cert"], files["key"])
         tls_args = (context, node.host)
-    assoc = ae.associate(
-        node.host,
-        node.port,
-        ae_title=node.called_aet,
-        ext_neg=list(roles),
-        tls_args=tls_args,
-        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers],
-    )
+
+    def attempt() -> Any:
+        return ae.associate(
+            node.host,
+            node.port,
+            ae_title=node.called_aet,
+            ext_neg=list(roles),
+            tls_args=tls_args,
+            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers],
+        )
+
+    started = time.monotonic()
+    assoc = attempt()
+    answered = type(seen.get("primitive")).__name__ == "A_ASSOCIATE"
+    if assoc.is_aborted and not answered and time.monotonic() - started < timeout / 2:
+        # A node that rejects and closes at once can have its close read before its
+        # A-ASSOCIATE-RJ: an abort instead of an answer, well before the timeout. Asking
+        # once more gives the rejection (and its reason) when that is what it was.
+        seen.clear()
+        assoc = attempt()
     if not assoc.is_established:
         primitive = seen.get("primitive")
         if assoc.is_rejected and primitive is not None:
