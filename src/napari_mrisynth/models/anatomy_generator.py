@@ -69,6 +69,12 @@ def appearance_layout(labels: int, cortical: int, ventricles: int = 0) -> dict[s
     return out
 
 
+def deep_tissue(brain: Sequence[int], cortical: Sequence[int], sulcal: int,
+                ventricle: int | None) -> list[int]:  # fmt: skip
+    """Labels the ventricles may grow into: brain tissue that is not cortex or CSF."""
+    return [v for v in brain if v not in cortical and v not in (sulcal, ventricle)]
+
+
 def design_matrix(condition: torch.Tensor) -> torch.Tensor:
     """``[1, diagnosis, age, sex]`` per row: the regressors every model is conditioned on."""
     ones = torch.ones(condition.shape[0], 1, dtype=condition.dtype, device=condition.device)
@@ -297,9 +303,8 @@ class AnatomyFirst(nn.Module):
         return labels
 
     def deep_tissue(self) -> list[int]:
-        """Labels the ventricles may grow into: brain tissue that is not cortex or CSF."""
-        return [v for v in self.brain
-                if v not in self.cortical and v not in (self.sulcal, self.ventricle)]  # fmt: skip
+        """Labels this model's ventricles may grow into (:func:`deep_tissue`)."""
+        return deep_tissue(self.brain, self.cortical, self.sulcal, self.ventricle)
 
     def _field(self, seeds: torch.Tensor, shape: Sequence[int], sigma: float,
                components: int) -> torch.Tensor:  # fmt: skip

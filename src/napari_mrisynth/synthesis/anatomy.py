@@ -49,6 +49,7 @@ from napari_mrisynth.models.anatomy_generator import (
     SCALARS,
     TONE_KNOTS,
     appearance_layout,
+    deep_tissue,
 )
 from napari_mrisynth.models.conditions import Condition
 
@@ -225,6 +226,16 @@ def volume_matched_labels(probabilities: np.ndarray, targets: np.ndarray,
     return np.argmax(weighted, axis=0).astype(np.uint8)
 
 
+def _depth_dither(shape: Sequence[int], spacing: float, seed: int) -> np.ndarray:
+    """A fixed, smooth dither in [0, spacing) mm per voxel (seeded): subtracted from a
+    distance map, it makes whole-voxel distances continuous."""
+    from scipy import special
+
+    noise = np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
+    smooth = ndi.gaussian_filter(noise, 1.0)
+    return special.ndtr(smooth / smooth.std()).astype(np.float32) * np.float32(spacing)
+
+
 def cortex_depths(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
     """Depth of cortical grey matter from its outer surface, depth of sulcal CSF from the
     cortex, and the nearest cortical label of each sulcal CSF voxel (mm; 0 elsewhere).
@@ -234,11 +245,7 @@ def cortex_depths(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
     fraction of its outer layer (in smooth patches, as the simulator does) rather than all
     of it or none.
     """
-    from scipy import special
-
-    noise = np.random.default_rng(0).standard_normal(labels.shape).astype(np.float32)
-    smooth = ndi.gaussian_filter(noise, 1.0)
-    dither = special.ndtr(smooth / smooth.std()).astype(np.float32) * np.float32(spacing)
+    dither = _depth_dither(labels.shape, spacing, 0)
     cortex = np.isin(labels, CORTICAL_GM_LABELS)
     outside = ~np.isin(labels, (*CORTICAL_GM_LABELS, LABEL_IDS["white_matter"],
                                 LABEL_IDS["deep_gm"], LABEL_IDS["cerebellum"]))  # fmt: skip
@@ -256,11 +263,7 @@ def ventricle_distances(labels: np.ndarray, spacing: float) -> dict[str, np.ndar
     """Signed distance from the lateral ventricles' surface (mm: > 0 outside, < 0 inside),
     dithered as :func:`cortex_depths` so that a fraction of a voxel of growth is a fraction
     of the layer; and, inside, the label of the nearest voxel outside."""
-    from scipy import special
-
-    noise = np.random.default_rng(1).standard_normal(labels.shape).astype(np.float32)
-    smooth = ndi.gaussian_filter(noise, 1.0)
-    dither = special.ndtr(smooth / smooth.std()).astype(np.float32) * np.float32(spacing)
+    dither = _depth_dither(labels.shape, spacing, 1)
     inside = labels == LABEL_IDS["lateral_ventricles"]
     if not inside.any():
         return {"ventricle_distance": np.full(labels.shape, 1e3, np.float32),
@@ -712,6 +715,29 @@ def super_resolved(observations: Sequence[np.ndarray], masks: Sequence[np.ndarra
                                  "relative_residual": math.sqrt(rs) / norm_b}  # fmt: skip
 
 
+def _fitted_network(args: dict[str, Any], buffers: dict[str, np.ndarray]) -> Any:
+    """The network a fit's arguments and buffers make (what the registry would load)."""
+    import torch
+
+    from napari_mrisynth.models.networks import build_network
+
+    network = build_network({"name": "AnatomyFirst", "args": args})
+    network.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                             for k, v in buffers.items()})  # fmt: skip
+    return network
+
+
+def _sampled(network: Any, vectors: Any, noise: Any) -> tuple[list, list]:
+    """(images, label maps) of one head per row of ``vectors`` and ``noise``, two at a time;
+    each a list of (D, H, W) arrays."""
+    images, labels = [], []
+    for k in range(0, len(vectors), 2):
+        image, label = network.generate(vectors[k : k + 2], noise[k : k + 2])
+        images += list(image.numpy()[:, 0])
+        labels += list(label.numpy()[:, 0])
+    return images, labels
+
+
 def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
                         images: Sequence[np.ndarray], conditions: Sequence[Condition], *,
                         samples: int = 16, pairs: int = 50,
@@ -727,7 +753,6 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
     import torch
 
     from napari_mrisynth.evaluation.metrics import ms_ssim_pairs, random_pairs
-    from napari_mrisynth.models.networks import build_network
 
     def scaled(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [np.clip(np.asarray(v, np.float32) / 1.5, 0.0, 1.0) for v in volumes]
@@ -743,9 +768,7 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
     except ValueError as exc:  # volumes too small for MS-SSIM's scales: keep the measurement
         return measured, {"measured_rms_mm": measured, "chosen_rms_mm": measured,
                           "skipped": str(exc)}  # fmt: skip
-    network = build_network({"name": "AnatomyFirst", "args": args})
-    network.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                             for k, v in buffers.items()})  # fmt: skip
+    network = _fitted_network(args, buffers)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((samples, *network.noise_shape), generator=generator)
     vectors = torch.tensor([conditions[k % len(conditions)].vector() for k in range(samples)],
@@ -753,9 +776,7 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
     scores: dict[float, float] = {}
     for rms in sorted({round(measured, 3), *FINE_RMS_CANDIDATES}):
         network.scalars[index] = rms
-        made = [network.generate(vectors[k : k + 2], noise[k : k + 2])[0].numpy()[:, 0]
-                for k in range(0, samples, 2)]  # fmt: skip
-        scores[rms] = within([v for batch in made for v in batch])
+        scores[rms] = within(_sampled(network, vectors, noise)[0])
     chosen = min(scores, key=lambda r: abs(scores[r] - target))
     return chosen, {"target_ms_ssim": target, "ms_ssim": {str(k): v for k, v in scores.items()},
                     "measured_rms_mm": measured, "chosen_rms_mm": chosen,
@@ -763,10 +784,12 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
 
 
 def brain_shares(maps: Iterable[np.ndarray], values: Sequence[int]) -> np.ndarray:
-    """(maps, values): each label's voxels as a share of the brain's, per label map."""
+    """(maps, values): each label's voxels as a share of the brain's, per label map (arrays
+    or Volumes)."""
     rows = []
     for m in maps:
-        counts = np.bincount(np.asarray(m).ravel().astype(np.int64), minlength=256)
+        labels = np.asarray(getattr(m, "data", m))
+        counts = np.bincount(labels.ravel().astype(np.int64), minlength=256)
         rows.append(counts[list(values)] / max(float(counts[list(BRAIN_LABELS)].sum()), 1.0))
     return np.array(rows)
 
@@ -795,11 +818,7 @@ def calibrate_condition(args: dict[str, Any], buffers: dict[str, np.ndarray],
     """
     import torch
 
-    from napari_mrisynth.models.networks import build_network
-
-    network = build_network({"name": "AnatomyFirst", "args": args})
-    network.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                             for k, v in buffers.items()})  # fmt: skip
+    network = _fitted_network(args, buffers)
     columns = list(range(network.layout["thinning"].start, network.layout["thinning"].stop))
     values = list(CORTICAL_GM_LABELS)
     if network.ventricle is not None:
@@ -822,12 +841,8 @@ def calibrate_condition(args: dict[str, Any], buffers: dict[str, np.ndarray],
         pairs.append(paired)
 
     def difference() -> np.ndarray:
-        made = []
-        for vectors in pairs:
-            maps = [network.generate(vectors[k : k + 2], noise[k : k + 2])[1].numpy()[:, 0]
-                    for k in range(0, samples, 2)]  # fmt: skip
-            made.append(brain_shares([m for batch in maps for m in batch], values))
-        return (made[0] - made[1]).mean(axis=0)
+        bvftd, control = (brain_shares(_sampled(network, v, noise)[1], values) for v in pairs)
+        return (bvftd - control).mean(axis=0)
 
     look = network.appearance_design
     start = look[1, columns].clone()
@@ -942,8 +957,7 @@ def fit_anatomy_first(
     # anatomy-and-appearance vectors
     layout = appearance_layout(count, len(CORTICAL_GM_LABELS), 1)
     ventricle = LABEL_IDS["lateral_ventricles"]
-    deep = [v for v in BRAIN_LABELS if v not in CORTICAL_GM_LABELS
-            and v not in (LABEL_IDS["sulcal_csf"], ventricle)]  # fmt: skip
+    deep = deep_tissue(BRAIN_LABELS, CORTICAL_GM_LABELS, LABEL_IDS["sulcal_csf"], ventricle)
     around = ventricle_distances(template_labels, spacing)
     noise_blur = float(np.median([look["noise_blur"] for look in looks]))
     vectors = []

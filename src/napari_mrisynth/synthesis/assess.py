@@ -72,18 +72,11 @@ def condition_effects(real_labels: Sequence[Any], real_bvftd: Sequence[bool],
     """Cohen's d (bvFTD minus control) of each region of :data:`EFFECT_REGIONS` as a share
     of the brain, in generated label maps and in real ones, with the real d's bootstrap
     95 % interval (subjects resampled within each class)."""
-    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABEL_IDS
+    from napari_mrisynth.anatomy.labels import LABEL_IDS
+    from napari_mrisynth.synthesis.anatomy import brain_shares
 
-    def shares(maps: Sequence[Any]) -> np.ndarray:
-        rows = []
-        for m in maps:
-            values = np.asarray(getattr(m, "data", m))
-            counts = np.bincount(values.ravel().astype(np.int64), minlength=256)
-            brain = counts[list(BRAIN_LABELS)].sum()
-            rows.append([counts[LABEL_IDS[r]] / max(brain, 1) for r in EFFECT_REGIONS])
-        return np.array(rows)
-
-    real, fake = shares(real_labels), shares(synthetic_labels)
+    regions = [LABEL_IDS[r] for r in EFFECT_REGIONS]
+    real, fake = brain_shares(real_labels, regions), brain_shares(synthetic_labels, regions)
     real_y, fake_y = np.asarray(real_bvftd, bool), np.asarray(synthetic_bvftd, bool)
     if real_y.all() or not real_y.any() or fake_y.all() or not fake_y.any():
         return {"reading": "both classes are needed in both sets"}
