@@ -133,10 +133,17 @@ def synthesize_views(viewer, qapp) -> None:
     widget.image.setCurrentIndex(widget.image.findText("simulated bvFTD T1"))
     widget.n.setValue(3)
     widget.seed.setValue(7)
+    widget.label_maps.setChecked(False)  # first the images alone, as a rater sees them
     widget.run()
     print("synthesize:", widget.status.text())
     _settle(viewer, qapp)
     _save(viewer, "napari_synthesize.png")
+    if widget.label_maps.isEnabled():  # then each volume's label map over it
+        widget.label_maps.setChecked(True)
+        widget.run()
+        print("synthesize with label maps:", widget.status.text())
+        _settle(viewer, qapp)
+        _save(viewer, "napari_synthesize_labels.png")
 
 
 def turing_views(viewer, qapp, tmp: Path) -> None:

@@ -18,16 +18,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from napari.layers import Image
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QSpinBox
 
 from napari_mrisynth.errors import ModelError, MrisynthError
 from napari_mrisynth.models.card import ModelCard
 from napari_mrisynth.synthesis.synthesize import SynthesisRequest, SynthesisRun, synthesize
 from napari_mrisynth.volume import Volume
 
-from ._layer_data import LayerData, image_layer_data
-from ._segment_widget import ModelWidget, layer_source_volume
+from ._layer_data import LayerData, image_layer_data, labels_layer_data
+from ._segment_widget import ModelWidget, label_color_dict, label_features, layer_source_volume
 
 if TYPE_CHECKING:
     import napari
@@ -39,6 +40,9 @@ INTENSITY_RANGE = (0.0, 1.5)
 #: One look for every layer of a comparison; these attributes stay linked.
 DISPLAY = {"contrast_limits": (0.0, 1.2), "gamma": 1.0, "colormap": "gray"}
 LINKED = ("contrast_limits", "gamma", "colormap")
+
+#: Opacity of a label map over its volume: the anatomy stays readable underneath.
+LABEL_OPACITY = 0.4
 
 #: Condition choices: what the user reads -> what generate() takes.
 CONDITIONS = {"bvFTD": "bvftd", "control": "control"}
@@ -119,17 +123,48 @@ def _comparison_layer_data(volume: Volume, name: str, metadata: dict[str, Any]) 
     return data, kwargs, layer_type
 
 
+def labels_name(image_name: str) -> str:
+    """Name of the label map shown over the image layer ``image_name``."""
+    return f"labels · {image_name}"
+
+
+def _labels_layer_data(
+    labels: Volume | None, like: Volume, name: str, metadata: dict[str, Any]
+) -> LayerData:
+    """A label map over its volume; an empty one (to paint, and to keep every grid viewbox
+    to one image and its labels) when there is none."""
+    if labels is None:
+        labels = like.with_data(np.zeros(like.shape, np.uint8), name=name)
+    data, kwargs, layer_type = labels_layer_data(
+        labels, name=name, color_dict=label_color_dict(labels)
+    )
+    kwargs["features"] = label_features(labels)
+    kwargs["opacity"] = LABEL_OPACITY
+    kwargs["metadata"].update(metadata)
+    return data, kwargs, layer_type
+
+
 def comparison_layers(run: SynthesisRun) -> list[LayerData]:
     """Layer data of a run: the real scan first (if any), then every synthetic volume, each
-    named for a reader and carrying its provenance in its metadata."""
+    named for a reader and carrying its provenance in its metadata. With label maps asked
+    for, each image is followed by its labels: a synthetic volume's own map, the real scan's
+    segmentation (empty when it could not be segmented)."""
     layers = []
+    with_labels = run.request.labels
     if run.real is not None:
         origin = {"source_layer": run.request.compare_name, "model_grid_of": run.request.card.ref}
         name = real_name(run.request.compare_name)
         layers.append(_comparison_layer_data(run.real, name, {"prepared": origin}))
+        if with_labels:
+            segmenter = None if run.real_labels is None else run.real_labels.metadata.get("model")
+            meta = {"prepared": origin, "segmented_by": segmenter}
+            layers.append(_labels_layer_data(run.real_labels, run.real, labels_name(name), meta))
     for s in run.synthetic:
         name = synthetic_name(s.provenance)
         layers.append(_comparison_layer_data(s.volume, name, {"provenance": s.provenance}))
+        if with_labels:
+            meta = {"provenance": s.provenance}
+            layers.append(_labels_layer_data(s.labels, s.volume, labels_name(name), meta))
     return layers
 
 
@@ -150,6 +185,12 @@ class SynthesizeWidget(ModelWidget):
     the generators' intensity scale) as ``"real · <layer> (model grid)"``. The viewer goes
     into grid mode (real first), with contrast, gamma and colormap linked; other layers are
     hidden, never removed. A new run replaces the previous run's layers.
+
+    With *Label maps* on (generators that make them), each synthetic volume's label map is
+    a Labels layer ``"labels · <volume layer>"`` over it, and the real scan's segmentation
+    by the default segmentation model over the real scan: one viewbox per image and its
+    labels. The layer list reads real first from the top (a negative grid stride counts the
+    viewboxes from there, so the user's layers below never split a pair).
 
     Parameters
     ----------
@@ -197,6 +238,8 @@ class SynthesizeWidget(ModelWidget):
         self.guidance.setSingleStep(0.5)
         self.guidance.setDecimals(2)
         self.guidance.setToolTip("Classifier-free guidance scale (latent diffusion; 1 = none)")
+        self.label_maps = QCheckBox("each volume's label map, and the real scan's segmentation")
+        self.label_maps.setChecked(True)
         rows = [
             ("Condition", self.condition),
             ("Age", self.age),
@@ -209,6 +252,7 @@ class SynthesizeWidget(ModelWidget):
         self.form.addRow("DDIM steps", self.steps)
         self.form.addRow("Guidance", self.guidance)
         self.form.addRow("Compare with", self.image)
+        self.form.addRow("Label maps", self.label_maps)
 
     # -- choices -----------------------------------------------------------------------------
     def showEvent(self, event: Any) -> None:
@@ -280,6 +324,14 @@ class SynthesizeWidget(ModelWidget):
                     self.age.setValue(NO_AGE)
                 else:
                     self.sex.setCurrentText(NO_SEX)
+        makes_labels = card is not None and bool(card.inference.get("labels", False))
+        self.label_maps.setEnabled(makes_labels)
+        self.label_maps.setToolTip(
+            "Show each synthetic volume's exact label map over it, and the real scan "
+            "segmented by the default segmentation model"
+            if makes_labels
+            else "This generator makes images only, no label maps"
+        )
         ldm = card is not None and card.inference.get("family") == "ldm"
         for widget in (self.steps, self.guidance):  # latent diffusion only
             widget.setEnabled(ldm)
@@ -321,6 +373,7 @@ class SynthesizeWidget(ModelWidget):
             guidance=self.guidance.value() if ldm else None,
             compare=compare,
             compare_name="" if layer is None else layer.name,
+            labels=self.label_maps.isEnabled() and self.label_maps.isChecked(),
         )
 
     def run(self) -> Any:
@@ -382,6 +435,7 @@ class SynthesizeWidget(ModelWidget):
                 f"{outcome.request.compare_name} is shown on the same model grid (aligned, "
                 f"resampled and normalised in {outcome.stages.get('prepare', 0.0):.1f} s)."
             )
+        parts.extend(outcome.notes)
         if hidden:
             parts.append(f"{hidden} other layer(s) hidden for the side-by-side view.")
         self.status.setText(" ".join(parts))
@@ -395,25 +449,40 @@ class SynthesizeWidget(ModelWidget):
         from napari.experimental import link_layers
 
         self.clear_run_layers()
-        added = []
-        for data, kwargs, _ in layers:
-            added.append(self.viewer.add_image(data, **kwargs))
-            added[-1].contrast_limits_range = INTENSITY_RANGE
-            added[-1].contrast_limits = DISPLAY["contrast_limits"]
+        cells: list[list[LayerData]] = []  # one viewbox each: an image, then its labels
+        for item in layers:
+            if item[2] == "labels":
+                cells[-1].append(item)
+            else:
+                cells.append([item])
+        # the last cell is added first: napari counts a negative stride from the top of the
+        # list, so the user's (hidden) layers below never shift a pair across two viewboxes,
+        # and the layer list reads real first, from the top
+        added, images = [], []
+        for cell in reversed(cells):
+            for data, kwargs, layer_type in cell:
+                if layer_type == "labels":  # over its image, in the same viewbox
+                    added.append(self.viewer.add_labels(data, **kwargs))
+                    continue
+                added.append(self.viewer.add_image(data, **kwargs))
+                added[-1].contrast_limits_range = INTENSITY_RANGE
+                added[-1].contrast_limits = DISPLAY["contrast_limits"]
+                images.append(added[-1])
+        images.reverse()  # reading order: real first
         self._run_layers = added
-        if len(added) > 1:
-            link_layers(added, LINKED)
+        if len(images) > 1:
+            link_layers(images, LINKED)
         hidden = 0
         for other in self.viewer.layers:
             if other not in added and other.visible:
                 other.visible = False
                 hidden += 1
         grid = self.viewer.canvas.grid
-        grid.shape = grid_shape(len(added))
-        grid.stride = 1
+        grid.shape = grid_shape(len(cells))
+        grid.stride = -len(cells[0])  # 1, or 2: an image and its labels
         grid.enabled = True
         self.viewer.dims.ndisplay = 2
-        first = added[0]
+        first = images[0]
         for axis, (start, step, size) in enumerate(
             zip(first.translate, first.scale, first.data.shape, strict=True)
         ):
@@ -429,7 +498,8 @@ class SynthesizeWidget(ModelWidget):
 
         present = [layer for layer in self._run_layers if layer in self.viewer.layers]
         self._run_layers = []
-        if len(present) > 1:
-            unlink_layers(present)
+        images = [layer for layer in present if isinstance(layer, Image)]
+        if len(images) > 1:
+            unlink_layers(images)
         for layer in present:
             self.viewer.layers.remove(layer)

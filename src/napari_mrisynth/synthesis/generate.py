@@ -48,6 +48,17 @@ class Synthetic:
     labels_path: Path | None = None
 
 
+def label_schema() -> dict[str, dict[str, Any]]:
+    """``label_names`` and ``label_colors`` of a generated label map (the template head's
+    schema, which the anatomy-first family warps), as a segmentation's metadata holds them."""
+    from napari_mrisynth.anatomy.labels import LABELS
+
+    return {
+        "label_names": {str(k): name for k, (name, _) in LABELS.items()},
+        "label_colors": {str(k): list(rgb) for k, (_, rgb) in LABELS.items()},
+    }
+
+
 def noise_seed(seed: int, index: int) -> int:
     """The seed of volume ``index``'s noise (independent streams per index)."""
     return int(
@@ -243,8 +254,10 @@ def generate(
             )
             item = Synthetic(volume, provenance)
             if label_map is not None:
-                item.labels = volume.with_data(label_map.astype(np.uint8), name=f"{name}_labels",
-                                               description=f"labels of {name}")  # fmt: skip
+                item.labels = volume.with_data(
+                    label_map.astype(np.uint8), name=f"{name}_labels",
+                    description=f"labels of {name}", **label_schema(),
+                )  # fmt: skip
             if out is not None:
                 _write(item, Path(out), name, formats, i)
             results.append(item)

@@ -32,6 +32,9 @@ class SynthesisRequest:
     guidance: float | None = None
     compare: Volume | None = None
     compare_name: str = ""
+    #: Label maps too: every synthetic volume's own (generators that make one) and, for the
+    #: real scan, the default segmentation model's labels on the same grid.
+    labels: bool = False
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`~napari_mrisynth.synthesis.generate.generate`."""
@@ -48,8 +51,9 @@ class SynthesisRequest:
 
 @dataclass
 class SynthesisRun:
-    """What a request made: the real scan on the model grid (if any), every synthetic volume
-    with its provenance, the device and the seconds each stage took."""
+    """What a request made: the real scan on the model grid (if any) and its segmentation
+    (when label maps were asked for), every synthetic volume with its provenance and label
+    map, the device, the seconds each stage took, and notes for the user."""
 
     request: SynthesisRequest
     synthetic: list[Synthetic]
@@ -57,6 +61,8 @@ class SynthesisRun:
     seconds: float = 0.0
     device: str = "cpu"
     stages: dict[str, float] = field(default_factory=dict)
+    real_labels: Volume | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def synthesize(
@@ -103,11 +109,39 @@ def synthesize(
     except RuntimeError as exc:  # torch's own: out of memory, a device gone away
         raise ModelError(f"{ref}: generation failed on {request.device}: {exc}") from exc
     stages["generate"] = time.perf_counter() - clock
-    return SynthesisRun(
+    run = SynthesisRun(
         request,
         synthetics,
         real,
-        seconds=time.perf_counter() - began,
         device=str(synthetics[0].provenance.get("device", "cpu")),
         stages=stages,
     )
+    if request.labels:
+        if any(s.labels is None for s in synthetics):
+            run.notes.append(f"{ref} makes no label maps.")
+        if real is not None:
+            clock = time.perf_counter()
+            run.real_labels = _segment_real(run)
+            stages["segment"] = time.perf_counter() - clock
+    run.seconds = time.perf_counter() - began
+    return run
+
+
+def _segment_real(run: SynthesisRun) -> Volume | None:
+    """The real scan's labels on the model grid from the default segmentation model, or
+    ``None`` with a note saying why (no segmenter, or it failed: generation still stands)."""
+    from napari_mrisynth.models.inference import segment
+
+    try:
+        result = segment(run.real, device=run.request.device)
+    except ModelError as exc:
+        run.notes.append(f"The real scan is not segmented: {exc}")
+        return None
+    except RuntimeError as exc:  # torch's own: out of memory, a device gone away
+        run.notes.append(f"The real scan is not segmented: segmentation failed: {exc}")
+        return None
+    run.notes.append(
+        f"The real scan's labels are {result.card.ref}'s segmentation; the synthetic "
+        "volumes' are the maps they were generated from."
+    )
+    return result.labels
