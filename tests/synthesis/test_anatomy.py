@@ -80,13 +80,14 @@ def fitted(simulated_cohort, tracking_uri, tmp_path_factory):
 def test_anatomy_model_fits_into_the_registry_with_its_report(fitted, tracking_uri):
     from mlflow import MlflowClient
 
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABELS
+
     card, out = fitted
     assert card.inference["family"] == "anatomy" and card.task == "generation"
     report = card.training["fit"]
     assert report["shape_model"] == "gaussian"
     # the template's label volumes match the training scans' mean volumes (to 0.3 % at
     # 2 mm; at 8 mm a sulcal sheet is mostly partial voxels and misses by about 6 %)
-    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABELS
 
     match = report["template_volume_match"]
     brain = {LABELS[v][0]: match[LABELS[v][0]] for v in BRAIN_LABELS}  # head labels: a few voxels
@@ -103,18 +104,23 @@ def test_anatomy_model_fits_into_the_registry_with_its_report(fitted, tracking_u
     assert diversity["chosen_rms_mm"] == best == report["fine_folding"]["rms_mm_sampled"]
     sr = report["structure_super_resolution"]
     assert sr["misfit"] < sr["misfit_start"]
-    # the condition is calibrated: the corrected diagnosis terms (cortical thinning and
-    # ventricular growth) bring the sampled bvFTD-minus-control differences in each label's
-    # share of the brain closer to the training scans' than before
-    condition = report["condition_calibration"]
-    target = condition["target_share_difference"]
+    # the condition: each head gets the regional shares it draws, so paired bvFTD and
+    # control heads (the same draws otherwise) differ in each label's share of the brain as
+    # the training scans' class means do
+    spread = report["anatomy_spread"]
+    assert set(spread) == {"control", "bvFTD"}
+    assert all(v > 0 for group in spread.values() for v in group.values())
+    condition = report["condition_check"]
+    target, sampled = condition["target_share_difference"], condition["sampled_share_difference"]
     assert "lateral_ventricles" in target and "insula_gm" in target
-    assert any(abs(v) > 0 for v in condition["change_mm"].values())
-
-    def miss(key: str) -> float:
-        return sum(abs(condition[key][name] - target[name]) for name in target)
-
-    assert miss("after") < miss("before"), condition
+    # to within a voxel or two (ties at a threshold depth: depths are stored as float16),
+    # but for a label whose thickening runs out of sulcal CSF beside it on this coarse 8 mm
+    # template (here the cingulate cortex of some controls: a few voxels short)
+    spacing = float(card.input.spacing[0])
+    volumes = report["template_label_volumes_ml"]
+    brain_voxels = sum(volumes[LABELS[v][0]] for v in BRAIN_LABELS) * 1000.0 / spacing**3
+    misses = sorted(abs(sampled[k] - target[k]) * brain_voxels for k in target)
+    assert misses[-2] <= 2.0 and misses[-1] <= 10.0, (misses, condition)
     assert (out / f"test-anatomy-{card.version}" / "card.json").exists()
     runs = MlflowClient(tracking_uri).search_runs(
         [MlflowClient(tracking_uri).get_experiment_by_name("tests").experiment_id],
@@ -289,40 +295,78 @@ def test_brain_weight_is_made_once_per_template(fitted):
     torch.testing.assert_close(network._brain_weight(), first)
 
 
-def test_ventricles_grow_and_shrink_by_the_distance_measured():
-    """A ventricle block in white matter: the growth measured for a head with more (or
-    fewer) ventricle voxels, applied by the generator, gives back that many voxels."""
+def test_each_head_gets_exactly_the_regional_shares_it_draws():
+    """A cortical slab over white matter with sulcal CSF beside it and a ventricle block:
+    the thinning, thickening, growth and shrinking found for drawn brain shares give each
+    label exactly that many voxels, moving only the tissue the rules name; a model of the
+    older kind applies its distances (mm) as drawn."""
     from napari_mrisynth.anatomy.labels import LABEL_IDS
-    from napari_mrisynth.models.anatomy_generator import AnatomyFirst
-    from napari_mrisynth.synthesis.anatomy import growth_of, ventricle_distances
+    from napari_mrisynth.models.anatomy_generator import (
+        AnatomyFirst,
+        design_matrix,
+        sampling_grid,
+    )
+    from napari_mrisynth.synthesis.anatomy import ventricle_distances
 
     ventricle, white = LABEL_IDS["lateral_ventricles"], LABEL_IDS["white_matter"]
+    cortex, sulcal = LABEL_IDS["frontal_gm"], LABEL_IDS["sulcal_csf"]
     template = np.full((24, 24, 24), white, np.uint8)
-    template[:2] = 0  # background: never grown into
     template[8:16, 9:15, 10:14] = ventricle
+    template[2:6] = cortex  # a cortical slab, its pial side at z = 2
+    template[:, :, 20:] = sulcal  # sulcal CSF, nearest to that cortex
+    template[:2] = 0  # background: never grown into
+    rng = np.random.default_rng(0)
+    depth = np.zeros(template.shape, np.float32)
+    depth[2:6] = np.arange(4, dtype=np.float32)[:, None, None] * 2.0 + 1.0
+    depth[2:6] += rng.uniform(0, 0.5, (4, 24, 24))
+    csf = (np.arange(24, dtype=np.float32) - 19.0)[None, None] * 2.0 + rng.uniform(
+        0, 0.5, (24,) * 3
+    )
+    csf = np.where(template == sulcal, csf, 0).astype(np.float32)
     maps = ventricle_distances(template, 2.0)
-    inside = template == ventricle
-    assert (maps["ventricle_distance"][inside] < 0).all()
-    assert (maps["ventricle_distance"][~inside] > 0).all()
-    assert set(np.unique(maps["ventricle_neighbour"][inside])) == {white}
-    network = AnatomyFirst((24, 24, 24), 2.0, 4, 1, 1, 19, [1], LABEL_IDS["sulcal_csf"],
-                           list(range(1, 14)), ventricle=ventricle)  # fmt: skip
+    brain = list(range(1, 14))
+    network = AnatomyFirst((24, 24, 24), 2.0, 4, 1, 1, 19, [cortex], sulcal, brain,
+                           ventricle=ventricle, regional="share")  # fmt: skip
     network.template_labels.copy_(torch.from_numpy(template))
+    network.class_label.copy_(torch.arange(19, dtype=torch.uint8))
+    network.gm_depth.copy_(torch.from_numpy(depth).half())
+    network.csf_depth.copy_(torch.from_numpy(csf).half())
+    nearest = torch.from_numpy((template == sulcal).astype(np.uint8) * cortex)
+    network.nearest_cortex.copy_(nearest)
     network.ventricle_distance.copy_(torch.from_numpy(maps["ventricle_distance"]).half())
     network.ventricle_neighbour.copy_(torch.from_numpy(maps["ventricle_neighbour"]))
     deep = network.deep_tissue()
-    assert white in deep and ventricle not in deep and 0 not in deep
-    have = int(inside.sum())
-    for count in (have + 150, have - 60, have):
-        g = growth_of(count, template, maps["ventricle_distance"], deep)
-        assert (g > 0) == (count > have) and (g < 0) == (count < have)
-        made = network._labels(torch.zeros(1, 1), torch.tensor([[g]]))[0].numpy()
-        got = int((made == ventricle).sum())
-        assert abs(got - count) <= max(2, int(0.02 * count)), (count, got, g)
-        # growth takes white matter only; shrinking gives it back
+    assert white in deep and ventricle not in deep and 0 not in deep and sulcal not in deep
+    identity = sampling_grid(torch.zeros(1, 3, 24, 24, 24), 2.0)
+    pulled = network._pulled_back(identity)
+    np.testing.assert_array_equal(pulled["template_labels"][0].numpy(), template)
+    total = int(np.isin(template, brain).sum())
+    have_v, have_c = int((template == ventricle).sum()), int((template == cortex).sum())
+    allowed = {(cortex, sulcal), (sulcal, cortex), (white, ventricle), (ventricle, white)}
+    for d_cortex, d_ventricle in ((-300, 150), (200, -60), (0, 0)):
+        want_c, want_v = have_c + d_cortex, have_v + d_ventricle
+        shares = torch.tensor([[want_c / total]]), torch.tensor([[want_v / total]])
+        thinning, growth = network._distances(pulled, *shares)
+        assert (thinning[0, 0] > 0) == (d_cortex < 0)
+        assert (growth[0, 0] > 0) == (d_ventricle > 0)
+        made = network._labels(pulled, thinning, growth)[0].numpy()
+        assert abs(int((made == cortex).sum()) - want_c) <= 1, (d_cortex, thinning)
+        assert abs(int((made == ventricle).sum()) - want_v) <= 1, (d_ventricle, growth)
+        assert int(np.isin(made, brain).sum()) == total  # the brain keeps its voxels
         changed = made != template
-        if g > 0:
-            assert (template[changed] == white).all() and (made[changed] == ventricle).all()
-        else:
-            assert (template[changed] == ventricle).all() and (made[changed] == white).all()
+        moved = set(zip(template[changed].tolist(), made[changed].tolist(), strict=True))
+        assert moved <= allowed, moved
         assert (made[:2] == 0).all()
+    # each diagnosis draws its anatomy with its own spread around its mean (unknown: pooled)
+    network.appearance_factor.copy_(torch.eye(network.appearance_dim))
+    network.anatomy_spread.copy_(torch.tensor([[0.5, 0.5], [2.0, 2.0]]))
+    z = torch.ones(3, network.appearance_dim)
+    look = network._appearance(design_matrix(torch.tensor([[-1.0, 0, 0], [1, 0, 0], [0, 0, 0]])), z)
+    np.testing.assert_allclose(look[:, :2].numpy(), [[0.5, 0.5], [2.0, 2.0], [1.0, 1.0]])
+    np.testing.assert_allclose(look[:, 2:].numpy(), 1.0)  # the rest as drawn
+    # the older kind: distances in mm, applied as drawn
+    made = network._labels(pulled, torch.tensor([[2.2]]), torch.tensor([[0.0]]))[0].numpy()
+    kept = (template == cortex) & (torch.from_numpy(depth).half().float().numpy() >= 2.2)
+    np.testing.assert_array_equal(made == cortex, kept)
+    with pytest.raises(ValueError, match="regional"):
+        AnatomyFirst((8, 8, 8), 2.0, 4, 1, 1, 19, [cortex], sulcal, brain, regional="cm")

@@ -13,17 +13,18 @@ and kept here as buffers, so the registry saves and verifies it like any network
   condition (diagnosis, age, sex) plus principal components (a conditional Gaussian), or
   by a conditional VAE with classifier-free guidance;
 * an **anatomy and appearance model**: a conditional Gaussian over each scan's regional
-  cortical thinning or thickening (mm per cortical label), the growth or shrinking of its
-  lateral ventricles (mm), tissue intensities (per label), bias field (quadratic), noise
-  level and field of view, its diagnosis terms for thinning and growth calibrated so that
-  sampled classes differ as the training scans' label maps do;
+  anatomy (the share of its brain each cortical grey-matter label and the lateral
+  ventricles hold; models before 1.3.0: thinning and growth in mm on the template), tissue
+  intensities (per label), bias field (quadratic), noise level and field of view;
 * **fine-scale models** of what the coarse fields and the template cannot hold: a random
   fine folding deformation and a tissue texture field, their amplitude and scale fitted to
   the training scans (the folding's amplitude so that sampled heads vary as much as they do).
 
-Sampling draws all of these, thins (or thickens) the template's cortex region by region and
-grows (or shrinks) its ventricles, warps its labels through ``exp(-v)`` (the inverse of the
-scans' warps onto it) composed with a fresh fine folding at native resolution, renders
+Sampling draws all of these, warps the template's labels through ``exp(-v)`` (the inverse
+of the scans' warps onto it) composed with a fresh fine folding at native resolution, thins
+(or thickens) the cortex region by region and grows (or shrinks) the ventricles until each
+has the share of the brain it drew (the warp stretches some regions more than others, so
+the distances are found after it, on the warped head), renders
 tissue intensities with the fitted point spread, adds structure, texture, bias and Rician
 noise, and cuts the field of view: a volume and its exact label map, as sharp as the
 training scans, and never a copy of one.
@@ -160,6 +161,20 @@ def _node_to_voxels(field: torch.Tensor, step: int, shape: Sequence[int]) -> tor
     return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+def _depth_for(count: int, inside: torch.Tensor, around: torch.Tensor) -> torch.Tensor:
+    """The thinning (mm; negative: thickening) that leaves ``count`` voxels of a cortical
+    label, from its voxels' sorted depths from the pial side (``inside``) and the sorted
+    depths of the sulcal CSF nearest to it (``around``)."""
+    if inside.numel() == 0:
+        return inside.new_zeros(())
+    if count <= inside.numel():
+        lost = inside.numel() - count
+        return inside[min(lost, inside.numel() - 1)] if lost > 0 else inside.new_zeros(())
+    if around.numel() == 0:
+        return inside.new_zeros(())
+    return -around[min(count - inside.numel(), around.numel()) - 1]
+
+
 class AnatomyFirst(nn.Module):
     """The anatomy-first generator (see the module docstring); sizes come from the card.
 
@@ -190,6 +205,14 @@ class AnatomyFirst(nn.Module):
         The lateral ventricles' label: each head's ventricles grow into the brain tissue
         around them or shrink by a sampled distance (mm). None (models made before it): the
         ventricles change only with the warp.
+    regional : {"mm", "share"}
+        What the anatomy entries of the appearance vector (``layout["thinning"]`` and
+        ``layout["ventricles"]``) hold. ``"mm"`` (models made before 1.3.0): the distance
+        each cortical label is thinned and the ventricles grown on the template, before the
+        warp. ``"share"``: the share of the brain each label has in the new head; the
+        thinning and growth that give exactly that share are found after the warp, so a
+        head's regional volumes follow the modelled distribution of the training scans'
+        whatever the warp does to them.
     """
 
     family = "anatomy"
@@ -209,6 +232,7 @@ class AnatomyFirst(nn.Module):
         vae: dict[str, Any] | None = None,
         condition_dim: int = len(CONDITION_NAMES),
         ventricle: int | None = None,
+        regional: str = "mm",
     ) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
@@ -223,6 +247,9 @@ class AnatomyFirst(nn.Module):
         self.brain = [int(v) for v in brain]
         self.shape_model = shape_model
         self.ventricle = None if ventricle is None else int(ventricle)
+        if regional not in ("mm", "share"):
+            raise ValueError(f"regional must be 'mm' or 'share', not {regional!r}")
+        self.regional = regional
         self.layout = appearance_layout(self.label_count, len(self.cortical),
                                         int(self.ventricle is not None))  # fmt: skip
         self.appearance_dim = max(s.stop for s in self.layout.values())
@@ -245,6 +272,11 @@ class AnatomyFirst(nn.Module):
         self.register_buffer("velocity_basis", zeros(self.components, 3, *self.node_shape, **half))
         self.register_buffer("appearance_design", zeros(design, self.appearance_dim))
         self.register_buffer("appearance_factor", zeros(self.appearance_dim, self.appearance_dim))
+        if regional == "share":
+            # the spread of each anatomy entry in controls (row 0) and bvFTD (row 1) against
+            # the pooled one: bvFTD heads vary more, with their severity
+            anatomy = self.layout["ventricles"].stop
+            self.register_buffer("anatomy_spread", torch.ones(2, anatomy))
         # psf sigma (voxels), fine folding rms (mm) and sigma (fine nodes), texture rms
         # (fraction) and sigma (voxels), velocity scale of the VAE (mm per unit), the
         # acquisition noise's correlation (voxels): see SCALARS
@@ -276,31 +308,94 @@ class AnatomyFirst(nn.Module):
         return conditioned[:, :, :d, :h, :w] * scale
 
     def _appearance(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return x @ self.appearance_design + z @ self.appearance_factor.T
+        residual = z @ self.appearance_factor.T
+        if self.regional == "share":  # each diagnosis with its own spread (unknown: pooled)
+            diagnosis = x[:, 1:2]
+            spread = torch.where(diagnosis > 0, self.anatomy_spread[1], self.anatomy_spread[0])
+            spread = torch.where(diagnosis == 0, torch.ones_like(spread), spread)
+            anatomy = spread.shape[1]
+            residual = torch.cat([residual[:, :anatomy] * spread, residual[:, anatomy:]], 1)
+        return x @ self.appearance_design + residual
 
-    def _labels(self, thinning: torch.Tensor, growth: torch.Tensor | None = None) -> torch.Tensor:
-        """The template's labels with each cortical label thinned (t > 0: its outer t mm
-        become sulcal CSF) or thickened (t < 0: sulcal CSF within |t| mm of it becomes it),
-        then the lateral ventricles grown (g > 0: the deep brain tissue within g mm of them
-        becomes ventricle) or shrunk (g < 0: their outer |g| mm give the voxels back to the
-        nearest tissue)."""
+    def _pulled_back(self, grid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The template's maps at each voxel of the new heads (nearest template voxel of
+        the sampling ``grid``; outside the template, zeros): (B, D, H, W) each."""
+        names = ["template_labels", "gm_depth", "csf_depth", "nearest_cortex"]
+        if self.ventricle is not None:
+            names += ["ventricle_distance", "ventricle_neighbour"]
+        maps = torch.stack([getattr(self, n).float() for n in names])[None]
+        maps = maps.expand(grid.shape[0], -1, -1, -1, -1)
+        pulled = F.grid_sample(maps, grid, mode="nearest", padding_mode="zeros",
+                               align_corners=True)  # fmt: skip
+        return {n: pulled[:, i] for i, n in enumerate(names)}
+
+    def _labels(self, maps: dict[str, torch.Tensor], thinning: torch.Tensor,
+                growth: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """The heads' render classes from the template's pulled-back ``maps``, each cortical
+        label thinned (t > 0: its outer t mm become sulcal CSF) or thickened (t < 0: sulcal
+        CSF within |t| mm of it becomes it), then the lateral ventricles grown (g > 0: the
+        deep brain tissue within g mm of them becomes ventricle) or shrunk (g < 0: their
+        outer |g| mm give the voxels back to the nearest tissue). Every rule acts voxel by
+        voxel, so changing the template and then warping it gives the same heads."""
         batch = thinning.shape[0]
-        labels = self.template_labels[None].expand(batch, -1, -1, -1).clone()
-        gm_depth, csf_depth = self.gm_depth.float()[None], self.csf_depth.float()[None]
-        sulcal = (self.template_labels == self.sulcal)[None]
+        template = maps["template_labels"].round().to(self.template_labels.dtype)
+        labels = template.clone()
+        gm_depth, csf_depth = maps["gm_depth"], maps["csf_depth"]
+        sulcal = template == self.sulcal
+        nearest = maps["nearest_cortex"].round()
         for k, value in enumerate(self.cortical):
             t = thinning[:, k].view(batch, 1, 1, 1)
             labels[(labels == value) & (gm_depth < t)] = self.sulcal
-            grow = sulcal & (self.nearest_cortex == value)[None] & (csf_depth <= -t)
+            grow = sulcal & (nearest == value) & (csf_depth <= -t)
             labels[grow] = value
         if self.ventricle is not None and growth is not None:
             g = growth.reshape(batch, 1, 1, 1)
-            distance = self.ventricle_distance.float()[None]
+            distance = maps["ventricle_distance"]
             deep = torch.isin(labels, torch.tensor(self.deep_tissue(), device=labels.device))
             shrink = (labels == self.ventricle) & (-distance < -g)
             labels[(distance > 0) & (distance <= g) & deep] = self.ventricle
-            labels = torch.where(shrink, self.ventricle_neighbour[None].to(labels.dtype), labels)
+            neighbour = maps["ventricle_neighbour"].round().to(labels.dtype)
+            labels = torch.where(shrink, neighbour, labels)
         return labels
+
+    def _distances(
+        self, maps: dict[str, torch.Tensor], shares: torch.Tensor, growth: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The thinning of each cortical label and the ventricles' growth (mm) that give each
+        new head exactly the brain ``shares`` it was sampled with (``growth``: the ventricles'
+        share), found on its pulled-back ``maps``: a cortical label keeps its voxels deeper
+        than t from the pial side (or gains the sulcal CSF nearest to it within |t|), the
+        ventricles gain the deep tissue within g of them (or lose their outer |g|), as
+        :meth:`_labels` applies them."""
+        template = maps["template_labels"].round().long()
+        labels = self.class_label.long()[template]
+        brain = torch.isin(labels, torch.tensor(self.brain, device=labels.device))
+        nearest = maps["nearest_cortex"].round().long()
+        sulcal = template == self.sulcal
+        deep = torch.isin(template, torch.tensor(self.deep_tissue(), device=labels.device))
+        thinning = torch.zeros_like(shares)
+        grown = None if growth is None else torch.zeros_like(growth)
+        for b in range(shares.shape[0]):
+            total = float(brain[b].sum())
+            for k, value in enumerate(self.cortical):
+                count = int(round(float(shares[b, k].clamp_min(0.0)) * total))
+                inside = torch.sort(maps["gm_depth"][b][template[b] == value]).values
+                around = torch.sort(maps["csf_depth"][b][sulcal[b] & (nearest[b] == value)])
+                thinning[b, k] = _depth_for(count, inside, around.values)
+            if grown is not None:
+                count = int(round(float(growth[b].reshape(-1)[0].clamp_min(0.0)) * total))
+                distance = maps["ventricle_distance"][b]
+                inside = torch.sort(-distance[template[b] == self.ventricle]).values
+                around = torch.sort(distance[(distance > 0) & deep[b]]).values
+                have = inside.numel()
+                if count >= have:
+                    extra = min(count - have, around.numel())
+                    value = around[extra - 1] if extra > 0 else around.new_zeros(())
+                else:  # voxels shallower than |g| go: just beyond the lost-th shallowest
+                    lost = min(have - count, have)
+                    value = -torch.nextafter(inside[lost - 1], inside.new_tensor(math.inf))
+                grown.view(grown.shape[0], -1)[b, 0] = value
+        return thinning, grown
 
     def deep_tissue(self) -> list[int]:
         """Labels this model's ventricles may grow into (:func:`deep_tissue`)."""
@@ -361,11 +456,13 @@ class AnatomyFirst(nn.Module):
             displacement = displacement + weight * _node_to_voxels(fine, self.fine_step,
                                                                    self.shape)  # fmt: skip
         grid = sampling_grid(displacement, self.spacing)
-        # anatomy: regional cortex, warped labels and structure
-        labels = self._labels(look[:, self.layout["thinning"]],
-                              look[:, self.layout["ventricles"]]).to(dtype)[:, None]  # fmt: skip
-        labels = F.grid_sample(labels, grid, mode="nearest", padding_mode="zeros",
-                               align_corners=True).round().to(torch.long)  # fmt: skip
+        # anatomy: the template's labels warped, regional cortex and ventricles, structure
+        maps = self._pulled_back(grid)
+        thinning = look[:, self.layout["thinning"]]
+        growth = look[:, self.layout["ventricles"]] if self.ventricle is not None else None
+        if self.regional == "share":
+            thinning, growth = self._distances(maps, thinning, growth)
+        labels = self._labels(maps, thinning, growth).to(torch.long)[:, None]
         structure = self.structure.float()[None, None].expand(grid.shape[0], -1, -1, -1, -1)
         structure = F.grid_sample(structure, grid, mode="bilinear", padding_mode="zeros",
                                   align_corners=True)  # fmt: skip

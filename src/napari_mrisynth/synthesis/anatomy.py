@@ -13,8 +13,8 @@ label maps beside them):
    mean proportions (a volume-matched maximum a posteriori labelling), so its boundaries are
    sharp and its sulci stay open although the scans disagree on their exact places. The
    cortex's depth maps and the mean intensity structure the labels do not explain follow.
-3. **Encoding.** Per scan: its velocity field, its regional cortical thinning against the
-   template (mm per cortical label), the growth of its lateral ventricles (mm), tissue
+3. **Encoding.** Per scan: its velocity field, the share of its brain each cortical
+   grey-matter label and the lateral ventricles hold (in its own space), tissue
    intensities, a quadratic bias field, noise level
    and field of view; per cohort: the point spread, the template's intensity structure
    (super-resolved from every scan's residual, :func:`super_resolved`), the tissue texture and
@@ -25,9 +25,10 @@ label maps beside them):
    components) over the velocity fields, compared on the validation scans with a conditional
    VAE on the same field grid trained with condition dropout for classifier-free guidance;
    a conditional Gaussian (Ledoit-Wolf covariance) over the anatomy-and-appearance vectors.
-5. **Condition.** The diagnosis terms calibrated so that sampled bvFTD and control heads
-   differ in ventricles and regional grey matter as the training scans' label maps do
-   (:func:`calibrate_condition`).
+5. **Condition.** A sampled head is given exactly the regional shares it draws (the
+   thinning and ventricular growth that reach them are found after its warp), so sampled
+   bvFTD and control heads differ as the training scans do, with their spread; the fit
+   checks it on paired samples (:func:`condition_check`).
 """
 
 from __future__ import annotations
@@ -66,8 +67,6 @@ TEXTURE_CANDIDATES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 #: Candidate fine-folding amplitudes (mm, RMS of the velocity per axis) of the diversity
 #: calibration, besides the one the fine registration measured.
 FINE_RMS_CANDIDATES = (0.5, 0.8, 1.1, 1.4, 1.7, 2.0)
-#: Largest correction (mm) the condition calibration makes to a diagnosis term.
-CONDITION_MAX_MM = 1.0
 
 
 @dataclass
@@ -262,53 +261,29 @@ def cortex_depths(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
 def ventricle_distances(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
     """Signed distance from the lateral ventricles' surface (mm: > 0 outside, < 0 inside),
     dithered as :func:`cortex_depths` so that a fraction of a voxel of growth is a fraction
-    of the layer; and, inside, the label of the nearest voxel outside."""
+    of the layer; and, inside, the label of the nearest voxel of the deep tissue the
+    ventricles grow into (:func:`~napari_mrisynth.models.anatomy_generator.deep_tissue`):
+    what a shrinking ventricle gives back, so that it never adds cortex."""
+    ventricle = LABEL_IDS["lateral_ventricles"]
+    deep = np.isin(labels, deep_tissue(BRAIN_LABELS, CORTICAL_GM_LABELS,
+                                       LABEL_IDS["sulcal_csf"], ventricle))  # fmt: skip
     dither = _depth_dither(labels.shape, spacing, 1)
-    inside = labels == LABEL_IDS["lateral_ventricles"]
+    inside = labels == ventricle
     if not inside.any():
         return {"ventricle_distance": np.full(labels.shape, 1e3, np.float32),
                 "ventricle_neighbour": np.zeros(labels.shape, np.uint8)}  # fmt: skip
     outward = ndi.distance_transform_edt(~inside, sampling=spacing)
-    depth, index = ndi.distance_transform_edt(inside, sampling=spacing, return_indices=True)
+    depth = ndi.distance_transform_edt(inside, sampling=spacing)
     floor = np.float32(1e-3)
     signed = np.where(inside, -np.maximum(depth - dither, floor),
                       np.maximum(outward - dither, floor)).astype(np.float32)  # fmt: skip
-    neighbour = np.where(inside, labels[tuple(index)], 0).astype(np.uint8)
+    if deep.any():
+        index = ndi.distance_transform_edt(~deep, sampling=spacing, return_distances=False,
+                                           return_indices=True)  # fmt: skip
+        neighbour = np.where(inside, labels[tuple(index)], 0).astype(np.uint8)
+    else:
+        neighbour = np.zeros(labels.shape, np.uint8)
     return {"ventricle_distance": signed, "ventricle_neighbour": neighbour}
-
-
-def growth_of(count: int, template: np.ndarray, distance: np.ndarray,
-              deep: Sequence[int]) -> float:  # fmt: skip
-    """The growth (mm; negative: shrinking) of the template's lateral ventricles that
-    leaves ``count`` voxels of them (growth into the ``deep`` tissue labels only)."""
-    inside = template == LABEL_IDS["lateral_ventricles"]
-    have = int(inside.sum())
-    if count >= have:
-        around = np.sort(distance[(distance > 0) & np.isin(template, deep)])
-        extra = min(count - have, around.size)
-        return float(around[extra - 1]) if extra > 0 else 0.0
-    depths = np.sort(-distance[inside])
-    lost = min(have - count, depths.size)
-    # voxels shallower than |g| go: just beyond the lost-th shallowest depth
-    return -float(np.nextafter(depths[lost - 1], np.float32(np.inf)))
-
-
-def thinning_of(count: int, value: int, depths: dict[str, np.ndarray],
-                template: np.ndarray) -> float:  # fmt: skip
-    """The thinning (mm; negative: thickening) of the template's cortical label ``value``
-    that leaves ``count`` voxels of it."""
-    inside = np.sort(depths["gm_depth"][template == value])
-    if inside.size == 0:
-        return 0.0
-    if count <= inside.size:
-        lost = inside.size - count
-        return float(inside[min(lost, inside.size - 1)]) if lost > 0 else 0.0
-    grow = np.sort(depths["csf_depth"][(template == LABEL_IDS["sulcal_csf"])
-                                       & (depths["nearest_cortex"] == value)])  # fmt: skip
-    extra = count - inside.size
-    if grow.size == 0:
-        return 0.0
-    return -float(grow[min(extra, grow.size) - 1])
 
 
 # -- appearance ----------------------------------------------------------------------------
@@ -608,6 +583,25 @@ def appearance_model(vectors: np.ndarray, design: np.ndarray) -> dict[str, np.nd
     return {"design": coefficients, "factor": factor}
 
 
+def class_spread(values: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """(2, entries): each entry's residual SD (after the regression on the design) in
+    controls (row 0) and bvFTD (row 1) over the pooled SD; ones where a class has fewer
+    than three scans or an entry does not vary."""
+    coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
+    residual = values - design @ coefficients
+    classes = [design[:, 1] < 0, design[:, 1] > 0]
+    spread = np.ones((2, values.shape[1]))
+    if min(int(c.sum()) for c in classes) < 3:
+        return spread
+    sd = [residual[c].std(axis=0, ddof=1) for c in classes]
+    n = [int(c.sum()) for c in classes]
+    pooled = np.sqrt(((n[0] - 1) * sd[0] ** 2 + (n[1] - 1) * sd[1] ** 2) / (n[0] + n[1] - 2))
+    varies = pooled > 1e-12
+    for row in range(2):
+        spread[row, varies] = sd[row][varies] / pooled[varies]
+    return spread
+
+
 def field_mmd(a: np.ndarray, b: np.ndarray) -> float:
     """Squared MMD between two sets of flattened fields (RBF kernel, median bandwidth)."""
     x = np.concatenate([a, b])
@@ -794,36 +788,23 @@ def brain_shares(maps: Iterable[np.ndarray], values: Sequence[int]) -> np.ndarra
     return np.array(rows)
 
 
-def calibrate_condition(args: dict[str, Any], buffers: dict[str, np.ndarray],
-                        labels: Sequence[np.ndarray], conditions: Sequence[Condition], *,
-                        samples: int = 8, step_mm: float = 0.3,
-                        seed: int = 1) -> dict[str, Any]:  # fmt: skip
-    """Make sampled bvFTD and control heads differ as the training scans do, in place.
-
-    Each scan's regional cortical thinning and ventricular growth are measured against the
-    template from the scans' label maps warped onto it, and the conditional Gaussian gives
-    their means per diagnosis; but a sampled head's label map is the template's changed by
-    those distances *and then* warped, and the two do not add exactly (thinning is bounded
-    by the cortex's depth, the warp stretches some regions more than others). The training
-    scans' label maps give the difference to reach: for each cortical grey-matter label and
-    the lateral ventricles, the bvFTD mean minus the control mean of its share of the brain.
+def condition_check(args: dict[str, Any], buffers: dict[str, np.ndarray],
+                    labels: Sequence[np.ndarray], conditions: Sequence[Condition], *,
+                    samples: int = 8, seed: int = 1) -> dict[str, Any]:  # fmt: skip
+    """How sampled bvFTD and control heads differ against how the training scans do, in
+    the brain share of every cortical grey-matter label and of the lateral ventricles.
 
     Sampled heads are compared in pairs that share every random draw and differ only in
-    diagnosis, so the class difference is measured without sampling noise. Each entry's
-    diagnosis term moves by the remaining difference divided by its measured response to
-    ``step_mm`` more difference (at most :data:`CONDITION_MAX_MM`).
-
-    Returns the report (targets, the differences before and after, the corrections);
-    ``buffers`` are updated.
+    diagnosis, and every draw comes with its opposite (antithetic draws: the residuals
+    cancel in the mean whatever spread each class has), so the class difference is measured
+    without sampling noise. A head is given the shares it draws (``regional="share"``), so
+    the two agree up to ties at a threshold depth and shares no thinning can reach; the
+    report says how closely.
     """
     import torch
 
     network = _fitted_network(args, buffers)
-    columns = list(range(network.layout["thinning"].start, network.layout["thinning"].stop))
-    values = list(CORTICAL_GM_LABELS)
-    if network.ventricle is not None:
-        columns.append(network.layout["ventricles"].start)
-        values.append(network.ventricle)
+    values = [*CORTICAL_GM_LABELS, network.ventricle]
     names = [LABELS[v][0] for v in values]
     diagnosis = np.array([c.diagnosis.lower() == "bvftd" for c in conditions])
     if diagnosis.all() or not diagnosis.any():
@@ -831,41 +812,21 @@ def calibrate_condition(args: dict[str, Any], buffers: dict[str, np.ndarray],
     shares = brain_shares(labels, values)
     target = shares[diagnosis].mean(axis=0) - shares[~diagnosis].mean(axis=0)
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((samples, *network.noise_shape), generator=generator)
-    rows = torch.tensor([conditions[k % len(conditions)].vector() for k in range(samples)],
-                        dtype=torch.float32)  # fmt: skip
-    pairs = []
+    half = torch.randn((max(samples // 2, 1), *network.noise_shape), generator=generator)
+    noise = torch.cat([half, -half])
+    rows = torch.tensor([conditions[k % len(conditions)].vector() for k in range(len(half))],
+                        dtype=torch.float32).repeat(2, 1)  # fmt: skip
+    sampled = []
     for sign in (1.0, -1.0):  # bvFTD, then the same draws as controls
         paired = rows.clone()
         paired[:, 0] = sign
-        pairs.append(paired)
-
-    def difference() -> np.ndarray:
-        bvftd, control = (brain_shares(_sampled(network, v, noise)[1], values) for v in pairs)
-        return (bvftd - control).mean(axis=0)
-
-    look = network.appearance_design
-    start = look[1, columns].clone()
-    before = difference()
-    # thinning removes grey matter, growth adds ventricle: more of either for bvFTD
-    sign = np.array(
-        [-1.0] * len(CORTICAL_GM_LABELS) + [1.0] * (len(values) - len(CORTICAL_GM_LABELS))
-    )
-    look[1, columns] = start + step_mm / 2.0  # diagnosis is +-1: half on each side
-    response = (difference() - before) / step_mm  # share per mm of class difference
-    usable = response * sign > 1e-7
-    change = np.where(usable, (target - before) / np.where(usable, response, 1.0), 0.0)
-    change = np.clip(change, -CONDITION_MAX_MM, CONDITION_MAX_MM)
-    look[1, columns] = start + torch.as_tensor(change / 2.0, dtype=look.dtype)
-    after = difference()
-    buffers["appearance_design"] = look.numpy().astype(buffers["appearance_design"].dtype)
+        sampled.append(brain_shares(_sampled(network, paired, noise)[1], values))
+    difference = (sampled[0] - sampled[1]).mean(axis=0)
     return {
         "labels": names,
         "target_share_difference": dict(zip(names, target.tolist(), strict=True)),
-        "before": dict(zip(names, before.tolist(), strict=True)),
-        "after": dict(zip(names, after.tolist(), strict=True)),
-        "change_mm": dict(zip(names, change.tolist(), strict=True)),
-        "samples": samples, "training_scans": len(labels),
+        "sampled_share_difference": dict(zip(names, difference.tolist(), strict=True)),
+        "samples": len(noise), "training_scans": len(labels),
     }  # fmt: skip
 
 
@@ -957,18 +918,16 @@ def fit_anatomy_first(
     # anatomy-and-appearance vectors
     layout = appearance_layout(count, len(CORTICAL_GM_LABELS), 1)
     ventricle = LABEL_IDS["lateral_ventricles"]
-    deep = deep_tissue(BRAIN_LABELS, CORTICAL_GM_LABELS, LABEL_IDS["sulcal_csf"], ventricle)
     around = ventricle_distances(template_labels, spacing)
     noise_blur = float(np.median([look["noise_blur"] for look in looks]))
     vectors = []
-    for warped, look in zip(warped_labels, looks, strict=True):
-        counts = np.bincount(warped.ravel(), minlength=count)
-        thinning = [thinning_of(int(counts[v]), v, depths, template_labels)
-                    for v in CORTICAL_GM_LABELS]  # fmt: skip
+    # each scan's own regional anatomy: the brain share of every cortical label and of the
+    # ventricles in its own space (a sampled head is given exactly the share it draws)
+    shares = brain_shares([class_label[m] for m in labels], [*CORTICAL_GM_LABELS, ventricle])
+    for share, look in zip(shares, looks, strict=True):
         vector = np.zeros(max(s.stop for s in layout.values()))
-        vector[layout["thinning"]] = thinning
-        vector[layout["ventricles"]] = growth_of(int(counts[ventricle]), template_labels,
-                                                 around["ventricle_distance"], deep)  # fmt: skip
+        vector[layout["thinning"]] = share[:-1]
+        vector[layout["ventricles"]] = share[-1]
         vector[layout["intensity"]] = look["intensity"]
         vector[layout["bias"]] = look["bias"]
         vector[layout["log_noise"]] = math.log(look["noise"])
@@ -976,6 +935,7 @@ def fit_anatomy_first(
         vectors.append(vector)
     design = design_rows(conditions)
     look_model = appearance_model(np.array(vectors), design)
+    anatomy_spread = class_spread(np.array(vectors)[:, : layout["ventricles"].stop], design)
     flat = np.array([v.ravel() for v in velocities])
     shape_model = gaussian_model(flat, design, options.variance)
     report: dict[str, Any] = {
@@ -1027,6 +987,11 @@ def fit_anatomy_first(
     elif options.shape_model == "vae":
         raise ValueError("a VAE shape model needs validation scans and a VAE trainer")
     report["shape_model"] = chosen
+    report["anatomy_spread"] = {
+        group: dict(zip([*(LABELS[v][0] for v in CORTICAL_GM_LABELS), "lateral_ventricles"],
+                        anatomy_spread[row].tolist(), strict=True))
+        for row, group in enumerate(("control", "bvFTD"))
+    }  # fmt: skip
     timings["models"] = time.perf_counter() - clock
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     args = {
@@ -1035,6 +1000,7 @@ def fit_anatomy_first(
         "components": int(shape_model["components"]), "labels": count,
         "cortical": list(CORTICAL_GM_LABELS), "sulcal": LABEL_IDS["sulcal_csf"],
         "brain": list(BRAIN_LABELS), "shape_model": chosen, "ventricle": ventricle,
+        "regional": "share",
     }  # fmt: skip
     fine_step_mm = args["fine_step"] * spacing
     buffers = {
@@ -1051,6 +1017,7 @@ def fit_anatomy_first(
         "velocity_basis": shape_model["basis"].reshape(-1, 3, *nodes).astype(np.float16),
         "appearance_design": look_model["design"].astype(np.float32),
         "appearance_factor": look_model["factor"].astype(np.float32),
+        "anatomy_spread": anatomy_spread.astype(np.float32),
         "scalars": np.array(
             [
                 psf[0],
@@ -1081,7 +1048,7 @@ def fit_anatomy_first(
     timings["diversity"] = time.perf_counter() - clock
     if progress is not None:
         progress("condition", 0, 1)
-    report["condition_calibration"] = calibrate_condition(
+    report["condition_check"] = condition_check(
         args, buffers, [class_label[m] for m in labels], conditions
     )
     if progress is not None:
