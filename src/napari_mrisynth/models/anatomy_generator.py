@@ -58,11 +58,14 @@ SCALARS = ("psf", "fine_rms", "fine_sigma", "texture_rms", "texture_sigma", "vae
            "noise_blur", "psf_head")  # fmt: skip
 
 
-def appearance_layout(labels: int, cortical: int, ventricles: int = 0) -> dict[str, slice]:
+def appearance_layout(labels: int, cortical: int, ventricles: int = 0,
+                      white: int = 0) -> dict[str, slice]:  # fmt: skip
     """Where each part of the anatomy-and-appearance vector sits (``ventricles``: 1 when the
-    model grows and shrinks the lateral ventricles, 0 for models made before it)."""
-    sizes = {"thinning": cortical, "ventricles": ventricles, "intensity": labels,
-             "bias": BIAS_TERMS, "log_noise": 1, "fov": FOV_TERMS}  # fmt: skip
+    model grows and shrinks the lateral ventricles, 0 for models made before it; ``white``: 1
+    when it grows and shrinks the white matter, 0 for models before 1.4.0)."""
+    sizes = {"thinning": cortical, "ventricles": ventricles, "white": white,
+             "intensity": labels, "bias": BIAS_TERMS, "log_noise": 1,
+             "fov": FOV_TERMS}  # fmt: skip
     out, start = {}, 0
     for name, size in sizes.items():
         out[name] = slice(start, start + size)
@@ -175,6 +178,25 @@ def _depth_for(count: int, inside: torch.Tensor, around: torch.Tensor) -> torch.
     return -around[min(count - inside.numel(), around.numel()) - 1]
 
 
+def _growth_for(count: int, distance: torch.Tensor, inside: torch.Tensor,
+                into: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """The growth (mm; negative: shrinking) of a structure that leaves it ``count`` voxels:
+    ``distance`` from its surface on the template (> 0 outside, < 0 inside), ``inside`` its
+    voxels now, ``into`` the voxels it may grow into. Only voxels inside the template's
+    surface can be given back (a structure may hold voxels a neighbour gave it)."""
+    have = int(inside.sum())
+    if count >= have:
+        around = torch.sort(distance[(distance > 0) & into]).values
+        extra = min(count - have, around.numel())
+        return around[extra - 1] if extra > 0 else distance.new_zeros(())
+    depths = torch.sort(-distance[inside & (distance < 0)]).values
+    if depths.numel() == 0:
+        return distance.new_zeros(())
+    # voxels shallower than |g| go: just beyond the lost-th shallowest
+    lost = min(have - count, depths.numel())
+    return -torch.nextafter(depths[lost - 1], depths.new_tensor(math.inf))
+
+
 class AnatomyFirst(nn.Module):
     """The anatomy-first generator (see the module docstring); sizes come from the card.
 
@@ -213,6 +235,12 @@ class AnatomyFirst(nn.Module):
         thinning and growth that give exactly that share are found after the warp, so a
         head's regional volumes follow the modelled distribution of the training scans'
         whatever the warp does to them.
+    white : int, optional
+        The white matter's label (``regional="share"`` only): its share of the brain is
+        drawn too, and reached by growing it into the grey matter around it or shrinking it
+        (before the cortex is thinned from the pial side), so the smooth fields cannot move
+        the boundary between white matter and the rest more than real heads differ. None:
+        models before 1.4.0.
     """
 
     family = "anatomy"
@@ -233,6 +261,7 @@ class AnatomyFirst(nn.Module):
         condition_dim: int = len(CONDITION_NAMES),
         ventricle: int | None = None,
         regional: str = "mm",
+        white: int | None = None,
     ) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
@@ -250,8 +279,12 @@ class AnatomyFirst(nn.Module):
         if regional not in ("mm", "share"):
             raise ValueError(f"regional must be 'mm' or 'share', not {regional!r}")
         self.regional = regional
+        if white is not None and (regional != "share" or ventricle is None):
+            raise ValueError("a white-matter share needs regional='share' and the ventricles")
+        self.white = None if white is None else int(white)
         self.layout = appearance_layout(self.label_count, len(self.cortical),
-                                        int(self.ventricle is not None))  # fmt: skip
+                                        int(self.ventricle is not None),
+                                        int(self.white is not None))  # fmt: skip
         self.appearance_dim = max(s.stop for s in self.layout.values())
         design = 1 + int(condition_dim)
         zeros, half = torch.zeros, {"dtype": torch.float16}  # big maps: half the weights file
@@ -268,6 +301,9 @@ class AnatomyFirst(nn.Module):
             # of the nearest voxel outside (what a shrinking ventricle gives back)
             self.register_buffer("ventricle_distance", zeros(self.shape, **half))
             self.register_buffer("ventricle_neighbour", zeros(self.shape, dtype=torch.uint8))
+        if self.white is not None:  # the same for the white matter's surface
+            self.register_buffer("white_distance", zeros(self.shape, **half))
+            self.register_buffer("white_neighbour", zeros(self.shape, dtype=torch.uint8))
         self.register_buffer("velocity_design", zeros(design, 3, *self.node_shape, **half))
         self.register_buffer("velocity_basis", zeros(self.components, 3, *self.node_shape, **half))
         self.register_buffer("appearance_design", zeros(design, self.appearance_dim))
@@ -275,7 +311,7 @@ class AnatomyFirst(nn.Module):
         if regional == "share":
             # the spread of each anatomy entry in controls (row 0) and bvFTD (row 1) against
             # the pooled one: bvFTD heads vary more, with their severity
-            anatomy = self.layout["ventricles"].stop
+            anatomy = self.layout["white"].stop
             self.register_buffer("anatomy_spread", torch.ones(2, anatomy))
         # psf sigma (voxels), fine folding rms (mm) and sigma (fine nodes), texture rms
         # (fraction) and sigma (voxels), velocity scale of the VAE (mm per unit), the
@@ -323,6 +359,8 @@ class AnatomyFirst(nn.Module):
         names = ["template_labels", "gm_depth", "csf_depth", "nearest_cortex"]
         if self.ventricle is not None:
             names += ["ventricle_distance", "ventricle_neighbour"]
+        if self.white is not None:
+            names += ["white_distance", "white_neighbour"]
         maps = torch.stack([getattr(self, n).float() for n in names])[None]
         maps = maps.expand(grid.shape[0], -1, -1, -1, -1)
         pulled = F.grid_sample(maps, grid, mode="nearest", padding_mode="zeros",
@@ -358,44 +396,57 @@ class AnatomyFirst(nn.Module):
             labels = torch.where(shrink, neighbour, labels)
         return labels
 
-    def _distances(
-        self, maps: dict[str, torch.Tensor], shares: torch.Tensor, growth: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The thinning of each cortical label and the ventricles' growth (mm) that give each
-        new head exactly the brain ``shares`` it was sampled with (``growth``: the ventricles'
-        share), found on its pulled-back ``maps``: a cortical label keeps its voxels deeper
-        than t from the pial side (or gains the sulcal CSF nearest to it within |t|), the
-        ventricles gain the deep tissue within g of them (or lose their outer |g|), as
-        :meth:`_labels` applies them."""
-        template = maps["template_labels"].round().long()
-        labels = self.class_label.long()[template]
-        brain = torch.isin(labels, torch.tensor(self.brain, device=labels.device))
-        nearest = maps["nearest_cortex"].round().long()
+    def _share_labels(self, maps: dict[str, torch.Tensor], look: torch.Tensor) -> torch.Tensor:
+        """The heads' render classes (``regional="share"``), every drawn share of the brain
+        reached exactly on its pulled-back ``maps``, one structure after the other so that
+        each step counts what the steps before left: the ventricles grow into the deep
+        tissue within g mm of them (or lose their outer |g| mm to it), then the white matter
+        into the cortex within w mm of it (or gives its outer |w| mm back to the nearest
+        cortical label), then each cortical label keeps its voxels deeper than t mm from the
+        pial side (or gains the sulcal CSF nearest to it within |t| mm). Voxels the white
+        matter gave back are the cortex's deepest: a thinning from the pial side takes them
+        last."""
+        template = maps["template_labels"].round().to(self.template_labels.dtype)
+        labels = template.clone()
+        device = labels.device
+        brain = torch.isin(self.class_label.long()[template.long()],
+                           torch.tensor(self.brain, device=device))  # fmt: skip
+        cortical = torch.tensor(self.cortical, device=device)
+        deep = torch.tensor(self.deep_tissue(), device=device)
+        nearest = maps["nearest_cortex"].round()
         sulcal = template == self.sulcal
-        deep = torch.isin(template, torch.tensor(self.deep_tissue(), device=labels.device))
-        thinning = torch.zeros_like(shares)
-        grown = None if growth is None else torch.zeros_like(growth)
-        for b in range(shares.shape[0]):
+        depth = maps["gm_depth"].clone()
+        for b in range(labels.shape[0]):
             total = float(brain[b].sum())
-            for k, value in enumerate(self.cortical):
-                count = int(round(float(shares[b, k].clamp_min(0.0)) * total))
-                inside = torch.sort(maps["gm_depth"][b][template[b] == value]).values
-                around = torch.sort(maps["csf_depth"][b][sulcal[b] & (nearest[b] == value)])
-                thinning[b, k] = _depth_for(count, inside, around.values)
-            if grown is not None:
-                count = int(round(float(growth[b].reshape(-1)[0].clamp_min(0.0)) * total))
+            wanted = (look[b, : self.layout["white"].stop].clamp_min(0.0) * total).round()
+            head = labels[b]
+            if self.ventricle is not None:
                 distance = maps["ventricle_distance"][b]
-                inside = torch.sort(-distance[template[b] == self.ventricle]).values
-                around = torch.sort(distance[(distance > 0) & deep[b]]).values
-                have = inside.numel()
-                if count >= have:
-                    extra = min(count - have, around.numel())
-                    value = around[extra - 1] if extra > 0 else around.new_zeros(())
-                else:  # voxels shallower than |g| go: just beyond the lost-th shallowest
-                    lost = min(have - count, have)
-                    value = -torch.nextafter(inside[lost - 1], inside.new_tensor(math.inf))
-                grown.view(grown.shape[0], -1)[b, 0] = value
-        return thinning, grown
+                g = _growth_for(int(wanted[self.layout["ventricles"].start]), distance,
+                                head == self.ventricle, torch.isin(head, deep))  # fmt: skip
+                shrink = (head == self.ventricle) & (distance < 0) & (distance > g)
+                head[(distance > 0) & (distance <= g) & torch.isin(head, deep)] = self.ventricle
+                neighbour = maps["ventricle_neighbour"][b].round().to(head.dtype)
+                head[shrink] = neighbour[shrink]
+            if self.white is not None:
+                distance = maps["white_distance"][b]
+                into = torch.isin(head, cortical)
+                w = _growth_for(int(wanted[self.layout["white"].start]), distance,
+                                head == self.white, into)  # fmt: skip
+                shrink = (head == self.white) & (distance < 0) & (distance > w)
+                head[(distance > 0) & (distance <= w) & into] = self.white
+                neighbour = maps["white_neighbour"][b].round().to(head.dtype)
+                head[shrink] = neighbour[shrink]
+                depth[b][shrink] = 1e4  # the deepest cortex
+            for k, value in enumerate(self.cortical):
+                own = head == value
+                around = sulcal[b] & (nearest[b] == value)
+                t = _depth_for(int(wanted[self.layout["thinning"].start + k]),
+                               torch.sort(depth[b][own]).values,
+                               torch.sort(maps["csf_depth"][b][around]).values)  # fmt: skip
+                head[own & (depth[b] < t)] = self.sulcal
+                head[around & (maps["csf_depth"][b] <= -t)] = value
+        return labels
 
     def deep_tissue(self) -> list[int]:
         """Labels this model's ventricles may grow into (:func:`deep_tissue`)."""
@@ -458,11 +509,12 @@ class AnatomyFirst(nn.Module):
         grid = sampling_grid(displacement, self.spacing)
         # anatomy: the template's labels warped, regional cortex and ventricles, structure
         maps = self._pulled_back(grid)
-        thinning = look[:, self.layout["thinning"]]
-        growth = look[:, self.layout["ventricles"]] if self.ventricle is not None else None
         if self.regional == "share":
-            thinning, growth = self._distances(maps, thinning, growth)
-        labels = self._labels(maps, thinning, growth).to(torch.long)[:, None]
+            labels = self._share_labels(maps, look)
+        else:
+            growth = look[:, self.layout["ventricles"]] if self.ventricle is not None else None
+            labels = self._labels(maps, look[:, self.layout["thinning"]], growth)
+        labels = labels.to(torch.long)[:, None]
         structure = self.structure.float()[None, None].expand(grid.shape[0], -1, -1, -1, -1)
         structure = F.grid_sample(structure, grid, mode="bilinear", padding_mode="zeros",
                                   align_corners=True)  # fmt: skip

@@ -258,32 +258,46 @@ def cortex_depths(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
     return {"gm_depth": gm_depth, "csf_depth": csf_depth, "nearest_cortex": nearest}
 
 
-def ventricle_distances(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
-    """Signed distance from the lateral ventricles' surface (mm: > 0 outside, < 0 inside),
+def surface_distances(labels: np.ndarray, value: int, neighbours: Sequence[int], spacing: float,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Signed distance from label ``value``'s surface (mm: > 0 outside, < 0 inside),
     dithered as :func:`cortex_depths` so that a fraction of a voxel of growth is a fraction
-    of the layer; and, inside, the label of the nearest voxel of the deep tissue the
-    ventricles grow into (:func:`~napari_mrisynth.models.anatomy_generator.deep_tissue`):
-    what a shrinking ventricle gives back, so that it never adds cortex."""
-    ventricle = LABEL_IDS["lateral_ventricles"]
-    deep = np.isin(labels, deep_tissue(BRAIN_LABELS, CORTICAL_GM_LABELS,
-                                       LABEL_IDS["sulcal_csf"], ventricle))  # fmt: skip
-    dither = _depth_dither(labels.shape, spacing, 1)
-    inside = labels == ventricle
+    of the layer; and, inside, the label of the nearest voxel of ``neighbours`` (what the
+    structure gives back when it shrinks)."""
+    near = np.isin(labels, list(neighbours))
+    inside = labels == value
     if not inside.any():
-        return {"ventricle_distance": np.full(labels.shape, 1e3, np.float32),
-                "ventricle_neighbour": np.zeros(labels.shape, np.uint8)}  # fmt: skip
+        return np.full(labels.shape, 1e3, np.float32), np.zeros(labels.shape, np.uint8)
+    dither = _depth_dither(labels.shape, spacing, seed)
     outward = ndi.distance_transform_edt(~inside, sampling=spacing)
     depth = ndi.distance_transform_edt(inside, sampling=spacing)
     floor = np.float32(1e-3)
     signed = np.where(inside, -np.maximum(depth - dither, floor),
                       np.maximum(outward - dither, floor)).astype(np.float32)  # fmt: skip
-    if deep.any():
-        index = ndi.distance_transform_edt(~deep, sampling=spacing, return_distances=False,
+    neighbour = np.zeros(labels.shape, np.uint8)
+    if near.any():
+        index = ndi.distance_transform_edt(~near, sampling=spacing, return_distances=False,
                                            return_indices=True)  # fmt: skip
         neighbour = np.where(inside, labels[tuple(index)], 0).astype(np.uint8)
-    else:
-        neighbour = np.zeros(labels.shape, np.uint8)
+    return signed, neighbour
+
+
+def ventricle_distances(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
+    """:func:`surface_distances` of the lateral ventricles, which grow into (and give back
+    to) the deep tissue around them
+    (:func:`~napari_mrisynth.models.anatomy_generator.deep_tissue`), never the cortex."""
+    ventricle = LABEL_IDS["lateral_ventricles"]
+    deep = deep_tissue(BRAIN_LABELS, CORTICAL_GM_LABELS, LABEL_IDS["sulcal_csf"], ventricle)
+    signed, neighbour = surface_distances(labels, ventricle, deep, spacing, 1)
     return {"ventricle_distance": signed, "ventricle_neighbour": neighbour}
+
+
+def white_distances(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
+    """:func:`surface_distances` of the white matter, which grows into (and gives back to)
+    the cortical grey matter around it."""
+    signed, neighbour = surface_distances(labels, LABEL_IDS["white_matter"],
+                                          CORTICAL_GM_LABELS, spacing, 2)  # fmt: skip
+    return {"white_distance": signed, "white_neighbour": neighbour}
 
 
 # -- appearance ----------------------------------------------------------------------------
@@ -805,6 +819,8 @@ def condition_check(args: dict[str, Any], buffers: dict[str, np.ndarray],
 
     network = _fitted_network(args, buffers)
     values = [*CORTICAL_GM_LABELS, network.ventricle]
+    if network.white is not None:
+        values.append(network.white)
     names = [LABELS[v][0] for v in values]
     diagnosis = np.array([c.diagnosis.lower() == "bvftd" for c in conditions])
     if diagnosis.all() or not diagnosis.any():
@@ -916,18 +932,20 @@ def fit_anatomy_first(
     fine = fine_folding(template, warped_images, spacing, options)
     timings["appearance"] = time.perf_counter() - clock
     # anatomy-and-appearance vectors
-    layout = appearance_layout(count, len(CORTICAL_GM_LABELS), 1)
+    layout = appearance_layout(count, len(CORTICAL_GM_LABELS), 1, 1)
     ventricle = LABEL_IDS["lateral_ventricles"]
     around = ventricle_distances(template_labels, spacing)
+    white = LABEL_IDS["white_matter"]
+    around_white = white_distances(template_labels, spacing)
     noise_blur = float(np.median([look["noise_blur"] for look in looks]))
     vectors = []
     # each scan's own regional anatomy: the brain share of every cortical label and of the
     # ventricles in its own space (a sampled head is given exactly the share it draws)
-    shares = brain_shares([class_label[m] for m in labels], [*CORTICAL_GM_LABELS, ventricle])
+    regional = [*CORTICAL_GM_LABELS, ventricle, white]
+    shares = brain_shares([class_label[m] for m in labels], regional)
     for share, look in zip(shares, looks, strict=True):
         vector = np.zeros(max(s.stop for s in layout.values()))
-        vector[layout["thinning"]] = share[:-1]
-        vector[layout["ventricles"]] = share[-1]
+        vector[: layout["white"].stop] = share  # thinning, ventricles, white: in that order
         vector[layout["intensity"]] = look["intensity"]
         vector[layout["bias"]] = look["bias"]
         vector[layout["log_noise"]] = math.log(look["noise"])
@@ -935,7 +953,7 @@ def fit_anatomy_first(
         vectors.append(vector)
     design = design_rows(conditions)
     look_model = appearance_model(np.array(vectors), design)
-    anatomy_spread = class_spread(np.array(vectors)[:, : layout["ventricles"].stop], design)
+    anatomy_spread = class_spread(np.array(vectors)[:, : layout["white"].stop], design)
     flat = np.array([v.ravel() for v in velocities])
     shape_model = gaussian_model(flat, design, options.variance)
     report: dict[str, Any] = {
@@ -988,8 +1006,8 @@ def fit_anatomy_first(
         raise ValueError("a VAE shape model needs validation scans and a VAE trainer")
     report["shape_model"] = chosen
     report["anatomy_spread"] = {
-        group: dict(zip([*(LABELS[v][0] for v in CORTICAL_GM_LABELS), "lateral_ventricles"],
-                        anatomy_spread[row].tolist(), strict=True))
+        group: dict(zip([LABELS[v][0] for v in regional], anatomy_spread[row].tolist(),
+                        strict=True))
         for row, group in enumerate(("control", "bvFTD"))
     }  # fmt: skip
     timings["models"] = time.perf_counter() - clock
@@ -1000,7 +1018,7 @@ def fit_anatomy_first(
         "components": int(shape_model["components"]), "labels": count,
         "cortical": list(CORTICAL_GM_LABELS), "sulcal": LABEL_IDS["sulcal_csf"],
         "brain": list(BRAIN_LABELS), "shape_model": chosen, "ventricle": ventricle,
-        "regional": "share",
+        "regional": "share", "white": white,
     }  # fmt: skip
     fine_step_mm = args["fine_step"] * spacing
     buffers = {
@@ -1012,6 +1030,8 @@ def fit_anatomy_first(
         "nearest_cortex": depths["nearest_cortex"],
         "ventricle_distance": around["ventricle_distance"].astype(np.float16),
         "ventricle_neighbour": around["ventricle_neighbour"],
+        "white_distance": around_white["white_distance"].astype(np.float16),
+        "white_neighbour": around_white["white_neighbour"],
         "structure": structure.astype(np.float16),
         "velocity_design": shape_model["design"].reshape(4, 3, *nodes).astype(np.float16),
         "velocity_basis": shape_model["basis"].reshape(-1, 3, *nodes).astype(np.float16),

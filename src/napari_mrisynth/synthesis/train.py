@@ -44,10 +44,10 @@ TITLES = {"vae": "conditional VAE", "gan": "conditional GAN", "ldm": "latent dif
           "anatomy": "anatomy-first"}  # fmt: skip
 DETAILS = {
     "anatomy": "a groupwise template built by SimpleITK diffeomorphic demons, stationary "
-    "velocity fields on a 6 mm grid under a conditional shape model, regional grey-matter "
-    "and ventricle shares of the brain drawn per diagnosis and reached exactly after the "
-    "warp, tissue appearance, fine folding and texture; rendered at native resolution with "
-    "exact label maps",
+    "velocity fields on a 6 mm grid under a conditional shape model, regional grey-matter, "
+    "white-matter and ventricle shares of the brain drawn per diagnosis and reached exactly "
+    "after the warp, tissue appearance, fine folding and texture; rendered at native "
+    "resolution with exact label maps",
     "vae": "MONAI AutoencoderKL encoder and decoder, both seeing the condition",
     "gan": "AutoencoderKL-style decoder generator and PatchDiscriminator critic, hinge loss, "
     "DiffAugment, R1 penalty, generator EMA",
