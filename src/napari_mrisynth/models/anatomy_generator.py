@@ -13,20 +13,21 @@ and kept here as buffers, so the registry saves and verifies it like any network
   condition (diagnosis, age, sex) plus principal components (a conditional Gaussian), or
   by a conditional VAE with classifier-free guidance;
 * an **anatomy and appearance model**: a conditional Gaussian over each scan's regional
-  anatomy (the share of its brain each cortical grey-matter label and the lateral
-  ventricles hold; models before 1.3.0: thinning and growth in mm on the template), tissue
-  intensities (per label), bias field (quadratic), noise level and field of view;
+  anatomy (the share of its brain each cortical grey-matter label, the lateral ventricles
+  and, since 1.4.0, the white matter hold; models before 1.3.0: thinning and growth in mm on
+  the template), tissue intensities (per label), bias field (quadratic), noise level and
+  field of view;
 * **fine-scale models** of what the coarse fields and the template cannot hold: a random
   fine folding deformation and a tissue texture field, their amplitude and scale fitted to
   the training scans (the folding's amplitude so that sampled heads vary as much as they do).
 
 Sampling draws all of these, warps the template's labels through ``exp(-v)`` (the inverse
-of the scans' warps onto it) composed with a fresh fine folding at native resolution, thins
-(or thickens) the cortex region by region and grows (or shrinks) the ventricles until each
-has the share of the brain it drew (the warp stretches some regions more than others, so
-the distances are found after it, on the warped head), renders
-tissue intensities with the fitted point spread, adds structure, texture, bias and Rician
-noise, and cuts the field of view: a volume and its exact label map, as sharp as the
+of the scans' warps onto it) composed with a fresh fine folding at native resolution, grows
+(or shrinks) the ventricles and the white matter and thins (or thickens) the cortex region
+by region until each has the share of the brain it drew (the warp stretches some regions
+more than others, so the distances are found after it, on the warped head), renders tissue
+intensities with the fitted point spread, adds structure, texture, bias and Rician noise,
+and cuts the field of view: a volume and its exact label map, as sharp as the
 training scans, and never a copy of one.
 """
 

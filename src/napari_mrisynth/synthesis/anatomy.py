@@ -14,7 +14,8 @@ label maps beside them):
    sharp and its sulci stay open although the scans disagree on their exact places. The
    cortex's depth maps and the mean intensity structure the labels do not explain follow.
 3. **Encoding.** Per scan: its velocity field, the share of its brain each cortical
-   grey-matter label and the lateral ventricles hold (in its own space), tissue
+   grey-matter label, the lateral ventricles and the white matter hold (in its own space),
+   tissue
    intensities, a quadratic bias field, noise level
    and field of view; per cohort: the point spread, the template's intensity structure
    (super-resolved from every scan's residual, :func:`super_resolved`), the tissue texture and
