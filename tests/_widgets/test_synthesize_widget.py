@@ -119,6 +119,19 @@ def _synthetic(viewer):
     return [layer for layer in viewer.layers[::-1] if layer.name.startswith("synthetic ")]
 
 
+def _generate_beside(viewer, scan, ref: str, n: int, seed: int):
+    """Dock the widget, choose generator ``ref`` and ``scan`` to compare with, generate ``n``
+    volumes from ``seed``: the widget, the real scan's layer and the synthetic layers."""
+    widget = _dock(viewer)
+    _choose_model(widget, ref)
+    _choose(widget.image, scan.name)
+    widget.n.setValue(n)
+    widget.seed.setValue(seed)
+    widget.run()
+    assert widget.last_error is None, widget.status.text()
+    return widget, viewer.layers[f"real · {scan.name} (model grid)"], _synthetic(viewer)
+
+
 def _notifications() -> list[str]:
     from napari.utils.notifications import notification_manager
 
@@ -202,17 +215,9 @@ def test_synthetic_and_real_side_by_side_on_one_model_grid(viewer, generators, s
     card = cards["ldm"]
     (scan,) = viewer.open(subject_nifti, plugin=PLUGIN)
     marks = viewer.add_points([[0.0, 0.0, 0.0]], name="marks")
-    widget = _dock(viewer)
-    _choose_model(widget, card.ref)
-    _choose(widget.image, scan.name)
-    widget.n.setValue(2)
-    widget.seed.setValue(7)
 
-    widget.run()
+    widget, real, synthetic = _generate_beside(viewer, scan, card.ref, 2, 7)
 
-    assert widget.last_error is None, widget.status.text()
-    real = viewer.layers[f"real · {scan.name} (model grid)"]
-    synthetic = _synthetic(viewer)
     assert [layer.name for layer in synthetic] == [
         "synthetic bvFTD · seed 7 · #0",
         "synthetic bvFTD · seed 7 · #1",
@@ -291,18 +296,10 @@ def test_label_maps_over_every_volume_in_its_own_viewbox(viewer, generators, sub
     from napari_mrisynth.cohort import simulate_subject
 
     (scan,) = viewer.open(subject_nifti, plugin=PLUGIN)
-    widget = _dock(viewer)
-    _choose_model(widget, BUNDLED_ANATOMY)
+    widget, real, synthetic = _generate_beside(viewer, scan, BUNDLED_ANATOMY, 2, 3)
     card = widget.model.currentData()
-    assert widget.label_maps.isEnabled() and widget.label_maps.isChecked()
-    _choose(widget.image, scan.name)
-    widget.n.setValue(2)
-    widget.seed.setValue(3)
-    widget.run()
-    assert widget.last_error is None, widget.status.text()
-
-    real = viewer.layers[f"real · {scan.name} (model grid)"]
-    synthetic = _synthetic(viewer)
+    assert card.ref == BUNDLED_ANATOMY
+    assert widget.label_maps.isEnabled() and widget.label_maps.isChecked()  # on by default
     # from the top of the layer list: each volume's labels over it, real first
     run_layers = list(viewer.layers)[1:][::-1]
     assert [layer.name for layer in run_layers] == [

@@ -46,7 +46,7 @@ from napari_mrisynth.models.card import ModelCard
 from napari_mrisynth.models.device import DEVICE_CHOICES
 from napari_mrisynth.volume import Volume
 
-from ._layer_data import labels_layer_data, layer_volume
+from ._layer_data import LayerData, labels_layer_data, layer_volume
 
 if TYPE_CHECKING:
     import napari
@@ -461,6 +461,16 @@ def label_features(volume: Volume) -> pd.DataFrame:
     return pd.DataFrame({"index": values, "name": [names[v] for v in values]})
 
 
+def named_labels_layer_data(labels: Volume, name: str, opacity: float) -> LayerData:
+    """LayerData of a label map with its names (status bar) and colours from its metadata."""
+    data, kwargs, layer_type = labels_layer_data(
+        labels, name=name, color_dict=label_color_dict(labels)
+    )
+    kwargs["features"] = label_features(labels)
+    kwargs["opacity"] = opacity
+    return data, kwargs, layer_type
+
+
 def volume_table_tsv(rows: list[dict[str, Any]]) -> str:
     """The volume table as tab-separated text with a header line."""
     lines = ["label\tname\tvoxels\tvolume_ml"]
@@ -513,11 +523,7 @@ class SegmentWidget(ModelWidget):
     def show_result(self, result: Any, layer: Any) -> None:
         labels = result.labels
         name = f"{layer.name} · {result.card.title}"
-        data, kwargs, layer_type = labels_layer_data(
-            labels, name=name, color_dict=label_color_dict(labels)
-        )
-        kwargs["features"] = label_features(labels)
-        kwargs["opacity"] = 0.5
+        data, kwargs, layer_type = named_labels_layer_data(labels, name, 0.5)
         self.add_or_replace(data, kwargs, layer_type)
         self.fill_table(result.table(), labels)
 

@@ -27,8 +27,8 @@ from napari_mrisynth.models.card import ModelCard
 from napari_mrisynth.synthesis.synthesize import SynthesisRequest, SynthesisRun, synthesize
 from napari_mrisynth.volume import Volume
 
-from ._layer_data import LayerData, image_layer_data, labels_layer_data
-from ._segment_widget import ModelWidget, label_color_dict, label_features, layer_source_volume
+from ._layer_data import LayerData, image_layer_data
+from ._segment_widget import ModelWidget, layer_source_volume, named_labels_layer_data
 
 if TYPE_CHECKING:
     import napari
@@ -135,11 +135,7 @@ def _labels_layer_data(
     to one image and its labels) when there is none."""
     if labels is None:
         labels = like.with_data(np.zeros(like.shape, np.uint8), name=name)
-    data, kwargs, layer_type = labels_layer_data(
-        labels, name=name, color_dict=label_color_dict(labels)
-    )
-    kwargs["features"] = label_features(labels)
-    kwargs["opacity"] = LABEL_OPACITY
+    data, kwargs, layer_type = named_labels_layer_data(labels, name, LABEL_OPACITY)
     kwargs["metadata"].update(metadata)
     return data, kwargs, layer_type
 

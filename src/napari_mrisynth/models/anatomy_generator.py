@@ -198,6 +198,39 @@ def _growth_for(count: int, distance: torch.Tensor, inside: torch.Tensor,
     return -torch.nextafter(depths[lost - 1], depths.new_tensor(math.inf))
 
 
+def _reshape_cortex(
+    labels: torch.Tensor,
+    value: int,
+    sulcal: int,
+    depth: torch.Tensor,
+    csf_depth: torch.Tensor,
+    around: torch.Tensor,
+    t: torch.Tensor,
+) -> None:
+    """Thin cortical label ``value`` in place (t > 0: its voxels shallower than t mm from the
+    pial side become ``sulcal``) or thicken it (t < 0: the sulcal CSF ``around`` it within
+    |t| mm becomes it)."""
+    labels[(labels == value) & (depth < t)] = sulcal
+    labels[around & (csf_depth <= -t)] = value
+
+
+def _grow_or_shrink(
+    labels: torch.Tensor,
+    value: int,
+    distance: torch.Tensor,
+    neighbour: torch.Tensor,
+    into: torch.Tensor,
+    g: torch.Tensor,
+) -> torch.Tensor:
+    """Grow structure ``value`` in place (g > 0: the ``into`` voxels within g mm outside its
+    template surface become it) or shrink it (g < 0: its voxels inside the surface and
+    shallower than |g| mm take their ``neighbour`` label); returns the voxels given back."""
+    shrink = (labels == value) & (distance < 0) & (distance > g)
+    labels[(distance > 0) & (distance <= g) & into] = value
+    labels[shrink] = neighbour.round().to(labels.dtype)[shrink]
+    return shrink
+
+
 class AnatomyFirst(nn.Module):
     """The anatomy-first generator (see the module docstring); sizes come from the card.
 
@@ -384,17 +417,13 @@ class AnatomyFirst(nn.Module):
         nearest = maps["nearest_cortex"].round()
         for k, value in enumerate(self.cortical):
             t = thinning[:, k].view(batch, 1, 1, 1)
-            labels[(labels == value) & (gm_depth < t)] = self.sulcal
-            grow = sulcal & (nearest == value) & (csf_depth <= -t)
-            labels[grow] = value
+            around = sulcal & (nearest == value)
+            _reshape_cortex(labels, value, self.sulcal, gm_depth, csf_depth, around, t)
         if self.ventricle is not None and growth is not None:
-            g = growth.reshape(batch, 1, 1, 1)
-            distance = maps["ventricle_distance"]
             deep = torch.isin(labels, torch.tensor(self.deep_tissue(), device=labels.device))
-            shrink = (labels == self.ventricle) & (-distance < -g)
-            labels[(distance > 0) & (distance <= g) & deep] = self.ventricle
-            neighbour = maps["ventricle_neighbour"].round().to(labels.dtype)
-            labels = torch.where(shrink, neighbour, labels)
+            g = growth.reshape(batch, 1, 1, 1)
+            _grow_or_shrink(labels, self.ventricle, maps["ventricle_distance"],
+                            maps["ventricle_neighbour"], deep, g)  # fmt: skip
         return labels
 
     def _share_labels(self, maps: dict[str, torch.Tensor], look: torch.Tensor) -> torch.Tensor:
@@ -421,32 +450,25 @@ class AnatomyFirst(nn.Module):
             total = float(brain[b].sum())
             wanted = (look[b, : self.layout["white"].stop].clamp_min(0.0) * total).round()
             head = labels[b]
-            if self.ventricle is not None:
-                distance = maps["ventricle_distance"][b]
-                g = _growth_for(int(wanted[self.layout["ventricles"].start]), distance,
-                                head == self.ventricle, torch.isin(head, deep))  # fmt: skip
-                shrink = (head == self.ventricle) & (distance < 0) & (distance > g)
-                head[(distance > 0) & (distance <= g) & torch.isin(head, deep)] = self.ventricle
-                neighbour = maps["ventricle_neighbour"][b].round().to(head.dtype)
-                head[shrink] = neighbour[shrink]
-            if self.white is not None:
-                distance = maps["white_distance"][b]
-                into = torch.isin(head, cortical)
-                w = _growth_for(int(wanted[self.layout["white"].start]), distance,
-                                head == self.white, into)  # fmt: skip
-                shrink = (head == self.white) & (distance < 0) & (distance > w)
-                head[(distance > 0) & (distance <= w) & into] = self.white
-                neighbour = maps["white_neighbour"][b].round().to(head.dtype)
-                head[shrink] = neighbour[shrink]
-                depth[b][shrink] = 1e4  # the deepest cortex
+            for name, value, into in (("ventricle", self.ventricle, deep),
+                                      ("white", self.white, cortical)):  # fmt: skip
+                if value is None:
+                    continue
+                distance, allowed = maps[f"{name}_distance"][b], torch.isin(head, into)
+                entry = "ventricles" if name == "ventricle" else name
+                g = _growth_for(int(wanted[self.layout[entry].start]), distance,
+                                head == value, allowed)  # fmt: skip
+                given = _grow_or_shrink(head, value, distance, maps[f"{name}_neighbour"][b],
+                                        allowed, g)  # fmt: skip
+                if name == "white":
+                    depth[b][given] = 1e4  # the deepest cortex
             for k, value in enumerate(self.cortical):
-                own = head == value
-                around = sulcal[b] & (nearest[b] == value)
+                own, around = head == value, sulcal[b] & (nearest[b] == value)
+                csf = maps["csf_depth"][b]
                 t = _depth_for(int(wanted[self.layout["thinning"].start + k]),
                                torch.sort(depth[b][own]).values,
-                               torch.sort(maps["csf_depth"][b][around]).values)  # fmt: skip
-                head[own & (depth[b] < t)] = self.sulcal
-                head[around & (maps["csf_depth"][b] <= -t)] = value
+                               torch.sort(csf[around]).values)  # fmt: skip
+                _reshape_cortex(head, value, self.sulcal, depth[b], csf, around, t)
         return labels
 
     def deep_tissue(self) -> list[int]:

@@ -595,17 +595,15 @@ def appearance_model(vectors: np.ndarray, design: np.ndarray) -> dict[str, np.nd
     correlation = LedoitWolf().fit(residual / scale).covariance_
     covariance = correlation * scale[:, None] * scale[None, :]
     factor = np.linalg.cholesky(covariance + 1e-12 * np.eye(len(covariance)))
-    return {"design": coefficients, "factor": factor}
+    return {"design": coefficients, "factor": factor, "residual": residual}
 
 
-def class_spread(values: np.ndarray, design: np.ndarray) -> np.ndarray:
-    """(2, entries): each entry's residual SD (after the regression on the design) in
-    controls (row 0) and bvFTD (row 1) over the pooled SD; ones where a class has fewer
-    than three scans or an entry does not vary."""
-    coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
-    residual = values - design @ coefficients
+def class_spread(residual: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """(2, entries): the SD of each entry's ``residual`` (after the regression on the
+    ``design``) in controls (row 0) and bvFTD (row 1) over the pooled SD; ones where a class
+    has fewer than three scans or an entry does not vary."""
     classes = [design[:, 1] < 0, design[:, 1] > 0]
-    spread = np.ones((2, values.shape[1]))
+    spread = np.ones((2, residual.shape[1]))
     if min(int(c.sum()) for c in classes) < 3:
         return spread
     sd = [residual[c].std(axis=0, ddof=1) for c in classes]
@@ -807,7 +805,8 @@ def condition_check(args: dict[str, Any], buffers: dict[str, np.ndarray],
                     labels: Sequence[np.ndarray], conditions: Sequence[Condition], *,
                     samples: int = 8, seed: int = 1) -> dict[str, Any]:  # fmt: skip
     """How sampled bvFTD and control heads differ against how the training scans do, in
-    the brain share of every cortical grey-matter label and of the lateral ventricles.
+    the brain share of every structure the model draws a share for (the cortical
+    grey-matter labels, the lateral ventricles and, when drawn, the white matter).
 
     Sampled heads are compared in pairs that share every random draw and differ only in
     diagnosis, and every draw comes with its opposite (antithetic draws: the residuals
@@ -940,10 +939,12 @@ def fit_anatomy_first(
     around_white = white_distances(template_labels, spacing)
     noise_blur = float(np.median([look["noise_blur"] for look in looks]))
     vectors = []
-    # each scan's own regional anatomy: the brain share of every cortical label and of the
-    # ventricles in its own space (a sampled head is given exactly the share it draws)
+    # each scan's own regional anatomy: the brain share of every cortical label, of the
+    # ventricles and of the white matter in its own space (a sampled head is given exactly
+    # the share it draws)
     regional = [*CORTICAL_GM_LABELS, ventricle, white]
-    shares = brain_shares([class_label[m] for m in labels], regional)
+    native = [class_label[m] for m in labels]  # render classes -> labels
+    shares = brain_shares(native, regional)
     for share, look in zip(shares, looks, strict=True):
         vector = np.zeros(max(s.stop for s in layout.values()))
         vector[: layout["white"].stop] = share  # thinning, ventricles, white: in that order
@@ -954,7 +955,7 @@ def fit_anatomy_first(
         vectors.append(vector)
     design = design_rows(conditions)
     look_model = appearance_model(np.array(vectors), design)
-    anatomy_spread = class_spread(np.array(vectors)[:, : layout["white"].stop], design)
+    anatomy_spread = class_spread(look_model["residual"][:, : layout["white"].stop], design)
     flat = np.array([v.ravel() for v in velocities])
     shape_model = gaussian_model(flat, design, options.variance)
     report: dict[str, Any] = {
@@ -1069,9 +1070,7 @@ def fit_anatomy_first(
     timings["diversity"] = time.perf_counter() - clock
     if progress is not None:
         progress("condition", 0, 1)
-    report["condition_check"] = condition_check(
-        args, buffers, [class_label[m] for m in labels], conditions
-    )
+    report["condition_check"] = condition_check(args, buffers, native, conditions)
     if progress is not None:
         progress("condition", 1, 1)
     timings["condition"] = time.perf_counter() - clock
