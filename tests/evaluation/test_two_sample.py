@@ -21,9 +21,11 @@ from napari_mrisynth.evaluation.sharpness import (
     sharpness_report,
 )
 from napari_mrisynth.evaluation.two_sample import (
+    TEXTURE_FEATURES,
     CnnOptions,
     automated_turing_test,
     classifier_two_sample_test,
+    feature_giveaways,
     texture_scores,
 )
 from napari_mrisynth.io.files import save_volume
@@ -65,6 +67,36 @@ def test_texture_classifier_is_at_chance_on_one_distribution_and_sure_on_two():
     assert roc_auc(labels, texture_scores(shifted, labels, seed=0)) > 0.99
 
 
+def test_giveaways_rank_each_statistic_by_how_well_it_alone_separates_the_sets():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    features = np.zeros((6, 3))
+    features[:, 0] = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]  # the same in both sets
+    features[:, 1] = [5.0, 6.0, 7.0, 1.0, 2.0, 3.0]  # synthetic lower: separates alone
+    features[:, 2] = [1.0, 2.0, 4.0, 2.0, 3.0, 5.0]  # higher, overlapping
+    found = feature_giveaways(features, labels, names=("same", "lower", "higher"))
+    assert [g["feature"] for g in found] == ["lower", "higher", "same"]
+    lower, higher, same = found
+    assert lower["auc"] == 0.0 and lower["d"] == pytest.approx(-4.0)  # means 2 vs 6, SD 1
+    assert lower["real"] == [pytest.approx(6.0), pytest.approx(1.0)]
+    # P(synthetic > real): 2>1; 3>1,2; 5>1,2,4 = 6 of 9 pairs, the tie 2=2 counts half
+    assert higher["auc"] == pytest.approx(6.5 / 9)
+    assert same["auc"] == 0.5 and same["d"] == 0.0
+
+
+def test_unmatched_volumes_are_the_shown_ones_before_the_histogram_matching(heads):
+    from napari_mrisynth.evaluation.presentation import present_volumes
+
+    real, _ = heads
+    unmatched: list[np.ndarray] = []
+    grid, shown = present_volumes(real[:1], spacing=4.0, unmatched=unmatched)
+    assert len(unmatched) == 1 and unmatched[0].shape == shown[0].shape == grid.shape
+    # one volume is matched to its own histogram: matching changes nothing but rounding
+    expected = np.clip(np.rint(unmatched[0].astype(np.float64)), 0, 255)
+    difference = np.abs(expected - shown[0])
+    assert difference.max() <= 1 and difference.mean() < 0.05
+    assert unmatched[0][shown[0] == 0].max() <= 0.5  # zero outside the head, as shown
+
+
 def test_two_sample_test_needs_enough_volumes():
     from napari_mrisynth.evaluation.folders import EvaluationError
 
@@ -89,7 +121,17 @@ def test_blurred_heads_are_caught_and_measured_blurry(heads):
     real, blurred = heads
     report = automated_turing_test(real, blurred, folds=3, cnn=TINY_CNN, seed=0)
     assert report.grid["spacing"] == 4.0 and not report.grid["degraded"]
-    assert report.two_sample["texture"]["value"] > 0.9
+    texture = report.two_sample["texture"]
+    assert texture["value"] > 0.9
+    giveaways = texture["giveaways"]
+    assert sorted(g["feature"] for g in giveaways) == sorted(TEXTURE_FEATURES)
+    spread = [abs(g["auc"] - 0.5) for g in giveaways]
+    assert spread == sorted(spread, reverse=True)
+    by_name = {g["feature"]: g for g in giveaways}
+    # blur: weaker gradients and less high-frequency energy, with or without matching
+    assert by_name["grad_p90"]["auc"] < 0.2 and by_name["grad_p90"]["d"] < -1
+    before = {g["feature"]: g for g in texture["before_matching"]["giveaways"]}
+    assert before["band_4"]["auc"] < 0.2 and texture["before_matching"]["value"] > 0.9
     cnn = report.two_sample["cnn"]
     assert 0.0 <= cnn["value"] <= 1.0 and len(cnn["scores"]["synthetic"]) == 6
     assert report.sharpness["hf_energy"]["ratio"] < 0.6
@@ -119,6 +161,7 @@ def test_cli_evaluate_runs_the_automated_turing_test(tmp_path, heads, capsys):
     table = capsys.readouterr().out
     assert "automated Turing test on volumes prepared as raters see them (4 mm grid)" in table
     assert "texture  AUC" in table and "high-frequency energy" in table
+    assert "    gives it away: " in table and "    before matching: AUC " in table
     data = json.loads(out.read_text())["automated_turing"]
     assert set(data["two_sample"]) >= {"texture", "n_real", "folds"}
     assert "cnn" not in data["two_sample"]

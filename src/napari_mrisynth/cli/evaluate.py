@@ -151,6 +151,21 @@ def evaluation_table(report: Any) -> str:
     return "\n".join(lines)
 
 
+def _giveaway_lines(entry: dict[str, Any], shown: int = 5) -> list[str]:
+    """The texture statistics that tell the sets apart most, after and before the study's
+    histogram matching (AUC of each alone, effect size d of synthetic against real)."""
+    lines = []
+    for title, where in (("gives it away", entry), ("before matching",
+                                                    entry.get("before_matching"))):  # fmt: skip
+        if not where or not where.get("giveaways"):
+            continue
+        head = f"AUC {where['value']:.3f}; " if where is not entry else ""
+        items = ", ".join(f"{g['feature']} {g['auc']:.2f} (d {g['d']:+.1f})"
+                          for g in where["giveaways"][:shown])  # fmt: skip
+        lines.append(f"    {title}: {head}{items}")
+    return lines
+
+
 def turing_table(report: Any) -> str:
     """The automated Turing test in a few lines: each classifier's AUC, sharpness ratios."""
     grid = report.grid
@@ -163,6 +178,7 @@ def turing_table(report: Any) -> str:
             low, high = entry["ci95"]
             lines.append(f"  {name:<8} AUC {entry['value']:.3f} (95% CI {low:.3f}-{high:.3f}); "
                          "0.5 = cannot tell synthetic from real")  # fmt: skip
+            lines += _giveaway_lines(entry)
     for key, title in (("hf_energy", "high-frequency energy"), ("gradient_p50", "gradient p50"),
                        ("gradient_p90", "gradient p90")):  # fmt: skip
         entry = report.sharpness[key]

@@ -163,6 +163,16 @@ class Presentation:
         """The head's voxels of a scaled image, sorted: one term of the set's mean."""
         return np.sort(image[self.head], kind="stable")
 
+    def unmatched(self, image: np.ndarray) -> np.ndarray:
+        """Steps 2 and 4 without the histogram matching of step 3: the scaled head on the
+        shown images' scale (0-255, float16, not clipped), display order. What a volume
+        would look like to a classifier had the study not matched its histogram: set beside
+        the shown images, it tells which differences the matching makes or hides."""
+        from napari_mrisynth.volume import to_display_volume
+
+        out = (np.where(self.head, image, 0.0) * 255.0).astype(np.float16)
+        return np.ascontiguousarray(np.asarray(to_display_volume(self.grid.volume(out)).data))
+
     def shown(self, image: np.ndarray, reference: np.ndarray, seed: int) -> np.ndarray:
         """Steps 2-4: matched to ``reference`` (the set's mean sorted head), uint8, display
         order."""
@@ -188,12 +198,15 @@ def present_volumes(
     names: Sequence[str] | None = None,
     device: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    unmatched: list[np.ndarray] | None = None,
 ) -> tuple[StudyGrid, list[np.ndarray]]:
     """Prepare ``volumes`` together, in memory, exactly as a study would show them.
 
     ``spacing`` defaults to ``native`` (the real scans' resolution) or, failing that, to
     :func:`native_resolution` of all volumes; ``names`` seed each volume's tie-breaking
-    (as a study's volume ids do).
+    (as a study's volume ids do). A list given as ``unmatched`` receives every volume as
+    :meth:`Presentation.unmatched` makes it (the same steps but the histogram matching),
+    in the same order.
 
     Returns
     -------
@@ -214,6 +227,8 @@ def present_volumes(
     shown = []
     for done, (name, image) in enumerate(zip(names, scaled, strict=True), len(volumes) + 1):
         shown.append(presentation.shown(image, reference, volume_seed(name)))
+        if unmatched is not None:
+            unmatched.append(presentation.unmatched(image))
         if progress is not None:
             progress(done, total)
     return presentation.study_grid(shown[0].shape), shown

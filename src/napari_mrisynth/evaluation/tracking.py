@@ -45,6 +45,9 @@ def log_evaluation(
     for name, entry in turing.get("two_sample", {}).items():
         if isinstance(entry, dict) and "value" in entry:
             metrics[f"c2st_{name}_auc"] = float(entry["value"])
+            before = entry.get("before_matching")
+            if before:
+                metrics[f"c2st_{name}_auc_before_matching"] = float(before["value"])
     for name, entry in turing.get("sharpness", {}).items():
         if isinstance(entry, dict) and "ratio" in entry:
             metrics[f"{name}_ratio"] = float(entry["ratio"])

@@ -15,10 +15,18 @@ every score comes from a model that never saw that volume, try to tell them apar
 The out-of-fold scores give an AUC with a DeLong 95 % CI for each: 0.5 means the machine
 cannot tell them apart, 1.0 that it always can. Sharpness (:mod:`.sharpness`) is measured
 on the same prepared volumes.
+
+**What gives it away.** The texture model also reports each statistic on its own (its AUC
+and effect size, :func:`feature_giveaways`), and the same again on the volumes before the
+study's histogram matching: matching every head to one histogram turns a difference in the
+histogram's shape into differences in gradients and local spread (a generator whose brain
+histogram is too wide is compressed, and its edges with it), so a statistic that separates
+the sets only after matching points at the histogram, not at the edges.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,6 +205,28 @@ def cnn_scores(volumes: Sequence[np.ndarray], labels: np.ndarray, region: np.nda
     return scores
 
 
+def feature_giveaways(features: np.ndarray, labels: np.ndarray,
+                      names: Sequence[str] = TEXTURE_FEATURES) -> list[dict[str, Any]]:  # fmt: skip
+    """Each statistic on its own, most telling first: ``auc`` = P(a synthetic volume's value
+    exceeds a real one's) (0.5: no difference; 0 or 1: it alone separates the sets), ``d``
+    the synthetic minus the real mean in units of the pooled standard deviation, and both
+    sets' mean and standard deviation. ``labels``: 0 real, 1 synthetic."""
+    from napari_mrisynth.reports.metrics import roc_auc
+
+    features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
+    real, synthetic = features[labels == 0], features[labels == 1]
+    out = []
+    for k, name in enumerate(names):
+        a, b = real[:, k], synthetic[:, k]
+        pooled = math.sqrt((a.var(ddof=1) * (a.size - 1) + b.var(ddof=1) * (b.size - 1))
+                           / max(a.size + b.size - 2, 1))  # fmt: skip
+        d = (b.mean() - a.mean()) / pooled if pooled > 0 else 0.0
+        out.append({"feature": name, "auc": float(roc_auc(labels, features[:, k])),
+                    "d": float(d), "real": [float(a.mean()), float(a.std(ddof=1))],
+                    "synthetic": [float(b.mean()), float(b.std(ddof=1))]})  # fmt: skip
+    return sorted(out, key=lambda e: (-abs(e["auc"] - 0.5), -abs(e["d"]), e["feature"]))
+
+
 def _auc_entry(labels: np.ndarray, scores: np.ndarray, reading: str) -> dict[str, Any]:
     from napari_mrisynth.reports.metrics import auc_ci_delong
 
@@ -217,6 +247,7 @@ def classifier_two_sample_test(
     cnn: CnnOptions | None = None,
     device: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    unmatched: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Cross-validated AUC of each classifier at telling ``synthetic`` from ``real``.
 
@@ -230,11 +261,16 @@ def classifier_two_sample_test(
         ``texture`` and/or ``cnn``.
     folds : int
         Stratified folds (each set needs at least ``folds`` volumes).
+    unmatched : (real, synthetic), optional
+        The same volumes before the histogram matching
+        (:meth:`~.presentation.Presentation.unmatched`): the texture model is run on them
+        too, as ``texture["before_matching"]``.
 
     Returns
     -------
     dict
-        ``{model: {"value", "ci95", "reading", "scores"}}``.
+        ``{model: {"value", "ci95", "reading", "scores"}}``; the texture model's entry also
+        has ``giveaways`` (:func:`feature_giveaways`).
     """
     from napari_mrisynth.evaluation.sharpness import brain_region
 
@@ -250,7 +286,11 @@ def classifier_two_sample_test(
     labels = np.array([0] * len(real) + [1] * len(synthetic))
     region = brain_region(volumes[0].shape, spacing)
     out: dict[str, Any] = {"n_real": len(real), "n_synthetic": len(synthetic), "folds": folds}
-    steps = (len(volumes) if "texture" in models else 0) + (folds if "cnn" in models else 0)
+    before = None if unmatched is None else list(unmatched[0]) + list(unmatched[1])
+    if before is not None and len(before) != len(volumes):
+        raise EvaluationError(f"{len(before)} unmatched volumes for {len(volumes)} prepared ones")
+    texture_steps = len(volumes) * (1 if before is None else 2)
+    steps = (texture_steps if "texture" in models else 0) + (folds if "cnn" in models else 0)
     done = 0
 
     def step(*_: Any) -> None:
@@ -268,6 +308,19 @@ def classifier_two_sample_test(
         out["texture"] = _auc_entry(labels, scores, "logistic regression on 26 texture "
                                     "statistics, 5 x repeated stratified k-fold")  # fmt: skip
         out["texture"]["features"] = list(TEXTURE_FEATURES)
+        out["texture"]["giveaways"] = feature_giveaways(np.stack(features), labels)
+        if before is not None:
+            unmatched_features = []
+            for image in before:
+                unmatched_features.append(texture_features(image, region, spacing))
+                step()
+            unmatched_scores = texture_scores(np.stack(unmatched_features), labels,
+                                              folds=folds, seed=seed)  # fmt: skip
+            entry = _auc_entry(
+                labels, unmatched_scores, "the same model on the volumes before histogram matching"
+            )
+            entry["giveaways"] = feature_giveaways(np.stack(unmatched_features), labels)
+            out["texture"]["before_matching"] = entry
     if "cnn" in models:
         opts = cnn or CnnOptions()
         scores = cnn_scores(volumes, labels, region, folds=folds, seed=seed, options=opts,
@@ -317,14 +370,17 @@ def automated_turing_test(
     real, synthetic = list(real), list(synthetic)
     names = [volume_name(v, i) for i, v in enumerate(real + synthetic)]
     native = native_resolution(real)
+    unmatched: list[np.ndarray] | None = [] if "texture" in models else None
     grid, shown = present_volumes(real + synthetic, spacing=spacing or native,
                                   resolution=resolution, native=native, names=names,
-                                  device=device, progress=progress)  # fmt: skip
+                                  device=device, progress=progress,
+                                  unmatched=unmatched)  # fmt: skip
     shown_real, shown_synthetic = shown[: len(real)], shown[len(real) :]
     sharpness = sharpness_report(shown_real, shown_synthetic, grid.spacing, seed=seed)
+    pair = None if unmatched is None else (unmatched[: len(real)], unmatched[len(real) :])
     two_sample = classifier_two_sample_test(shown_real, shown_synthetic, grid.spacing,
                                             models=models, folds=folds, seed=seed, cnn=cnn,
-                                            device=device)  # fmt: skip
+                                            device=device, unmatched=pair)  # fmt: skip
     return AutomatedTuringReport(grid.describe(), two_sample, sharpness,
                                  {"real": names[: len(real)],
                                   "synthetic": names[len(real) :]})  # fmt: skip
