@@ -151,6 +151,18 @@ def test_delong_edge_cases():
 
 
 # -- precision-recall ------------------------------------------------------------------------
+def test_cohens_d_by_hand():
+    values = np.array([1.0, 2.0, 3.0, 5.0, 6.0, 7.0])
+    group = np.array([True, True, True, False, False, False])
+    assert metrics.cohens_d(values, group) == pytest.approx(-4.0)  # means 2 vs 6, SD 1
+    assert metrics.cohens_d(values, ~group) == pytest.approx(4.0)
+    # unequal sizes: pooled variance (2 * 1 + 1 * 0.5) / 3 = 5/6
+    assert metrics.cohens_d([0.0, 1.0, 2.0, 4.0, 5.0], [1, 1, 1, 0, 0]) == pytest.approx(
+        -3.5 / math.sqrt(5 / 6)
+    )
+    assert metrics.cohens_d([3.0, 3.0, 3.0, 3.0], [1, 1, 0, 0]) == 0.0
+
+
 def test_precision_recall_and_average_precision_by_hand():
     y, scores = [1, 0, 1, 1, 0], [0.9, 0.8, 0.7, 0.6, 0.2]
     precision, recall, thresholds = metrics.precision_recall_curve(y, scores)

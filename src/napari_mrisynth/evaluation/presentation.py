@@ -168,19 +168,20 @@ class Presentation:
         shown images' scale (0-255, float16, not clipped), display order. What a volume
         would look like to a classifier had the study not matched its histogram: set beside
         the shown images, it tells which differences the matching makes or hides."""
-        from napari_mrisynth.volume import to_display_volume
-
-        out = (np.where(self.head, image, 0.0) * 255.0).astype(np.float16)
-        return np.ascontiguousarray(np.asarray(to_display_volume(self.grid.volume(out)).data))
+        return self._in_display_order((np.where(self.head, image, 0.0) * 255.0)
+                                      .astype(np.float16))  # fmt: skip
 
     def shown(self, image: np.ndarray, reference: np.ndarray, seed: int) -> np.ndarray:
         """Steps 2-4: matched to ``reference`` (the set's mean sorted head), uint8, display
         order."""
-        from napari_mrisynth.volume import to_display_volume
-
         out = np.zeros(image.shape, dtype=np.float64)
         out[self.head] = match_histogram(image[self.head], reference, seed)
-        stored = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        return self._in_display_order(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8))
+
+    def _in_display_order(self, stored: np.ndarray) -> np.ndarray:
+        """An array on the grid (the grid's order) in display order, contiguous."""
+        from napari_mrisynth.volume import to_display_volume
+
         display = to_display_volume(self.grid.volume(stored)).data
         return np.ascontiguousarray(np.asarray(display))
 

@@ -26,7 +26,6 @@ the sets only after matching points at the histogram, not at the edges.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,18 +210,16 @@ def feature_giveaways(features: np.ndarray, labels: np.ndarray,
     exceeds a real one's) (0.5: no difference; 0 or 1: it alone separates the sets), ``d``
     the synthetic minus the real mean in units of the pooled standard deviation, and both
     sets' mean and standard deviation. ``labels``: 0 real, 1 synthetic."""
-    from napari_mrisynth.reports.metrics import roc_auc
+    from napari_mrisynth.reports.metrics import cohens_d, roc_auc
 
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
     real, synthetic = features[labels == 0], features[labels == 1]
     out = []
     for k, name in enumerate(names):
         a, b = real[:, k], synthetic[:, k]
-        pooled = math.sqrt((a.var(ddof=1) * (a.size - 1) + b.var(ddof=1) * (b.size - 1))
-                           / max(a.size + b.size - 2, 1))  # fmt: skip
-        d = (b.mean() - a.mean()) / pooled if pooled > 0 else 0.0
-        out.append({"feature": name, "auc": float(roc_auc(labels, features[:, k])),
-                    "d": float(d), "real": [float(a.mean()), float(a.std(ddof=1))],
+        out.append({"feature": name, "auc": roc_auc(labels, features[:, k]),
+                    "d": cohens_d(features[:, k], labels == 1),
+                    "real": [float(a.mean()), float(a.std(ddof=1))],
                     "synthetic": [float(b.mean()), float(b.std(ddof=1))]})  # fmt: skip
     return sorted(out, key=lambda e: (-abs(e["auc"] - 0.5), -abs(e["d"]), e["feature"]))
 
@@ -299,28 +296,25 @@ def classifier_two_sample_test(
         if progress is not None:
             progress(done, steps)
 
-    if "texture" in models:
+    def texture_entry(images: Sequence[np.ndarray], reading: str) -> dict[str, Any]:
         features = []
-        for image in volumes:
+        for image in images:
             features.append(texture_features(image, region, spacing))
             step()
-        scores = texture_scores(np.stack(features), labels, folds=folds, seed=seed)
-        out["texture"] = _auc_entry(labels, scores, "logistic regression on 26 texture "
-                                    "statistics, 5 x repeated stratified k-fold")  # fmt: skip
+        features = np.stack(features)
+        entry = _auc_entry(labels, texture_scores(features, labels, folds=folds, seed=seed),
+                           reading)  # fmt: skip
+        entry["giveaways"] = feature_giveaways(features, labels)
+        return entry
+
+    if "texture" in models:
+        out["texture"] = texture_entry(volumes, "logistic regression on 26 texture statistics, "
+                                       "5 x repeated stratified k-fold")  # fmt: skip
         out["texture"]["features"] = list(TEXTURE_FEATURES)
-        out["texture"]["giveaways"] = feature_giveaways(np.stack(features), labels)
         if before is not None:
-            unmatched_features = []
-            for image in before:
-                unmatched_features.append(texture_features(image, region, spacing))
-                step()
-            unmatched_scores = texture_scores(np.stack(unmatched_features), labels,
-                                              folds=folds, seed=seed)  # fmt: skip
-            entry = _auc_entry(
-                labels, unmatched_scores, "the same model on the volumes before histogram matching"
+            out["texture"]["before_matching"] = texture_entry(
+                before, "the same model on the volumes before histogram matching"
             )
-            entry["giveaways"] = feature_giveaways(np.stack(unmatched_features), labels)
-            out["texture"]["before_matching"] = entry
     if "cnn" in models:
         opts = cnn or CnnOptions()
         scores = cnn_scores(volumes, labels, region, folds=folds, seed=seed, options=opts,

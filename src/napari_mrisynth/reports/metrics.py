@@ -159,6 +159,16 @@ def roc_auc(y_true: Any, scores: Any) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def cohens_d(values: Any, group: Any) -> float:
+    """Cohen's d of ``values`` in ``group`` (True) against the rest: the difference of the
+    means in units of the pooled standard deviation (0 when both are constant and equal)."""
+    values, group = np.asarray(values, dtype=np.float64), np.asarray(group, dtype=bool)
+    a, b = values[group], values[~group]
+    pooled = np.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1))
+                     / max(a.size + b.size - 2, 1))  # fmt: skip
+    return float((a.mean() - b.mean()) / max(pooled, 1e-12))
+
+
 def _delong_components(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """DeLong's structural components V10 (one per positive) and V01 (one per negative)."""
     positives, negatives = score[truth == 1], score[truth == 0]

@@ -59,13 +59,6 @@ EFFECT_REGIONS = ("frontal_gm", "orbitomedial_frontal_gm", "insula_gm", "anterio
                   "lateral_ventricles")  # fmt: skip
 
 
-def _cohens_d(values: np.ndarray, bvftd: np.ndarray) -> float:
-    a, b = values[bvftd], values[~bvftd]
-    pooled = np.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1))
-                     / max(a.size + b.size - 2, 1))  # fmt: skip
-    return float((a.mean() - b.mean()) / max(pooled, 1e-12))
-
-
 def condition_effects(real_labels: Sequence[Any], real_bvftd: Sequence[bool],
                       synthetic_labels: Sequence[Any], synthetic_bvftd: Sequence[bool],
                       *, seed: int = 0, draws: int = 2000) -> dict[str, Any]:  # fmt: skip
@@ -73,6 +66,7 @@ def condition_effects(real_labels: Sequence[Any], real_bvftd: Sequence[bool],
     of the brain, in generated label maps and in real ones, with the real d's bootstrap
     95 % interval (subjects resampled within each class)."""
     from napari_mrisynth.anatomy.labels import LABEL_IDS
+    from napari_mrisynth.reports.metrics import cohens_d
     from napari_mrisynth.synthesis.anatomy import brain_shares
 
     regions = [LABEL_IDS[r] for r in EFFECT_REGIONS]
@@ -88,12 +82,12 @@ def condition_effects(real_labels: Sequence[Any], real_bvftd: Sequence[bool],
         boot = []
         for _ in range(draws):
             pick = np.concatenate([rng.choice(g, g.size) for g in groups])
-            boot.append(_cohens_d(real[pick, k], real_y[pick]))
+            boot.append(cohens_d(real[pick, k], real_y[pick]))
         low, high = np.nanpercentile(boot, [2.5, 97.5])
-        d_fake = _cohens_d(fake[:, k], fake_y)
+        d_fake = cohens_d(fake[:, k], fake_y)
         ok = bool(low <= d_fake <= high)
         inside += ok
-        out[region] = {"synthetic_d": d_fake, "real_d": _cohens_d(real[:, k], real_y),
+        out[region] = {"synthetic_d": d_fake, "real_d": cohens_d(real[:, k], real_y),
                        "real_ci95": [float(low), float(high)], "inside": ok}  # fmt: skip
     out["value"] = inside / len(EFFECT_REGIONS)
     out["reading"] = ("share of the regions whose generated effect size lies inside the real "
