@@ -107,8 +107,8 @@ def align_to_reference(
     """Register a head scan to the reference head (Mattes mutual information).
 
     Moments-centred start, then a similarity transform (rotation, translation, one scale)
-    and a full affine, on 4 mm smoothed copies with a fixed random sampling seed (the same
-    scan always gives the same alignment).
+    and a full affine, on 4 mm smoothed copies with a fixed random sampling seed, in one
+    thread (the same scan always gives the same alignment, bit for bit).
 
     Parameters
     ----------
@@ -161,7 +161,15 @@ def align_to_reference(
         reg.SetShrinkFactorsPerLevel([2, 1])
         reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
         reg.SetInitialTransform(transform, inPlace=True)
-        reg.Execute(fixed, moving)
+        # One thread: ITK sums the metric's per-thread parts in whatever order the threads
+        # finish, so with two the same scan moved by up to 2e-3 between runs (seed-0 head,
+        # 2 mm). The metric takes the global default, not the method's own thread count.
+        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            reg.Execute(fixed, moving)
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
         return reg.GetMetricValue()
 
     initial = sitk.CenteredTransformInitializer(
