@@ -6,6 +6,10 @@ Usage (from the repository root; builds the 60-subject demo cohort if it is miss
 
     python docs/make_synthesis_figure.py [--cohort data/cohort-2mm]
 
+    # the 1 mm figure: a 1 mm cohort and a 1 mm fit (docs/synthesis.md, "At 1 mm")
+    python docs/make_synthesis_figure.py --cohort cohort-1mm --only-anatomy \
+        --anatomy-model anatomy-bvftd-demo-1mm@1.0.0 --anatomy-out anatomy_first_1mm.png
+
 The real rows are the demo generators' held-out test subjects (never trained on), brought
 onto the same grid with the same preparation; the synthetic rows are seed 7, volumes 0-2.
 """
@@ -26,6 +30,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cohort", type=Path, default=ROOT / "data" / "cohort-2mm")
     parser.add_argument("--examples", type=int, default=3)
+    parser.add_argument("--anatomy-model", default="anatomy-bvftd-demo",
+                        help="anatomy-first generator id[@version] (a models folder in "
+                        "$MRISYNTH_MODEL_PATH counts)")  # fmt: skip
+    parser.add_argument("--anatomy-out", default="anatomy_first.png")
+    parser.add_argument("--only-anatomy", action="store_true",
+                        help="skip the image-space demo generators' figure")  # fmt: skip
     args = parser.parse_args()
 
     from napari_mrisynth.models.registry import find_model
@@ -37,7 +47,9 @@ def main() -> int:
 
     cards = {f: find_model(f"{f}-bvftd-demo", task="generation") for f, _ in FAMILIES}
     ldm = cards["ldm"]
-    if not (args.cohort / "participants.tsv").exists():
+    anatomy = find_model(args.anatomy_model, task="generation")
+    spacing = anatomy.input.spacing[0]
+    if not (args.cohort / "participants.tsv").exists():  # the anatomy model's training cohort
         subprocess.run(
             [
                 sys.executable,
@@ -51,7 +63,7 @@ def main() -> int:
                 "--seed",
                 "2026",
                 "--spacing",
-                "2",
+                f"{spacing:g}",
             ],
             check=True,
         )
@@ -70,23 +82,23 @@ def main() -> int:
             for name in ("control", "bvFTD")
         }  # fmt: skip
 
-    by_class = held_out_by_class(ldm)
-    rows = []
-    for diagnosis in ("control", "bvFTD"):
-        rows.append((f"real\n{diagnosis}", by_class[diagnosis]))
-        for family, label in FAMILIES:
-            made = generate(cards[family], args.examples, condition=diagnosis, seed=7)
-            rows.append((f"{label}\n{diagnosis}", [m.volume for m in made]))
-    path = volume_rows_figure(
-        rows,
-        OUT / "demo_generators.png",
-        examples=args.examples,
-        title="held-out real (top of each block) vs synthetic, 4 mm model grid: "
-        "axial, coronal, sagittal per volume (simulated data)",
-    )
-    print("wrote", path)
+    if not args.only_anatomy:
+        by_class = held_out_by_class(ldm)
+        rows = []
+        for diagnosis in ("control", "bvFTD"):
+            rows.append((f"real\n{diagnosis}", by_class[diagnosis]))
+            for family, label in FAMILIES:
+                made = generate(cards[family], args.examples, condition=diagnosis, seed=7)
+                rows.append((f"{label}\n{diagnosis}", [m.volume for m in made]))
+        path = volume_rows_figure(
+            rows,
+            OUT / "demo_generators.png",
+            examples=args.examples,
+            title="held-out real (top of each block) vs synthetic, 4 mm model grid: "
+            "axial, coronal, sagittal per volume (simulated data)",
+        )
+        print("wrote", path)
 
-    anatomy = find_model("anatomy-bvftd-demo", task="generation")
     by_class = held_out_by_class(anatomy)
     rows = []
     for diagnosis in ("control", "bvFTD"):
@@ -95,9 +107,10 @@ def main() -> int:
         rows.append((f"anatomy-first\n{diagnosis}", [m.volume for m in made]))
     path = volume_rows_figure(
         rows,
-        OUT / "anatomy_first.png",
+        OUT / args.anatomy_out,
         examples=args.examples,
-        title="held-out real vs anatomy-first synthetic, 2 mm (the scans' own resolution): "
+        title=f"held-out real vs {anatomy.id}@{anatomy.version}, {spacing:g} mm (the scans' own "
+        "resolution): "
         "axial, coronal, sagittal per volume (simulated data)",
     )
     print("wrote", path)
