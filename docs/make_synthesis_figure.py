@@ -45,8 +45,6 @@ def main() -> int:
     from napari_mrisynth.training import data as tdata
     from napari_mrisynth.training.splits import read_participants
 
-    cards = {f: find_model(f"{f}-bvftd-demo", task="generation") for f, _ in FAMILIES}
-    ldm = cards["ldm"]
     anatomy = find_model(args.anatomy_model, task="generation")
     spacing = anatomy.input.spacing[0]
     if not (args.cohort / "participants.tsv").exists():  # the anatomy model's training cohort
@@ -83,7 +81,8 @@ def main() -> int:
         }  # fmt: skip
 
     if not args.only_anatomy:
-        by_class = held_out_by_class(ldm)
+        cards = {f: find_model(f"{f}-bvftd-demo", task="generation") for f, _ in FAMILIES}
+        by_class = held_out_by_class(cards["ldm"])
         rows = []
         for diagnosis in ("control", "bvFTD"):
             rows.append((f"real\n{diagnosis}", by_class[diagnosis]))

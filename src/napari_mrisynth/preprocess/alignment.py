@@ -7,6 +7,7 @@ the model grid and back (``preprocess.grid``) use the same transform and its exa
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from napari_mrisynth.volume import Volume, volume_to_sitk
 #: outline and large structures, and 4 mm keeps a 1 mm scan's registration under a second.
 REGISTRATION_SPACING_MM = 4.0
 METHODS = ("affine", "rigid", "identity")
+#: Held while a registration runs with SimpleITK's global thread count set to one.
+_ONE_THREAD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -164,12 +167,14 @@ def align_to_reference(
         # One thread: ITK sums the metric's per-thread parts in whatever order the threads
         # finish, so with two the same scan moved by up to 2e-3 between runs (seed-0 head,
         # 2 mm). The metric takes the global default, not the method's own thread count.
-        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-        try:
-            reg.Execute(fixed, moving)
-        finally:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        # The lock keeps two alignments in two threads from restoring each other's 1.
+        with _ONE_THREAD:
+            threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+            try:
+                reg.Execute(fixed, moving)
+            finally:
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
         return reg.GetMetricValue()
 
     initial = sitk.CenteredTransformInitializer(
