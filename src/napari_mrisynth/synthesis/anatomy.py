@@ -20,8 +20,8 @@ label maps beside them):
    and field of view; per cohort: the point spread, the template's intensity structure
    (super-resolved from every scan's residual, :func:`super_resolved`), the tissue texture and
    the fine folding left after the coarse fields (measured by a fine registration of a few
-   scans, then its amplitude calibrated so that sampled heads are as varied as the training
-   scans, :func:`calibrate_diversity`).
+   scans, raised to a strain limit); the coarse shape model's spread is then calibrated so
+   that sampled heads are as varied as the training scans (:func:`calibrate_diversity`).
 4. **Models.** A conditional Gaussian (regression on diagnosis, age, sex, then principal
    components) over the velocity fields, compared on the validation scans with a conditional
    VAE on the same field grid trained with condition dropout for classifier-free guidance;
@@ -65,9 +65,12 @@ MIXED_LABELS = (LABEL_IDS["bone"], LABEL_IDS["soft_tissue"], LABEL_IDS["eyes"],
                 LABEL_IDS["extracerebral_csf"], LABEL_IDS["spinal_cord"])  # fmt: skip
 #: Candidate texture correlation sigmas (voxels).
 TEXTURE_CANDIDATES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-#: Candidate fine-folding amplitudes (mm, RMS of the velocity per axis) of the diversity
-#: calibration, besides the one the fine registration measured.
-FINE_RMS_CANDIDATES = (0.5, 0.8, 1.1, 1.4, 1.7, 2.0)
+#: The largest RMS strain (derivative of the velocity, per axis) of the sampled fine folding.
+#: Folding beyond it squeezes the cortical ribbon into islands inside the white matter (seen
+#: at about 0.4 at 2 mm and 0.5 at 1 mm); a simulated cohort's own is 0.12-0.19.
+FINE_STRAIN_LIMIT = 0.2
+#: Candidate spreads (scales of the shape model's components) of the diversity calibration.
+SPREAD_CANDIDATES = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0)
 
 
 @dataclass
@@ -745,24 +748,41 @@ def _sampled(network: Any, vectors: Any, noise: Any) -> tuple[list, list]:
     return images, labels
 
 
+def fine_folding_limit(sigma_mm: float) -> float:
+    """The largest fine-folding amplitude (mm, RMS of the velocity per axis) whose strain
+    stays within :data:`FINE_STRAIN_LIMIT` for a field smoothed over ``sigma_mm``."""
+    # a Gaussian-smoothed field of sigma s and RMS a has an RMS derivative of a / (sqrt(2) s)
+    return FINE_STRAIN_LIMIT * math.sqrt(2.0) * sigma_mm
+
+
 def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
                         images: Sequence[np.ndarray], conditions: Sequence[Condition], *,
-                        samples: int = 16, pairs: int = 50,
-                        seed: int = 0) -> tuple[float, dict[str, Any]]:  # fmt: skip
-    """The fine-folding amplitude that makes sampled heads as varied as the training scans.
+                        fine_sigma_mm: float, samples: int = 16, pairs: int = 50,
+                        seed: int = 0) -> tuple[float, float, dict[str, Any]]:  # fmt: skip
+    """The fine folding and the coarse shape model's spread that make sampled heads as
+    varied as the training scans: ``(fine_rms_mm, spread, report)``.
 
-    The fine registration sees only part of each head's own folding (it registers to a
-    blurred template and is regularised), so its amplitude is a lower bound. The within-set
-    MS-SSIM of ``samples`` heads (conditions cycled through the training scans') is measured
-    for the measured amplitude and :data:`FINE_RMS_CANDIDATES`; the one closest to the
-    training scans' own within-set MS-SSIM (``pairs`` seeded pairs) is kept.
+    Both registrations see only part of each head's own deformation (they register to a
+    blurred template and are regularised), so the fitted fields are smaller than the heads'.
+    The fine folding takes the strain limit's amplitude (:func:`fine_folding_limit`), or the
+    measured one when that is larger: folding beyond it squeezes the cortical ribbon into
+    islands. The rest of the scans' diversity comes from the coarse fields: the Gaussian
+    shape model's components are scaled by the spread in :data:`SPREAD_CANDIDATES` whose
+    sampled heads' within-set MS-SSIM (``samples`` heads, conditions cycled through the
+    training scans') comes closest to the training scans' own (``pairs`` seeded pairs; each
+    volume scaled between its 0.5th and 99.5th percentiles, as ``mrisynth evaluate`` scales
+    it); the scan stops once the sampled heads are more varied than the scans. A VAE shape
+    model keeps its decoder's spread (1.0). The condition's mean fields are not scaled.
     """
     import torch
 
     from napari_mrisynth.evaluation.metrics import ms_ssim_pairs, random_pairs
+    from napari_mrisynth.preprocess import normalise_intensity
 
-    def scaled(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [np.clip(np.asarray(v, np.float32) / 1.5, 0.0, 1.0) for v in volumes]
+    def scaled(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:  # as ``mrisynth evaluate``
+        return [np.clip(normalise_intensity(np.asarray(v, np.float32), "percentile",
+                                            lower=0.5, upper=99.5), 0.0, 1.0)
+                for v in volumes]  # fmt: skip
 
     def within(volumes: Sequence[np.ndarray]) -> float:
         chosen = random_pairs(len(volumes), pairs, seed)
@@ -770,24 +790,35 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
 
     index = SCALARS.index("fine_rms")
     measured = float(buffers["scalars"][index])
+    limit = fine_folding_limit(fine_sigma_mm)
+    fine_rms = round(max(measured, limit), 3)
+    report: dict[str, Any] = {"measured_rms_mm": measured, "strain_limit": FINE_STRAIN_LIMIT,
+                              "limit_rms_mm": limit, "chosen_rms_mm": fine_rms,
+                              "chosen_spread": 1.0}  # fmt: skip
     try:
         target = within(images)
-    except ValueError as exc:  # volumes too small for MS-SSIM's scales: keep the measurement
-        return measured, {"measured_rms_mm": measured, "chosen_rms_mm": measured,
-                          "skipped": str(exc)}  # fmt: skip
+    except ValueError as exc:  # volumes too small for MS-SSIM's scales
+        return fine_rms, 1.0, {**report, "skipped": str(exc)}
     network = _fitted_network(args, buffers)
+    network.scalars[index] = fine_rms
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((samples, *network.noise_shape), generator=generator)
     vectors = torch.tensor([conditions[k % len(conditions)].vector() for k in range(samples)],
                            dtype=torch.float32)  # fmt: skip
+    report.update(target_ms_ssim=target, samples=samples, pairs=pairs)
+    if args.get("shape_model") == "vae":
+        report["ms_ssim"] = {"1.0": within(_sampled(network, vectors, noise)[0])}
+        return fine_rms, 1.0, report
+    basis = network.velocity_basis.clone()
     scores: dict[float, float] = {}
-    for rms in sorted({round(measured, 3), *FINE_RMS_CANDIDATES}):
-        network.scalars[index] = rms
-        scores[rms] = within(_sampled(network, vectors, noise)[0])
-    chosen = min(scores, key=lambda r: abs(scores[r] - target))
-    return chosen, {"target_ms_ssim": target, "ms_ssim": {str(k): v for k, v in scores.items()},
-                    "measured_rms_mm": measured, "chosen_rms_mm": chosen,
-                    "samples": samples, "pairs": pairs}  # fmt: skip
+    for spread in SPREAD_CANDIDATES:
+        network.velocity_basis.copy_(basis * spread)
+        scores[spread] = within(_sampled(network, vectors, noise)[0])
+        if scores[spread] <= target:
+            break
+    chosen = min(scores, key=lambda s: abs(scores[s] - target))
+    report.update(ms_ssim={str(k): v for k, v in scores.items()}, chosen_spread=chosen)
+    return fine_rms, chosen, report
 
 
 def brain_shares(maps: Iterable[np.ndarray], values: Sequence[int]) -> np.ndarray:
@@ -1060,13 +1091,17 @@ def fit_anatomy_first(
         buffers.update({f"vae.{k}": v for k, v in vae["state"].items()})
     if progress is not None:
         progress("diversity", 0, 1)
-    fine_rms, report["diversity_calibration"] = calibrate_diversity(
-        args, buffers, images, conditions
+    fine_rms, spread, report["diversity_calibration"] = calibrate_diversity(
+        args, buffers, images, conditions, fine_sigma_mm=fine["sigma_mm"]
     )  # fmt: skip
     buffers["scalars"][SCALARS.index("fine_rms")] = fine_rms
+    buffers["velocity_basis"] = (
+        (shape_model["basis"] * spread).reshape(-1, 3, *nodes).astype(np.float16)
+    )
     if progress is not None:
         progress("diversity", 1, 1)
     report["fine_folding"]["rms_mm_sampled"] = fine_rms
+    report["shape_spread"] = spread
     timings["diversity"] = time.perf_counter() - clock
     if progress is not None:
         progress("condition", 0, 1)
