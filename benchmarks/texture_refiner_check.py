@@ -16,7 +16,7 @@ heads without and with the refiner, in the same run. Two objectives:
 Usage::
 
     python benchmarks/texture_refiner_check.py --real cohort-seed7-real \\
-        [--model anatomy-bvftd-demo@1.4.0] [--mode quantiles] [--steps 400] [--n 6] \\
+        [--model anatomy-bvftd-demo@1.5.0] [--mode quantiles] [--steps 400] [--n 6] \\
         [--work /tmp/refiner] [--device auto] [--json out.json]
 
 ``--real`` is a folder of real scans nobody trained on (for example the first 12 subjects'

@@ -207,6 +207,36 @@ def test_condition_effects_place_generated_effect_sizes_against_the_real_interva
     assert flipped["synthetic_d"] > 0 and not flipped["inside"]
 
 
+def test_fine_folding_limit_gives_a_field_of_that_strain():
+    """The amplitude the strain limit allows, put on a Gaussian-smoothed random field of that
+    sigma, gives the field an RMS derivative of the limit (measured, not the formula)."""
+    from scipy import ndimage as ndi
+
+    from napari_mrisynth.synthesis.anatomy import FINE_STRAIN_LIMIT, fine_folding_limit
+
+    rng = np.random.default_rng(0)
+    for sigma_mm, spacing in ((3.7, 2.0), (2.7, 1.0)):
+        field = ndi.gaussian_filter(rng.standard_normal((96, 96, 96)), sigma_mm / spacing)
+        field *= fine_folding_limit(sigma_mm) / np.sqrt(np.mean(field**2))
+        strain = np.sqrt(np.mean([np.mean(np.gradient(field, spacing, axis=a) ** 2)
+                                  for a in range(3)]))  # fmt: skip
+        assert strain == pytest.approx(FINE_STRAIN_LIMIT, rel=0.1), (sigma_mm, strain)
+
+
+def test_diversity_is_measured_on_the_evaluation_grid():
+    """A finer model's heads are block-averaged to the 2 mm grid ``mrisynth evaluate``
+    measures sets on: each output voxel is the mean of its 2 x 2 x 2 block, the odd edge
+    dropped; a 2 mm (or coarser) model's heads are measured as they are."""
+    from napari_mrisynth.synthesis.anatomy import _block_mean
+
+    rng = np.random.default_rng(0)
+    fine = rng.random((9, 8, 10)).astype(np.float32)
+    coarse = _block_mean(fine, 2)
+    assert coarse.shape == (4, 4, 5)
+    assert coarse[1, 2, 3] == pytest.approx(fine[2:4, 4:6, 6:8].mean())
+    assert _block_mean(fine, 1) is fine
+
+
 def test_super_resolution_undoes_the_blur_of_averaging_interpolated_scans():
     """Known answer: a sharp field seen by eight scans, each through a linear interpolation at
     its own sub-voxel offset. Warping the scans back and averaging blurs the field (two

@@ -54,6 +54,7 @@ from napari_mrisynth.models.anatomy_generator import (
     deep_tissue,
 )
 from napari_mrisynth.models.conditions import Condition
+from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 
 #: Brain tissue labels (grey and white matter, deep grey, cerebellum): where the bias is fitted.
 TISSUE_LABELS = tuple(range(1, 12))
@@ -748,6 +749,16 @@ def _sampled(network: Any, vectors: Any, noise: Any) -> tuple[list, list]:
     return images, labels
 
 
+def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
+    """``volume`` averaged over blocks of ``factor`` voxels per axis (the edge remainder
+    dropped); itself for a factor of 1."""
+    if factor <= 1:
+        return volume
+    d, h, w = (n // factor for n in volume.shape)
+    blocks = volume[: d * factor, : h * factor, : w * factor]
+    return blocks.reshape(d, factor, h, factor, w, factor).mean(axis=(1, 3, 5))
+
+
 def fine_folding_limit(sigma_mm: float) -> float:
     """The largest fine-folding amplitude (mm, RMS of the velocity per axis) whose strain
     stays within :data:`FINE_STRAIN_LIMIT` for a field smoothed over ``sigma_mm``."""
@@ -770,18 +781,22 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
     shape model's components are scaled by the spread in :data:`SPREAD_CANDIDATES` whose
     sampled heads' within-set MS-SSIM (``samples`` heads, conditions cycled through the
     training scans') comes closest to the training scans' own (``pairs`` seeded pairs; each
-    volume scaled between its 0.5th and 99.5th percentiles, as ``mrisynth evaluate`` scales
-    it); the scan stops once the sampled heads are more varied than the scans. A VAE shape
-    model keeps its decoder's spread (1.0). The condition's mean fields are not scaled.
+    volume as ``mrisynth evaluate`` measures sets: block-averaged to its 2 mm grid when the
+    model is finer, then scaled between its 0.5th and 99.5th percentiles); the scan stops
+    once the sampled heads are more varied than the scans. A VAE shape model keeps its
+    decoder's spread (1.0). The condition's mean fields are not scaled.
     """
     import torch
 
     from napari_mrisynth.evaluation.metrics import ms_ssim_pairs, random_pairs
     from napari_mrisynth.preprocess import normalise_intensity
 
+    # on the grid ``mrisynth evaluate`` measures sets on: finer models are block-averaged
+    factor = max(1, int(round(DEFAULT_MODEL_SPACING_MM / float(args["spacing"]))))
+
     def scaled(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:  # as ``mrisynth evaluate``
-        return [np.clip(normalise_intensity(np.asarray(v, np.float32), "percentile",
-                                            lower=0.5, upper=99.5), 0.0, 1.0)
+        return [np.clip(normalise_intensity(_block_mean(np.asarray(v, np.float32), factor),
+                                            "percentile", lower=0.5, upper=99.5), 0.0, 1.0)
                 for v in volumes]  # fmt: skip
 
     def within(volumes: Sequence[np.ndarray]) -> float:
