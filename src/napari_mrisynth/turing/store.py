@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -631,7 +633,21 @@ def opened(db: str | Path | RatingStore, key: Any = None) -> Iterator[RatingStor
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # Switching a file to WAL needs a lock that SQLite may refuse at once, without waiting
+    # out the busy timeout, while other processes open or create the same file (seen once
+    # in six processes creating one study under load): retry until the busy timeout.
+    deadline, pause = time.monotonic() + BUSY_TIMEOUT_S, 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.25)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
