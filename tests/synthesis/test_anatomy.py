@@ -227,14 +227,14 @@ def test_diversity_is_measured_on_the_evaluation_grid():
     """A finer model's heads are block-averaged to the 2 mm grid ``mrisynth evaluate``
     measures sets on: each output voxel is the mean of its 2 x 2 x 2 block, the odd edge
     dropped; a 2 mm (or coarser) model's heads are measured as they are."""
-    from napari_mrisynth.synthesis.anatomy import _block_mean
+    from napari_mrisynth.anatomy.template import block_mean
 
     rng = np.random.default_rng(0)
     fine = rng.random((9, 8, 10)).astype(np.float32)
-    coarse = _block_mean(fine, 2)
+    coarse = block_mean(fine, 2)
     assert coarse.shape == (4, 4, 5)
     assert coarse[1, 2, 3] == pytest.approx(fine[2:4, 4:6, 6:8].mean())
-    assert _block_mean(fine, 1) is fine
+    assert block_mean(fine, 1) is fine
 
 
 def test_super_resolution_undoes_the_blur_of_averaging_interpolated_scans():

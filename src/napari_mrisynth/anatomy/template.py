@@ -102,9 +102,11 @@ def _load_lps(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(volume.data), volume.origin
 
 
-def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+def block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """``a`` (float32) averaged over blocks of ``f`` voxels per axis, the edge remainder
+    dropped; ``a`` as float32 for ``f`` 1 (itself when it already is)."""
     if f == 1:
-        return a.astype(np.float32)
+        return a.astype(np.float32, copy=False)
     nz, ny, nx = (s // f * f for s in a.shape)
     blocks = a[:nz, :ny, :nx].reshape(nz // f, f, ny // f, f, nx // f, f)
     return blocks.sum(axis=(1, 3, 5), dtype=np.float32) / np.float32(f**3)
@@ -188,10 +190,10 @@ def _build_model(h: int) -> HeadModel:
     atlas[oz : oz + aal.shape[0], oy : oy + aal.shape[1], ox : ox + aal.shape[2]] = aal
     # Block means keep volumes exact at 2 mm; their centres sit half a 1 mm voxel further on.
     origin = origin + (h - 1) / 2.0
-    inside = _block_mean(t1 > 0, h) >= 0.5
-    t1f = _block_mean(t1, h)
-    p_gm = _block_mean(gm, h) / 255.0
-    p_wm = _block_mean(wm, h) / 255.0
+    inside = block_mean(t1 > 0, h) >= 0.5
+    t1f = block_mean(t1, h)
+    p_gm = block_mean(gm, h) / 255.0
+    p_wm = block_mean(wm, h) / 255.0
     atlas = atlas[::h, ::h, ::h][tuple(slice(0, s) for s in inside.shape)]
     brain = _brain_labels(inside, p_gm, p_wm, atlas, origin, h, paths["aal_names"])
     return _assemble(t1f, brain, atlas, inside, origin, h, paths["aal_names"])
@@ -358,7 +360,7 @@ def _ventricle_field(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Unit-peak field pointing into the ventricles, on a 2 mm grid (it is smooth)."""
     f = 2 // h
-    ventricles = _block_mean(labels == LABEL_IDS["lateral_ventricles"], f)
+    ventricles = block_mean(labels == LABEL_IDS["lateral_ventricles"], f)
     smooth = ndi.gaussian_filter(ventricles, 2.0)  # sigma 4 mm
     grad = np.stack(np.gradient(smooth)[::-1])  # (x, y, z) components, per 2 mm voxel
     magnitude = np.sqrt((grad**2).sum(axis=0))
@@ -380,7 +382,7 @@ def _grow_head(
     ids, value = LABEL_IDS, TISSUE_INTENSITY
     # Smooth surfaces come from distance maps computed on a 2 mm grid and interpolated.
     f = 2 // h
-    coarse = _block_mean(in_brain, f) >= 0.5
+    coarse = block_mean(in_brain, f) >= 0.5
     coarse_origin = origin + (f * h - h) / 2.0
     zc, yc, xc = _coordinates(coarse.shape, coarse_origin, 2.0)
     # Intracranial envelope: the brain closed by 10 mm, so the skull bridges sulci and fissures.

@@ -116,7 +116,9 @@ def _grid_of(volume: Volume) -> Any:
     )
 
 
-def _scaled(data: np.ndarray) -> np.ndarray:
+def percentile_scaled(data: np.ndarray) -> np.ndarray:
+    """``data`` scaled to [0, 1] by its 0.5th and 99.5th percentiles, clipped: how a set's
+    volumes are scaled for its metrics."""
     from napari_mrisynth.preprocess import normalise_intensity
 
     return np.clip(normalise_intensity(data, "percentile", lower=0.5, upper=99.5), 0.0, 1.0)
@@ -145,7 +147,7 @@ def bring_to_common_grid(
     if share_one_grid(volumes):
         images = []
         for done, volume in enumerate(volumes, 1):
-            images.append(_scaled(np.asarray(volume.compute().data, dtype=np.float32)))
+            images.append(percentile_scaled(np.asarray(volume.compute().data, dtype=np.float32)))
             if progress is not None:
                 progress(done, total)
         grid = _grid_of(volumes[0])

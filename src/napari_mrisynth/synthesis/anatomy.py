@@ -46,6 +46,7 @@ from scipy import ndimage as ndi
 
 from napari_mrisynth.anatomy.deform import exponentiate
 from napari_mrisynth.anatomy.labels import BRAIN_LABELS, CORTICAL_GM_LABELS, LABEL_IDS, LABELS
+from napari_mrisynth.anatomy.template import block_mean
 from napari_mrisynth.models.anatomy_generator import (
     BIAS_TERMS,
     SCALARS,
@@ -749,16 +750,6 @@ def _sampled(network: Any, vectors: Any, noise: Any) -> tuple[list, list]:
     return images, labels
 
 
-def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
-    """``volume`` averaged over blocks of ``factor`` voxels per axis (the edge remainder
-    dropped); itself for a factor of 1."""
-    if factor <= 1:
-        return volume
-    d, h, w = (n // factor for n in volume.shape)
-    blocks = volume[: d * factor, : h * factor, : w * factor]
-    return blocks.reshape(d, factor, h, factor, w, factor).mean(axis=(1, 3, 5))
-
-
 def fine_folding_limit(sigma_mm: float) -> float:
     """The largest fine-folding amplitude (mm, RMS of the velocity per axis) whose strain
     stays within :data:`FINE_STRAIN_LIMIT` for a field smoothed over ``sigma_mm``."""
@@ -788,15 +779,14 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
     """
     import torch
 
+    from napari_mrisynth.evaluation.common_grid import percentile_scaled
     from napari_mrisynth.evaluation.metrics import ms_ssim_pairs, random_pairs
-    from napari_mrisynth.preprocess import normalise_intensity
 
     # on the grid ``mrisynth evaluate`` measures sets on: finer models are block-averaged
     factor = max(1, int(round(DEFAULT_MODEL_SPACING_MM / float(args["spacing"]))))
 
     def scaled(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:  # as ``mrisynth evaluate``
-        return [np.clip(normalise_intensity(_block_mean(np.asarray(v, np.float32), factor),
-                                            "percentile", lower=0.5, upper=99.5), 0.0, 1.0)
+        return [percentile_scaled(block_mean(np.asarray(v, np.float32), factor))
                 for v in volumes]  # fmt: skip
 
     def within(volumes: Sequence[np.ndarray]) -> float:
