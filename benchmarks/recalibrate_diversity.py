@@ -9,13 +9,15 @@ Usage::
 The model's training scans are read from the cohort its card names (``training.data``, or
 ``--data``) and brought onto its grid as its training run did (its split, seed and
 spacing). The fine folding is set back to what its fit measured and
-:func:`napari_mrisynth.synthesis.anatomy.calibrate_diversity` runs on its buffers, exactly
-as a fit would run it last; the chosen folding and spread are written into a copy of the
-weights (``scalars`` and ``velocity_basis``) with a card whose version, weights hash and
-``training.fit.diversity_calibration`` are updated, and without the original's held-out
-``metrics`` (measure the copy with ``mrisynth evaluate``). A refit with today's code makes the
-same choice (checked at 2 mm: ``anatomy-bvftd-demo@1.4.0`` recalibrated this way and the
-1.5.0 fit differ by float16 rounding in ``velocity_basis`` and give the same set figures).
+:func:`napari_mrisynth.synthesis.anatomy.calibrate_diversity` runs on its buffers, then
+(a Gaussian shape model) :func:`~napari_mrisynth.synthesis.anatomy.component_caps`, exactly
+as a fit runs them last; the chosen folding, spread and caps are written into a copy of the
+weights (``scalars`` and ``velocity_basis``) with a card whose version, weights hash,
+``training.fit.diversity_calibration`` and ``component_caps`` are updated, and without the
+original's held-out ``metrics`` (measure the copy with ``mrisynth evaluate``). A refit with
+today's code makes the same choice (checked at 2 mm before the caps: ``anatomy-bvftd-demo@1.4.0``
+recalibrated this way and the 1.5.0 fit differ by float16 rounding in ``velocity_basis`` and
+give the same set figures).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_mrisynth.models.registry import find_model
     from napari_mrisynth.models.weights import load_weights, weights_path
     from napari_mrisynth.preprocess.grid import default_multiple
-    from napari_mrisynth.synthesis.anatomy import calibrate_diversity
+    from napari_mrisynth.synthesis.anatomy import calibrate_diversity, component_caps
     from napari_mrisynth.synthesis.train import GenerativeOptions
     from napari_mrisynth.training.recipe import TrainingRun, model_spec
 
@@ -87,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     tensors["scalars"][index] = fine
     basis = tensors["velocity_basis"]
     tensors["velocity_basis"] = (basis.astype(np.float32) * spread).astype(basis.dtype)
+    caps = None
+    if card.architecture["args"].get("shape_model") == "gaussian":  # then, as a fit does,
+        # no component may move a label beyond the training scans' spread of it
+        state["velocity_basis"] = tensors["velocity_basis"]
+        state["scalars"] = tensors["scalars"]
+        labels = [np.asarray(load_volume(cached[s].label).compute().data) for s in train]
+        caps, caps_report = component_caps(card.architecture["args"], state, labels, conditions)
+        scaled = tensors["velocity_basis"].astype(np.float32) * caps[:, None, None, None, None]
+        tensors["velocity_basis"] = scaled.astype(basis.dtype)
     save_file(tensors, target / source.name)
     old = hashlib.sha256(source.read_bytes()).hexdigest()
     new = hashlib.sha256((target / source.name).read_bytes()).hexdigest()
@@ -96,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     copy["training"]["fit"]["diversity_calibration"] = report
     copy["training"]["fit"]["fine_folding"]["rms_mm_sampled"] = fine
     copy["training"]["fit"]["shape_spread"] = spread
+    if caps is not None:
+        copy["training"]["fit"]["component_caps"] = caps_report
     copy["training"]["recalibrated_from"] = card.ref
     # the held-out figures were the original's: the copy has none until it is assessed, so
     # the registry never prefers it as a default on figures it did not earn

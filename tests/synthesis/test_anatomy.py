@@ -172,6 +172,35 @@ def test_anatomy_generates_volumes_with_labels_deterministically(fitted, tmp_pat
         assert sidecar["files"]["labels"] == item.labels_path.name
 
 
+@pytest.mark.slow
+def test_no_shape_component_moves_a_label_beyond_the_scans_own_spread(fitted):
+    """Each component of the saved shape model, drawn alone at +1 and -1 standard deviation,
+    moves the brain share of deep grey matter, cerebellum, sulcal and extracerebral CSF by
+    no more than the training scans' spread of that share, which the fit's report states
+    (a float16 rounding allowed); components that moved them further were scaled down."""
+    from napari_mrisynth.models.inference import get_model
+    from napari_mrisynth.synthesis.anatomy import FIELD_LABELS, brain_shares
+
+    card, _ = fitted
+    caps = card.training["fit"]["component_caps"]
+    spread = np.array([caps["training_sd"][name] for name in caps["labels"]])
+    assert np.all(spread > 0) and len(caps["caps"]) == card.architecture["args"]["components"]
+    assert all(0.0 < c <= 1.0 for c in caps["caps"])
+    network = get_model(card, "generation", device="cpu").network
+    count = network.components
+    noise = torch.zeros((2 * count, *network.noise_shape))
+    for k in range(count):
+        noise[2 * k, k], noise[2 * k + 1, k] = 1.0, -1.0
+    maps = []
+    with torch.inference_mode():
+        for k in range(0, 2 * count, 2):
+            maps += list(network.generate(torch.zeros((2, 3)), noise[k : k + 2])[1][:, 0].numpy())
+    shares = brain_shares(maps, FIELD_LABELS)
+    moves = np.abs(shares[0::2] - shares[1::2]) / 2.0
+    assert moves.max() > 0  # the components do move these labels at this size
+    assert np.all(moves <= spread * 1.01 + 1e-6), (moves.max(axis=0), spread)
+
+
 def _maps_with_frontal_share(shares, seed):
     """Label maps of 1000 brain voxels: ``share`` of them frontal grey matter (1), the
     rest white matter (11), ventricles 5 %."""

@@ -318,8 +318,10 @@ def appearance_of(image: np.ndarray, labels: np.ndarray, terms: np.ndarray, clas
                   psf: float | tuple[float, float],
                   class_label: np.ndarray) -> dict[str, Any]:  # fmt: skip
     """Tissue intensities (median per label, eroded), a quadratic log-bias field, the noise
-    level (Rayleigh background, else the white matter's high frequencies) and the field of
-    view (nonzero extent) of one scan on the model grid."""
+    level (Rayleigh background; NaN without air, and the fit then gives the scan the other
+    scans' median, or 0.02) and the field of view (nonzero extent) of one scan on the model
+    grid. (Measuring the noise in the white matter instead was tried and made the set
+    figures worse: docs/synthesis.md.)"""
     count = classes
     bias = np.zeros(BIAS_TERMS)
     intensity = np.full(count, np.nan)
@@ -826,6 +828,68 @@ def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
     return fine_rms, chosen, report
 
 
+#: Labels whose share no regional draw sets (deep grey matter, cerebellum, sulcal and
+#: extracerebral CSF): only the shape model's fields move them, and :func:`component_caps`
+#: keeps each component's move within the training scans' own spread.
+FIELD_LABELS: tuple[int, ...] = (
+    LABEL_IDS["deep_gm"], LABEL_IDS["cerebellum"], LABEL_IDS["sulcal_csf"],
+    LABEL_IDS["extracerebral_csf"],
+)  # fmt: skip
+
+
+def component_caps(args: dict[str, Any], buffers: dict[str, np.ndarray],
+                   labels: Sequence[np.ndarray], conditions: Sequence[Condition],
+                   ) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """A factor (at most 1) per component of the Gaussian shape model, so that no component
+    alone moves the brain share of a :data:`FIELD_LABELS` label by more than the training
+    scans' own spread of it (standard deviation within each diagnosis).
+
+    The fields come from registering images, and T1 shows extracerebral CSF and bone alike
+    dark: a registration may trade one for the other freely, and the model's largest
+    component did (in 1.5.0 it grew or shrank the brain inside its skull, so that one
+    standard deviation moved the extracerebral CSF's share by 0.017, six times the scans'
+    spread of 0.003). Each component's move is measured on the template warped by it at
+    +1 and -1 (nothing else drawn: mean appearance and shares, no condition); the report
+    gives the moves, the spreads and the caps.
+    """
+    import torch
+
+    network = _fitted_network(args, buffers)
+    count = int(args["components"])
+    names = [LABELS[v][0] for v in FIELD_LABELS]
+    shares = brain_shares(labels, FIELD_LABELS)
+    diagnosis = np.array([c.diagnosis.lower() == "bvftd" for c in conditions])
+    residual = shares.copy()
+    for group in (diagnosis, ~diagnosis):
+        if group.any():
+            residual[group] -= shares[group].mean(axis=0)
+    spread = np.sqrt(np.sum(residual**2, axis=0) / max(len(shares) - 2, 1))
+    noise = torch.zeros((2 * count, *network.noise_shape))
+    for k in range(count):
+        noise[2 * k, k], noise[2 * k + 1, k] = 1.0, -1.0
+    vectors = torch.zeros((2 * count, len(conditions[0].vector())))
+    sampled = brain_shares(_sampled(network, vectors, noise)[1], FIELD_LABELS)
+    moves = np.abs(sampled[0::2] - sampled[1::2]) / 2.0  # (components, labels) per unit
+    with np.errstate(divide="ignore"):
+        caps = np.minimum(1.0, np.min(np.where(moves > 0, spread / moves, np.inf), axis=1))
+    report = {
+        "labels": names,
+        "training_sd": dict(zip(names, spread.round(5).tolist(), strict=True)),
+        "largest_move": dict(zip(names, moves.max(axis=0).round(5).tolist(), strict=True)),
+        "sd_from_components": dict(
+            zip(names, np.sqrt((moves**2).sum(0)).round(5).tolist(), strict=True)
+        ),  # fmt: skip
+        "sd_from_components_capped": dict(
+            zip(
+                names, np.sqrt(((moves * caps[:, None]) ** 2).sum(0)).round(5).tolist(), strict=True
+            )
+        ),  # fmt: skip
+        "caps": caps.round(4).tolist(),
+        "capped": int(np.sum(caps < 1.0)),
+    }
+    return caps, report
+
+
 def brain_shares(maps: Iterable[np.ndarray], values: Sequence[int]) -> np.ndarray:
     """(maps, values): each label's voxels as a share of the brain's, per label map (arrays
     or Volumes)."""
@@ -1107,6 +1171,11 @@ def fit_anatomy_first(
         progress("diversity", 1, 1)
     report["fine_folding"]["rms_mm_sampled"] = fine_rms
     report["shape_spread"] = spread
+    if chosen == "gaussian":
+        caps, report["component_caps"] = component_caps(args, buffers, native, conditions)
+        buffers["velocity_basis"] = (
+            buffers["velocity_basis"].astype(np.float32) * caps[:, None, None, None, None]
+        ).astype(np.float16)
     timings["diversity"] = time.perf_counter() - clock
     if progress is not None:
         progress("condition", 0, 1)
