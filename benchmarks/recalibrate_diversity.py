@@ -9,9 +9,9 @@ Usage::
 The model's training scans are read from the cohort its card names (``training.data``, or
 ``--data``) and brought onto its grid as its training run did (its split, seed and
 spacing). The fine folding is set back to what its fit measured and
-:func:`napari_mrisynth.synthesis.anatomy.calibrate_diversity` runs on its buffers, then
-(a Gaussian shape model) :func:`~napari_mrisynth.synthesis.anatomy.component_caps`, exactly
-as a fit runs them last; the chosen folding, spread and caps are written into a copy of the
+:func:`napari_mrisynth.synthesis.anatomy.calibrate_sampling` (the diversity calibration,
+then, for a Gaussian shape model, the component caps) runs on its buffers, the call a fit
+makes last; the chosen folding, spread and caps are written into a copy of the
 weights (``scalars`` and ``velocity_basis``) with a card whose version, weights hash,
 ``training.fit.diversity_calibration`` and ``component_caps`` are updated, and without the
 original's held-out ``metrics`` (measure the copy with ``mrisynth evaluate``). A refit with
@@ -33,7 +33,7 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import save_file
 
     from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.models.anatomy_generator import SCALARS
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_mrisynth.models.registry import find_model
     from napari_mrisynth.models.weights import load_weights, weights_path
     from napari_mrisynth.preprocess.grid import default_multiple
-    from napari_mrisynth.synthesis.anatomy import calibrate_diversity, component_caps
+    from napari_mrisynth.synthesis.anatomy import calibrate_sampling
     from napari_mrisynth.synthesis.train import GenerativeOptions
     from napari_mrisynth.training.recipe import TrainingRun, model_spec
 
@@ -71,35 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     cached = run.cache(train, model_spec(spacing, default_multiple(spacing)), labels=True)
     images = [np.asarray(load_volume(cached[s].image).compute().data) for s in train]
     conditions = [Condition.from_participant(rows[s], tuple(training["conditions"])) for s in train]
+    labels = [np.asarray(load_volume(cached[s].label).compute().data) for s in train]
     state = {k: v.numpy().copy() for k, v in load_weights(card).items()}
     fit = training["fit"]
-    index = SCALARS.index("fine_rms")
-    state["scalars"][index] = fit["fine_folding"]["rms_mm"]  # what the fit measured
-    sigma = fit["fine_folding"]["sigma_mm"]
-    fine, spread, report = calibrate_diversity(
-        card.architecture["args"], state, images, conditions, fine_sigma_mm=sigma
+    state["scalars"][SCALARS.index("fine_rms")] = fit["fine_folding"]["rms_mm"]  # as measured
+    sampling = calibrate_sampling(
+        card.architecture["args"],
+        state,
+        state["velocity_basis"],
+        images,
+        labels,
+        conditions,
+        fine_sigma_mm=fit["fine_folding"]["sigma_mm"],
     )
+    report = sampling["diversity_calibration"]
+    fine, spread = sampling["fine_rms"], sampling["spread"]
     print(json.dumps(report, indent=1))
 
     source = weights_path(card)
     target = args.out / f"{card.id}-{args.version}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    tensors = load_file(source)
-    tensors["scalars"] = tensors["scalars"].copy()
-    tensors["scalars"][index] = fine
-    basis = tensors["velocity_basis"]
-    tensors["velocity_basis"] = (basis.astype(np.float32) * spread).astype(basis.dtype)
-    caps = None
-    if card.architecture["args"].get("shape_model") == "gaussian":  # then, as a fit does,
-        # no component may move a label beyond the training scans' spread of it
-        state["velocity_basis"] = tensors["velocity_basis"]
-        state["scalars"] = tensors["scalars"]
-        labels = [np.asarray(load_volume(cached[s].label).compute().data) for s in train]
-        caps, caps_report = component_caps(card.architecture["args"], state, labels, conditions)
-        scaled = tensors["velocity_basis"].astype(np.float32) * caps[:, None, None, None, None]
-        tensors["velocity_basis"] = scaled.astype(basis.dtype)
-    save_file(tensors, target / source.name)
+    save_file(state, target / source.name)
     old = hashlib.sha256(source.read_bytes()).hexdigest()
     new = hashlib.sha256((target / source.name).read_bytes()).hexdigest()
     text = (Path(card.path) / "card.json").read_text(encoding="utf-8")
@@ -108,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     copy["training"]["fit"]["diversity_calibration"] = report
     copy["training"]["fit"]["fine_folding"]["rms_mm_sampled"] = fine
     copy["training"]["fit"]["shape_spread"] = spread
-    if caps is not None:
-        copy["training"]["fit"]["component_caps"] = caps_report
+    if "component_caps" in sampling:
+        copy["training"]["fit"]["component_caps"] = sampling["component_caps"]
     copy["training"]["recalibrated_from"] = card.ref
     # the held-out figures were the original's: the copy has none until it is assessed, so
     # the registry never prefers it as a default on figures it did not earn

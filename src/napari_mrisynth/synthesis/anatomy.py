@@ -890,6 +890,35 @@ def component_caps(args: dict[str, Any], buffers: dict[str, np.ndarray],
     return caps, report
 
 
+def calibrate_sampling(args: dict[str, Any], buffers: dict[str, np.ndarray],
+                       basis: np.ndarray, images: Sequence[np.ndarray],
+                       labels: Sequence[np.ndarray], conditions: Sequence[Condition], *,
+                       fine_sigma_mm: float) -> dict[str, Any]:  # fmt: skip
+    """A fit's last step, on its buffers (the fine folding as measured) and its unscaled
+    shape ``basis`` (components, 3, nodes...): the diversity calibration
+    (:func:`calibrate_diversity`), then, for a Gaussian shape model, the component caps
+    (:func:`component_caps`, against the training scans' label maps ``labels``).
+
+    ``buffers["scalars"]`` (the fine folding) and ``buffers["velocity_basis"]`` (float16,
+    scaled by the spread and the caps) are set in place; returns ``fine_rms``, ``spread``,
+    ``diversity_calibration`` and, when capped, ``component_caps``.
+    """
+    fine_rms, spread, calibration = calibrate_diversity(args, buffers, images, conditions,
+                                                        fine_sigma_mm=fine_sigma_mm)  # fmt: skip
+    buffers["scalars"][SCALARS.index("fine_rms")] = fine_rms
+    basis = np.asarray(basis)  # float32 at least: as exact as the basis, never half
+    buffers["velocity_basis"] = (basis.astype(np.result_type(basis, np.float32)) * spread).astype(
+        np.float16
+    )
+    out = {"fine_rms": fine_rms, "spread": spread, "diversity_calibration": calibration}
+    if args.get("shape_model") == "gaussian":
+        caps, out["component_caps"] = component_caps(args, buffers, labels, conditions)
+        buffers["velocity_basis"] = (
+            buffers["velocity_basis"].astype(np.float32) * caps[:, None, None, None, None]
+        ).astype(np.float16)
+    return out
+
+
 def brain_shares(maps: Iterable[np.ndarray], values: Sequence[int]) -> np.ndarray:
     """(maps, values): each label's voxels as a share of the brain's, per label map (arrays
     or Volumes)."""
@@ -1160,22 +1189,16 @@ def fit_anatomy_first(
         buffers.update({f"vae.{k}": v for k, v in vae["state"].items()})
     if progress is not None:
         progress("diversity", 0, 1)
-    fine_rms, spread, report["diversity_calibration"] = calibrate_diversity(
-        args, buffers, images, conditions, fine_sigma_mm=fine["sigma_mm"]
-    )  # fmt: skip
-    buffers["scalars"][SCALARS.index("fine_rms")] = fine_rms
-    buffers["velocity_basis"] = (
-        (shape_model["basis"] * spread).reshape(-1, 3, *nodes).astype(np.float16)
-    )
+    sampling = calibrate_sampling(args, buffers, shape_model["basis"].reshape(-1, 3, *nodes),
+                                  images, native, conditions,
+                                  fine_sigma_mm=fine["sigma_mm"])  # fmt: skip
     if progress is not None:
         progress("diversity", 1, 1)
-    report["fine_folding"]["rms_mm_sampled"] = fine_rms
-    report["shape_spread"] = spread
-    if chosen == "gaussian":
-        caps, report["component_caps"] = component_caps(args, buffers, native, conditions)
-        buffers["velocity_basis"] = (
-            buffers["velocity_basis"].astype(np.float32) * caps[:, None, None, None, None]
-        ).astype(np.float16)
+    report["diversity_calibration"] = sampling["diversity_calibration"]
+    report["fine_folding"]["rms_mm_sampled"] = sampling["fine_rms"]
+    report["shape_spread"] = sampling["spread"]
+    if "component_caps" in sampling:
+        report["component_caps"] = sampling["component_caps"]
     timings["diversity"] = time.perf_counter() - clock
     if progress is not None:
         progress("condition", 0, 1)
