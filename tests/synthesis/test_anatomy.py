@@ -342,6 +342,43 @@ def test_fine_folding_moves_the_brain_but_leaves_the_scalp_outline_alone(fitted)
     assert not moved[:, outside & ~coarse.any(axis=0)].any()
 
 
+def test_a_warp_that_pulls_from_beyond_the_grid_keeps_the_neck(fitted):
+    """The neck runs on out of the bottom of the grid: a head whose warp pulls from below the
+    template keeps its edge tissue (a fitted model's ``edge`` is ``"border"``), where the
+    models before 1.7.0 (``"zeros"``, still what they load as) put air there; the fit's own
+    warp continues the edge too."""
+    import copy
+
+    from napari_mrisynth.models.anatomy_generator import sampling_grid
+    from napari_mrisynth.models.card import read_card
+    from napari_mrisynth.models.weights import load_model
+    from napari_mrisynth.synthesis.anatomy import _warp
+
+    card, out = fitted
+    assert card.architecture["args"]["edge"] == "border"
+    loaded = load_model(read_card(out / f"test-anatomy-{card.version}"), "generation",
+                        device="cpu")  # fmt: skip
+    network = copy.deepcopy(loaded.network)
+    template = network.template_labels.numpy()
+    bottom = template[0]
+    assert (bottom > 0).sum() >= 10  # the cohort's neck reaches the grid's bottom slice
+    shift = torch.zeros((1, 3, *network.shape))
+    shift[:, 2] = -2.0 * network.spacing  # every voxel pulled from 2 voxels below (z, mm)
+    grid = sampling_grid(shift, network.spacing)
+    pulled = network._pulled_back(grid)["template_labels"][0].numpy()
+    for z in range(3):  # the two slices pulled from outside, and the one from the edge
+        np.testing.assert_array_equal(pulled[z], bottom)
+    np.testing.assert_array_equal(pulled[5], template[3])
+    network.edge = "zeros"
+    before = network._pulled_back(grid)["template_labels"][0].numpy()
+    assert not before[:2].any() and (before[2] == bottom).all()
+    with pytest.raises(ValueError, match="edge"):
+        type(network)(**{**card.architecture["args"], "edge": "mirror"})
+    # the fit's warp (scans onto the template) continues the edge the same way
+    moved = _warp(template.astype(np.float32), shift[0].numpy(), network.spacing, 0)
+    np.testing.assert_array_equal(moved[:3], np.broadcast_to(bottom, (3, *bottom.shape)))
+
+
 def test_brain_weight_is_made_once_per_template(fitted):
     """The fade of the fine folding is made once, and made again when the template's labels
     change (weights loaded into the same network) or the network moves."""

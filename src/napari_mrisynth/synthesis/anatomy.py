@@ -102,10 +102,12 @@ class Fitted:
 
 # -- geometry on the model grid (identity direction, voxels z, y, x; fields (3, z, y, x) mm x,y,z)
 def _warp(image: np.ndarray, displacement: np.ndarray, spacing: float, order: int) -> np.ndarray:
-    """``image`` sampled at ``x + displacement(x)`` (mm) for every voxel x."""
+    """``image`` sampled at ``x + displacement(x)`` (mm) for every voxel x; beyond the grid,
+    its edge voxels go on (the neck runs on out of the bottom of the grid: padding with air
+    would cut it off the warped scans and the template)."""
     index = np.indices(image.shape, dtype=np.float32)
     index += displacement[::-1] / np.float32(spacing)
-    return ndi.map_coordinates(image, index, order=order, mode="constant", cval=0.0)
+    return ndi.map_coordinates(image, index, order=order, mode="nearest")
 
 
 def node_shape(shape: Sequence[int], step: int) -> tuple[int, ...]:
@@ -1149,7 +1151,7 @@ def fit_anatomy_first(
         "components": int(shape_model["components"]), "labels": count,
         "cortical": list(CORTICAL_GM_LABELS), "sulcal": LABEL_IDS["sulcal_csf"],
         "brain": list(BRAIN_LABELS), "shape_model": chosen, "ventricle": ventricle,
-        "regional": "share", "white": white,
+        "regional": "share", "white": white, "edge": "border",
     }  # fmt: skip
     fine_step_mm = args["fine_step"] * spacing
     buffers = {
