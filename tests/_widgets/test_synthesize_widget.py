@@ -283,7 +283,7 @@ def test_synthetic_and_real_side_by_side_on_one_model_grid(viewer, generators, s
     assert not np.array_equal(np.asarray(viewer.layers[3].data), first[0])
 
 
-BUNDLED_ANATOMY = "anatomy-bvftd-demo@1.6.0"
+BUNDLED_ANATOMY = "anatomy-bvftd-demo@1.7.0"
 
 
 @pytest.mark.gui
