@@ -29,21 +29,21 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 
 def main(argv: list[str] | None = None) -> int:
     from safetensors.numpy import save_file
 
-    from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.models.anatomy_generator import SCALARS
-    from napari_mrisynth.models.conditions import Condition
     from napari_mrisynth.models.registry import find_model
     from napari_mrisynth.models.weights import load_weights, weights_path
-    from napari_mrisynth.preprocess.grid import default_multiple
     from napari_mrisynth.synthesis.anatomy import calibrate_sampling
-    from napari_mrisynth.synthesis.train import GenerativeOptions
-    from napari_mrisynth.training.recipe import TrainingRun, model_spec
+    from napari_mrisynth.synthesis.train import (
+        GenerativeOptions,
+        anatomy_spec,
+        cached_arrays,
+        participant_conditions,
+    )
+    from napari_mrisynth.training.recipe import TrainingRun
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="anatomy-first generator id@version")
@@ -66,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     data = args.data or Path(training["data"])
     run = TrainingRun("generation", data, args.cache, opts)
-    rows = {row["participant_id"]: row for row in run.participants}
     train = list(training["splits"]["train"])
-    cached = run.cache(train, model_spec(spacing, default_multiple(spacing)), labels=True)
-    images = [np.asarray(load_volume(cached[s].image).compute().data) for s in train]
-    conditions = [Condition.from_participant(rows[s], tuple(training["conditions"])) for s in train]
-    labels = [np.asarray(load_volume(cached[s].label).compute().data) for s in train]
+    cached = run.cache(train, anatomy_spec(spacing), labels=True)  # as the training run did
+    images = cached_arrays([cached[s] for s in train], "image")
+    labels = cached_arrays([cached[s] for s in train], "label")
+    condition_of = participant_conditions(run, training["conditions"])
+    conditions = [condition_of[s] for s in train]
     state = {k: v.numpy().copy() for k, v in load_weights(card).items()}
     fit = training["fit"]
     state["scalars"][SCALARS.index("fine_rms")] = fit["fine_folding"]["rms_mm"]  # as measured

@@ -179,13 +179,7 @@ def _train(family: str, data: Path, out: Path, opts: GenerativeOptions) -> Model
         raise MrisynthError(
             f"--condition {','.join(opts.conditions)}: diagnosis, optionally with age and sex"
         )
-    rows = {row["participant_id"]: row for row in run.participants}
-    try:
-        condition_of = {
-            s: Condition.from_participant(rows[s], tuple(opts.conditions)) for s in rows
-        }
-    except (MrisynthError, ValueError) as exc:
-        raise MrisynthError(f"{data / 'participants.tsv'}: {exc}") from exc
+    condition_of = participant_conditions(run, opts.conditions)
     base = None
     if opts.init:
         base = resolve_init(opts.init, "generation", out)
@@ -436,33 +430,51 @@ def _vae_trainer(run: TrainingRun, opts: GenerativeOptions) -> Any:
     return fit
 
 
+def participant_conditions(run: TrainingRun, conditions: Sequence[str]) -> dict[str, Condition]:
+    """Every participant's condition vector (``conditions``: the names a model is conditioned
+    on), read from the run's ``participants.tsv``.
+
+    Raises
+    ------
+    MrisynthError
+        A participant's row cannot give one; the message names the file.
+    """
+    rows = {row["participant_id"]: row for row in run.participants}
+    try:
+        return {s: Condition.from_participant(rows[s], tuple(conditions)) for s in rows}
+    except (MrisynthError, ValueError) as exc:
+        raise MrisynthError(f"{run.data / 'participants.tsv'}: {exc}") from exc
+
+
+def anatomy_spec(spacing: float) -> InputSpec:
+    """The model grid an anatomy-first model of ``spacing`` mm is fitted on."""
+    from napari_mrisynth.preprocess.grid import default_multiple
+
+    return model_spec(spacing, default_multiple(spacing))
+
+
+def cached_arrays(items: Sequence[Any], attribute: str) -> list[np.ndarray]:
+    """The arrays of cached subjects' ``image`` or ``label`` files (:meth:`TrainingRun.cache`)."""
+    from napari_mrisynth.io.files import load_volume
+
+    return [np.asarray(load_volume(getattr(c, attribute)).compute().data) for c in items]
+
+
 def _train_anatomy(data: Path, out: Path, opts: GenerativeOptions) -> ModelCard | None:
     """The anatomy-first family (:mod:`.anatomy`): no gradient descent but for its optional
     VAE shape model; the run recipe around it is the same as every model's."""
     import torch
 
-    from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.synthesis.anatomy import AnatomyOptions, fit_anatomy_first
 
     run = TrainingRun("generation", data, out, opts)
-    rows = {row["participant_id"]: row for row in run.participants}
-    try:
-        condition_of = {s: Condition.from_participant(rows[s], tuple(opts.conditions))
-                        for s in rows}  # fmt: skip
-    except (MrisynthError, ValueError) as exc:
-        raise MrisynthError(f"{data / 'participants.tsv'}: {exc}") from exc
+    condition_of = participant_conditions(run, opts.conditions)
     splits = run.split()
-    from napari_mrisynth.preprocess.grid import default_multiple
-
-    spec = model_spec(opts.spacing, default_multiple(opts.spacing))
+    spec = anatomy_spec(opts.spacing)
     model_id = opts.id or f"anatomy-bvftd-{opts.spacing:g}mm"
     run.check_new(model_id)
     by_id = run.cache(splits["train"] + splits["val"] + splits["test"], spec, labels=True)
     part = {k: [by_id[s] for s in v] for k, v in splits.items()}
-
-    def arrays(items: Sequence[Any], attribute: str) -> list[np.ndarray]:
-        return [np.asarray(load_volume(getattr(c, attribute)).compute().data) for c in items]
-
     run.start_logging(model_id, family="anatomy")
     options = AnatomyOptions(node_mm=opts.node_mm, registration_mm=opts.registration_mm,
                              rounds=opts.rounds, shape_model=opts.shape_model)  # fmt: skip
@@ -480,9 +492,10 @@ def _train_anatomy(data: Path, out: Path, opts: GenerativeOptions) -> ModelCard 
             bar.refresh()
 
     fitted = fit_anatomy_first(
-        arrays(part["train"], "image"), arrays(part["train"], "label"),
+        cached_arrays(part["train"], "image"), cached_arrays(part["train"], "label"),
         [condition_of[s] for s in splits["train"]], opts.spacing, options,
-        validation=(arrays(part["val"], "image"), [condition_of[s] for s in splits["val"]]),
+        validation=(cached_arrays(part["val"], "image"),
+                    [condition_of[s] for s in splits["val"]]),
         vae_fit=_vae_trainer(run, opts) if opts.shape_model in ("auto", "vae") else None,
         progress=progress,
     )  # fmt: skip
