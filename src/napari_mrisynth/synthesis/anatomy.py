@@ -909,15 +909,13 @@ def calibrate_sampling(args: dict[str, Any], buffers: dict[str, np.ndarray],
                                                         fine_sigma_mm=fine_sigma_mm)  # fmt: skip
     buffers["scalars"][SCALARS.index("fine_rms")] = fine_rms
     basis = np.asarray(basis)  # float32 at least: as exact as the basis, never half
-    buffers["velocity_basis"] = (basis.astype(np.result_type(basis, np.float32)) * spread).astype(
-        np.float16
-    )
+    scaled = basis.astype(np.result_type(basis, np.float32)) * spread
+    buffers["velocity_basis"] = scaled.astype(np.float16)  # what the caps are measured on
     out = {"fine_rms": fine_rms, "spread": spread, "diversity_calibration": calibration}
     if args.get("shape_model") == "gaussian":
         caps, out["component_caps"] = component_caps(args, buffers, labels, conditions)
-        buffers["velocity_basis"] = (
-            buffers["velocity_basis"].astype(np.float32) * caps[:, None, None, None, None]
-        ).astype(np.float16)
+        # rounded to half once, from the exact basis
+        buffers["velocity_basis"] = (scaled * caps[:, None, None, None, None]).astype(np.float16)
     return out
 
 
