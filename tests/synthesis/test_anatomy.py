@@ -201,6 +201,24 @@ def test_no_shape_component_moves_a_label_beyond_the_scans_own_spread(fitted):
     assert np.all(moves <= spread * 1.01 + 1e-6), (moves.max(axis=0), spread)
 
 
+def test_within_class_spreads_pool_each_class_around_its_own_mean():
+    """The pooled within-class SD that the component caps and the per-diagnosis spreads
+    share: known answers for two classes of different means and spreads."""
+    from napari_mrisynth.synthesis.anatomy import class_spread, within_class_sd
+
+    values = np.array([[1.0], [2.0], [3.0], [10.0], [14.0], [12.0], [12.0]])
+    controls = np.array([True, True, True, False, False, False, False])
+    sd, pooled = within_class_sd(values, [controls, ~controls])
+    # controls: SD 1 (ddof 1); bvFTD: 10, 14, 12, 12 -> SD sqrt(8 / 3)
+    assert sd[0] == pytest.approx([1.0]) and sd[1] == pytest.approx([math.sqrt(8.0 / 3.0)])
+    assert pooled == pytest.approx([math.sqrt((2 * 1.0 + 8.0) / 5.0)])
+    design = np.column_stack([np.ones(7), np.where(controls, -1.0, 1.0), np.zeros((7, 2))])
+    spread = class_spread(values - values.mean(), design)
+    assert spread[:, 0] == pytest.approx([1.0 / pooled[0], math.sqrt(8.0 / 3.0) / pooled[0]])
+    # fewer than three scans in a class: no per-class spread is claimed
+    assert np.all(class_spread(values[2:], design[2:]) == 1.0)
+
+
 def _maps_with_frontal_share(shares, seed):
     """Label maps of 1000 brain voxels: ``share`` of them frontal grey matter (1), the
     rest white matter (11), ventricles 5 %."""

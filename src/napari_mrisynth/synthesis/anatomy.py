@@ -607,6 +607,17 @@ def appearance_model(vectors: np.ndarray, design: np.ndarray) -> dict[str, np.nd
     return {"design": coefficients, "factor": factor, "residual": residual}
 
 
+def within_class_sd(
+    values: np.ndarray, classes: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each class's SD of every column of ``values`` (rows: scans; ``classes``: boolean
+    row masks, each of at least two rows) and the pooled within-class SD."""
+    sd = [values[c].std(axis=0, ddof=1) for c in classes]
+    n = [int(c.sum()) for c in classes]
+    pooled = np.sqrt(sum((k - 1) * d**2 for k, d in zip(n, sd, strict=True)) / (sum(n) - len(n)))
+    return sd, pooled
+
+
 def class_spread(residual: np.ndarray, design: np.ndarray) -> np.ndarray:
     """(2, entries): the SD of each entry's ``residual`` (after the regression on the
     ``design``) in controls (row 0) and bvFTD (row 1) over the pooled SD; ones where a class
@@ -615,9 +626,7 @@ def class_spread(residual: np.ndarray, design: np.ndarray) -> np.ndarray:
     spread = np.ones((2, residual.shape[1]))
     if min(int(c.sum()) for c in classes) < 3:
         return spread
-    sd = [residual[c].std(axis=0, ddof=1) for c in classes]
-    n = [int(c.sum()) for c in classes]
-    pooled = np.sqrt(((n[0] - 1) * sd[0] ** 2 + (n[1] - 1) * sd[1] ** 2) / (n[0] + n[1] - 2))
+    sd, pooled = within_class_sd(residual, classes)
     varies = pooled > 1e-12
     for row in range(2):
         spread[row, varies] = sd[row][varies] / pooled[varies]
@@ -637,6 +646,14 @@ def field_mmd(a: np.ndarray, b: np.ndarray) -> float:
                  - 2 * kxy.mean())  # fmt: skip
 
 
+def smooth_field_scale(rms: float, scale: float) -> float:
+    """For a random field smoothed by a Gaussian, RMS ``rms``: its RMS derivative (per mm)
+    from its smoothing ``scale`` (sigma, mm), or its sigma from its RMS derivative. The
+    relation is the same either way round, ``rms / (sqrt(2) * scale)``, because a field of
+    sigma s has ``var(du/dx) = var(u) / (2 s^2)``."""
+    return rms / (math.sqrt(2.0) * scale)
+
+
 def fine_folding(template: np.ndarray, warped: Sequence[np.ndarray], spacing: float,
                  options: AnatomyOptions) -> dict[str, float]:  # fmt: skip
     """RMS (mm per axis) and smoothness (sigma, mm) of the folding left after the coarse
@@ -648,8 +665,8 @@ def fine_folding(template: np.ndarray, warped: Sequence[np.ndarray], spacing: fl
         rms.append(float(np.sqrt(np.mean(u**2))))
         gradient = np.mean([np.mean(np.gradient(c, spacing, axis=a) ** 2)
                             for c in u for a in range(3)])  # fmt: skip
-        # a Gaussian-smoothed field of sigma s has var(du/dx) = var(u) / (2 s^2)
-        sigmas.append(float(np.sqrt(np.mean(u**2) / max(2 * gradient, 1e-12))))
+        sigmas.append(smooth_field_scale(float(np.sqrt(np.mean(u**2))),
+                                         float(np.sqrt(max(gradient, 1e-24)))))  # fmt: skip
     return {"rms_mm": float(np.median(rms)), "sigma_mm": float(np.median(sigmas))}
 
 
@@ -757,8 +774,7 @@ def _sampled(network: Any, vectors: Any, noise: Any) -> tuple[list, list]:
 def fine_folding_limit(sigma_mm: float) -> float:
     """The largest fine-folding amplitude (mm, RMS of the velocity per axis) whose strain
     stays within :data:`FINE_STRAIN_LIMIT` for a field smoothed over ``sigma_mm``."""
-    # a Gaussian-smoothed field of sigma s and RMS a has an RMS derivative of a / (sqrt(2) s)
-    return FINE_STRAIN_LIMIT * math.sqrt(2.0) * sigma_mm
+    return FINE_STRAIN_LIMIT / smooth_field_scale(1.0, sigma_mm)
 
 
 def calibrate_diversity(args: dict[str, Any], buffers: dict[str, np.ndarray],
@@ -861,11 +877,10 @@ def component_caps(args: dict[str, Any], buffers: dict[str, np.ndarray],
     names = [LABELS[v][0] for v in FIELD_LABELS]
     shares = brain_shares(labels, FIELD_LABELS)
     diagnosis = np.array([c.diagnosis.lower() == "bvftd" for c in conditions])
-    residual = shares.copy()
-    for group in (diagnosis, ~diagnosis):
-        if group.any():
-            residual[group] -= shares[group].mean(axis=0)
-    spread = np.sqrt(np.sum(residual**2, axis=0) / max(len(shares) - 2, 1))
+    # the scans' whole spread within each diagnosis (age and sex included: a component
+    # alone should not move a share further than the scans of one diagnosis differ)
+    groups = [g for g in (diagnosis, ~diagnosis) if g.sum() >= 2]
+    spread = within_class_sd(shares, groups)[1]
     noise = torch.zeros((2 * count, *network.noise_shape))
     for k in range(count):
         noise[2 * k, k], noise[2 * k + 1, k] = 1.0, -1.0
