@@ -665,8 +665,7 @@ def fine_folding(template: np.ndarray, warped: Sequence[np.ndarray], spacing: fl
         rms.append(float(np.sqrt(np.mean(u**2))))
         gradient = np.mean([np.mean(np.gradient(c, spacing, axis=a) ** 2)
                             for c in u for a in range(3)])  # fmt: skip
-        sigmas.append(smooth_field_scale(float(np.sqrt(np.mean(u**2))),
-                                         float(np.sqrt(max(gradient, 1e-24)))))  # fmt: skip
+        sigmas.append(smooth_field_scale(rms[-1], float(np.sqrt(max(gradient, 1e-24)))))
     return {"rms_mm": float(np.median(rms)), "sigma_mm": float(np.median(sigmas))}
 
 
