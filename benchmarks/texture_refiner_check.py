@@ -227,14 +227,15 @@ def train(
     return refiner.eval(), history
 
 
-def training_scans(card: Any, work: Path) -> tuple[np.ndarray, np.ndarray]:
+def training_scans(card: Any, work: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The model grid's images and label maps of one of the card's splits."""
     from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.preprocess.grid import default_multiple
     from napari_mrisynth.training import data as tdata
     from napari_mrisynth.training.recipe import model_spec
 
     spacing = float(card.architecture["args"]["spacing"])
-    cached = tdata.cache_subjects(card.training["data"], card.training["splits"]["train"],
+    cached = tdata.cache_subjects(card.training["data"], card.training["splits"][split],
                                   model_spec(spacing, default_multiple(spacing)),
                                   work / "cache", labels=True)  # fmt: skip
     images = np.stack([np.asarray(load_volume(c.image).compute().data, np.float32)
