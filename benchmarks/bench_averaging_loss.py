@@ -64,7 +64,7 @@ def main() -> None:
     from scipy import ndimage as ndi
 
     from napari_mrisynth.cohort import build_cohort
-    from napari_mrisynth.synthesis.anatomy import AnatomyOptions, groupwise_template
+    from napari_mrisynth.synthesis.anatomy_template import AnatomyOptions, groupwise_template
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -156,35 +156,38 @@ class Knobs:
 
 def fine_structure(images: np.ndarray, labels: np.ndarray, spacing: float,
                    level_mm: float) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
-    """The fit's structure (:func:`~napari_mrisynth.synthesis.anatomy.super_resolved` of the
-    scans' residuals under their rendered labels), with each scan aligned to the template by
-    demons down to ``level_mm`` instead of by its node field."""
+    """The fit's structure (the scans' residuals under their rendered labels, super-resolved by
+    :func:`~napari_mrisynth.synthesis.anatomy_appearance.super_resolved`), with each scan
+    aligned to the template by demons down to ``level_mm`` instead of by its node field."""
     from napari_mrisynth.anatomy.deform import exponentiate
-    from napari_mrisynth.synthesis import anatomy as fit
+    from napari_mrisynth.synthesis import anatomy_appearance as appearance
+    from napari_mrisynth.synthesis import anatomy_template as template_fit
 
-    options = fit.AnatomyOptions()
+    options = template_fit.AnatomyOptions()
     images = [np.asarray(i, np.float32) for i in images]
-    classes, class_label, _ = fit.render_classes(images, [np.asarray(x, np.uint8) for x in labels])
-    template, _, _ = fit.groupwise_template(images, spacing, options)
-    terms, count = fit.bias_terms(images[0].shape), len(class_label)
-    looks = [fit.appearance_of(i, c, terms, count, 0.5, class_label)
+    classes, class_label, _ = appearance.render_classes(
+        images, [np.asarray(x, np.uint8) for x in labels]
+    )
+    template, _, _ = template_fit.groupwise_template(images, spacing, options)
+    terms, count = appearance.bias_terms(images[0].shape), len(class_label)
+    looks = [appearance.appearance_of(i, c, terms, count, 0.5, class_label)
              for i, c in zip(images, classes, strict=True)]  # fmt: skip
-    psf, _ = fit.fit_psf(images[:8], classes[:8], looks[:8], terms, class_label)
+    psf, _ = appearance.fit_psf(images[:8], classes[:8], looks[:8], terms, class_label)
     residuals = []
-    looks = [fit.appearance_of(i, c, terms, count, psf, class_label)
+    looks = [appearance.appearance_of(i, c, terms, count, psf, class_label)
              for i, c in zip(images, classes, strict=True)]  # fmt: skip
     fill = np.nanmedian([look["intensity"] for look in looks], axis=0)
     for image, c, look in zip(images, classes, looks, strict=True):
         intensity = np.where(np.isnan(look["intensity"]), fill, look["intensity"])
         bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
-        residuals.append(image / bias - fit.render(intensity, c, class_label, psf))
-    fields = [fit.demons(template, image, spacing, options, level_mm=level_mm)
+        residuals.append(image / bias - appearance.render(intensity, c, class_label, psf))
+    fields = [template_fit.demons(template, image, spacing, options, level_mm=level_mm)
               for image in images]  # fmt: skip
-    mean = np.mean([fit._warp(r, u, spacing, 1) for r, u in zip(residuals, fields, strict=True)],
-                   axis=0)  # fmt: skip
-    inverse = (exponentiate(-fit.logarithm(u, spacing), spacing) for u in fields)
-    structure, report = fit.super_resolved(residuals, [i > 0 for i in images], inverse, mean,
-                                           spacing)  # fmt: skip
+    aligned = [template_fit.warp(r, u, spacing, 1) for r, u in zip(residuals, fields, strict=True)]
+    mean = np.mean(aligned, axis=0)
+    inverse = (exponentiate(-template_fit.logarithm(u, spacing), spacing) for u in fields)
+    masks = [i > 0 for i in images]
+    structure, report = appearance.super_resolved(residuals, masks, inverse, mean, spacing)
     return structure, {**report, "rms": float(structure.std()), "psf": list(psf)}
 
 

@@ -36,7 +36,7 @@ def _jittered_scans(shape=(40, 40, 40), scans=5, seed=0):
 
 
 def test_volume_matched_labels_reaches_each_labels_mean_volume_despite_ties():
-    from napari_mrisynth.synthesis.anatomy import volume_matched_labels
+    from napari_mrisynth.synthesis.anatomy_template import volume_matched_labels
 
     p, targets = _jittered_scans()
     majority = np.bincount(np.argmax(p, axis=0).ravel(), minlength=3)
@@ -294,7 +294,8 @@ def test_super_resolution_undoes_the_blur_of_averaging_interpolated_scans():
     from scipy import ndimage as ndi
 
     from napari_mrisynth.models.anatomy_generator import sampling_grid
-    from napari_mrisynth.synthesis.anatomy import _warp, super_resolved
+    from napari_mrisynth.synthesis.anatomy_appearance import super_resolved
+    from napari_mrisynth.synthesis.anatomy_template import warp
 
     rng = np.random.default_rng(0)
     shape, spacing = (20, 22, 24), 2.0
@@ -312,7 +313,7 @@ def test_super_resolution_undoes_the_blur_of_averaging_interpolated_scans():
                              padding_mode="zeros", align_corners=True)[0, 0].numpy()  # fmt: skip
         scans.append(seen * view)
         to_template.append(field)
-        back.append(_warp(scans[-1], -field, spacing, 1))
+        back.append(warp(scans[-1], -field, spacing, 1))
     mean = np.mean(back, axis=0)
     solved, report = super_resolved(scans, [view] * 8, iter(to_template), mean, spacing,
                                     smoothness=1e-4, iterations=40)  # fmt: skip
@@ -370,7 +371,7 @@ def test_a_warp_that_pulls_from_beyond_the_grid_keeps_the_neck(fitted):
     from napari_mrisynth.models.anatomy_generator import sampling_grid
     from napari_mrisynth.models.card import read_card
     from napari_mrisynth.models.weights import load_model
-    from napari_mrisynth.synthesis.anatomy import _warp
+    from napari_mrisynth.synthesis.anatomy_template import warp
 
     card, out = fitted
     assert card.architecture["args"]["edge"] == "border"
@@ -393,7 +394,7 @@ def test_a_warp_that_pulls_from_beyond_the_grid_keeps_the_neck(fitted):
     with pytest.raises(ValueError, match="edge"):
         type(network)(**{**card.architecture["args"], "edge": "mirror"})
     # the fit's warp (scans onto the template) continues the edge the same way
-    moved = _warp(template.astype(np.float32), shift[0].numpy(), network.spacing, 0)
+    moved = warp(template.astype(np.float32), shift[0].numpy(), network.spacing, 0)
     np.testing.assert_array_equal(moved[:3], np.broadcast_to(bottom, (3, *bottom.shape)))
 
 
@@ -433,7 +434,7 @@ def test_each_head_gets_exactly_the_regional_shares_it_draws():
         design_matrix,
         sampling_grid,
     )
-    from napari_mrisynth.synthesis.anatomy import ventricle_distances, white_distances
+    from napari_mrisynth.synthesis.anatomy_template import ventricle_distances, white_distances
 
     ventricle, white = LABEL_IDS["lateral_ventricles"], LABEL_IDS["white_matter"]
     cortex, sulcal = LABEL_IDS["frontal_gm"], LABEL_IDS["sulcal_csf"]

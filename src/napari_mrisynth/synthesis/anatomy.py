@@ -18,7 +18,7 @@ label maps beside them):
    tissue
    intensities, a quadratic bias field, noise level
    and field of view; per cohort: the point spread, the template's intensity structure
-   (super-resolved from every scan's residual, :func:`super_resolved`), the tissue texture and
+   (super-resolved from every scan's residual), the tissue texture and
    the fine folding left after the coarse fields (measured by a fine registration of a few
    scans, raised to a strain limit); the coarse shape model's spread is then calibrated so
    that sampled heads are as varied as the training scans (:func:`calibrate_diversity`).
@@ -30,6 +30,10 @@ label maps beside them):
    thinning and ventricular growth that reach them are found after its warp), so sampled
    bvFTD and control heads differ as the training scans do, with their spread; the fit
    checks it on paired samples (:func:`condition_check`).
+
+Steps 1 and 2 live in :mod:`.anatomy_template`, how a scan looks given its labels in
+:mod:`.anatomy_appearance`; this module holds the models, the sampling calibrations and the
+fit that runs them all (:func:`fit_anatomy_first`).
 """
 
 from __future__ import annotations
@@ -47,47 +51,39 @@ from scipy import ndimage as ndi
 from napari_mrisynth.anatomy.deform import exponentiate
 from napari_mrisynth.anatomy.labels import BRAIN_LABELS, CORTICAL_GM_LABELS, LABEL_IDS, LABELS
 from napari_mrisynth.anatomy.template import block_mean
-from napari_mrisynth.models.anatomy_generator import (
-    BIAS_TERMS,
-    SCALARS,
-    TONE_KNOTS,
-    appearance_layout,
-    deep_tissue,
-)
+from napari_mrisynth.models.anatomy_generator import SCALARS, appearance_layout
 from napari_mrisynth.models.conditions import Condition
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
+from napari_mrisynth.synthesis.anatomy_appearance import (
+    appearance_of,
+    bias_terms,
+    calibrate_rendering,
+    fit_psf,
+    render,
+    render_classes,
+    super_resolved,
+    texture_of,
+)
+from napari_mrisynth.synthesis.anatomy_template import (
+    AnatomyOptions,
+    cortex_depths,
+    demons,
+    groupwise_template,
+    logarithm,
+    to_nodes,
+    to_voxels,
+    ventricle_distances,
+    volume_matched_labels,
+    warp,
+    white_distances,
+)
 
-#: Brain tissue labels (grey and white matter, deep grey, cerebellum): where the bias is fitted.
-TISSUE_LABELS = tuple(range(1, 12))
-#: Candidate point-spread sigmas (voxels) of the rendered labels.
-PSF_CANDIDATES = (0.0, 0.35, 0.5, 0.7, 0.9, 1.2)
-#: Labels that hold several tissues of clearly different intensity in one scan (skull
-#: tables and diploe; skin, fat and muscle; the orbits): rendered as up to three classes.
-MIXED_LABELS = (LABEL_IDS["bone"], LABEL_IDS["soft_tissue"], LABEL_IDS["eyes"],
-                LABEL_IDS["extracerebral_csf"], LABEL_IDS["spinal_cord"])  # fmt: skip
-#: Candidate texture correlation sigmas (voxels).
-TEXTURE_CANDIDATES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 #: The largest RMS strain (derivative of the velocity, per axis) of the sampled fine folding.
 #: Folding beyond it squeezes the cortical ribbon into islands inside the white matter (seen
 #: at about 0.4 at 2 mm and 0.5 at 1 mm); a simulated cohort's own is 0.12-0.19.
 FINE_STRAIN_LIMIT = 0.2
 #: Candidate spreads (scales of the shape model's components) of the diversity calibration.
 SPREAD_CANDIDATES = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0)
-
-
-@dataclass
-class AnatomyOptions:
-    """How the anatomy-first generator is fitted (``mrisynth train anatomy``'s options)."""
-
-    node_mm: float = 6.0
-    registration_mm: float = 4.0
-    rounds: int = 3
-    demons_iterations: tuple[int, int] = (40, 40)
-    demons_sigma: float = 1.5
-    variance: float = 0.95
-    shape_model: str = "auto"
-    fine_subjects: int = 6
-    vae_epochs: int = 300
 
 
 @dataclass
@@ -98,472 +94,6 @@ class Fitted:
     buffers: dict[str, np.ndarray]
     report: dict[str, Any] = field(default_factory=dict)
     velocities: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-# -- geometry on the model grid (identity direction, voxels z, y, x; fields (3, z, y, x) mm x,y,z)
-def _warp(image: np.ndarray, displacement: np.ndarray, spacing: float, order: int) -> np.ndarray:
-    """``image`` sampled at ``x + displacement(x)`` (mm) for every voxel x; beyond the grid,
-    its edge voxels go on (the neck runs on out of the bottom of the grid: padding with air
-    would cut it off the warped scans and the template)."""
-    index = np.indices(image.shape, dtype=np.float32)
-    index += displacement[::-1] / np.float32(spacing)
-    return ndi.map_coordinates(image, index, order=order, mode="nearest")
-
-
-def node_shape(shape: Sequence[int], step: int) -> tuple[int, ...]:
-    return tuple(-(-(int(n) - 1) // step) + 1 for n in shape)
-
-
-def to_nodes(displacement: np.ndarray, step: int, shape: Sequence[int]) -> np.ndarray:
-    """A voxel field smoothed to the node grid's scale and sampled at its nodes."""
-    nodes = node_shape(displacement.shape[1:], step)
-    smooth = [ndi.gaussian_filter(c, step / 2.0, mode="nearest") for c in displacement]
-    index = np.stack(np.meshgrid(*(np.arange(n) * step for n in nodes), indexing="ij"))
-    index = np.minimum(index, np.array(displacement.shape[1:])[:, None, None, None] - 1)
-    return np.stack([ndi.map_coordinates(c, index, order=1, mode="nearest") for c in smooth])
-
-
-def to_voxels(field_nodes: np.ndarray, step: int, shape: Sequence[int]) -> np.ndarray:
-    """A node-grid field (node k at voxel k * step) interpolated at every voxel."""
-    index = np.indices(tuple(shape), dtype=np.float32) / np.float32(step)
-    return np.stack([ndi.map_coordinates(c, index, order=1, mode="nearest") for c in field_nodes])
-
-
-def logarithm(displacement: np.ndarray, step_mm: float, iterations: int = 6) -> np.ndarray:
-    """The stationary velocity field whose exponential is ``id + displacement`` (fixed point
-    ``v <- v + (u - (exp(v) - id))``, exact for the smooth fields of a coarse grid)."""
-    velocity = displacement.copy()
-    for _ in range(iterations):
-        velocity += displacement - exponentiate(velocity, step_mm, squarings=5)
-    return velocity
-
-
-# -- registration --------------------------------------------------------------------------
-def _sitk(array: np.ndarray, spacing: float):
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-    image.SetSpacing([float(spacing)] * 3)
-    return image
-
-
-def demons(fixed: np.ndarray, moving: np.ndarray, spacing: float, options: AnatomyOptions,
-           *, level_mm: float | None = None, sigma: float | None = None) -> np.ndarray:  # fmt: skip
-    """Displacement (3, z, y, x) mm mapping ``fixed``'s voxels into ``moving`` (SimpleITK
-    diffeomorphic demons, coarse to fine over two levels ending at ``level_mm``)."""
-    import SimpleITK as sitk
-
-    finest = max(1, int(round((level_mm or options.registration_mm) / spacing)))
-    fixed_image, moving_image = _sitk(fixed, spacing), _sitk(moving, spacing)
-    registration = sitk.DiffeomorphicDemonsRegistrationFilter()
-    registration.SetStandardDeviations(sigma or options.demons_sigma)
-    field = None
-    for shrink, iterations in zip((2 * finest, finest), options.demons_iterations, strict=True):
-        f = sitk.Shrink(fixed_image, [shrink] * 3) if shrink > 1 else fixed_image
-        m = sitk.Shrink(moving_image, [shrink] * 3) if shrink > 1 else moving_image
-        registration.SetNumberOfIterations(int(iterations))
-        if field is None:
-            field = registration.Execute(f, m)
-        else:
-            field = sitk.Resample(field, f, sitk.Transform(), sitk.sitkLinear, 0,
-                                  sitk.sitkVectorFloat64)  # fmt: skip
-            field = registration.Execute(f, m, field)
-    full = sitk.Resample(field, fixed_image, sitk.Transform(), sitk.sitkLinear, 0,
-                         sitk.sitkVectorFloat64)  # fmt: skip
-    return np.moveaxis(sitk.GetArrayFromImage(full), -1, 0).astype(np.float32)
-
-
-def groupwise_template(images: Sequence[np.ndarray], spacing: float, options: AnatomyOptions,
-                       progress: Callable[[str, int, int], None] | None = None,
-                       ) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any]]:  # fmt: skip
-    """The unbiased template and each scan's velocity field (node grid), see step 1."""
-    step = max(1, int(round(options.node_mm / spacing)))
-    node_mm = step * spacing
-    template = np.mean(images, axis=0)
-    velocities: list[np.ndarray] = []
-    history = []
-    for round_number in range(options.rounds):
-        velocities = []
-        for k, image in enumerate(images):
-            u = demons(template, image, spacing, options)
-            velocities.append(logarithm(to_nodes(u, step, image.shape), node_mm))
-            if progress is not None:
-                progress("groupwise registration", round_number * len(images) + k + 1,
-                         options.rounds * len(images))  # fmt: skip
-        mean = np.mean(velocities, axis=0)
-        velocities = [v - mean for v in velocities]
-        warped = [_warp(image, to_voxels(exponentiate(v, node_mm), step, image.shape), spacing, 1)
-                  for image, v in zip(images, velocities, strict=True)]  # fmt: skip
-        template = np.mean(warped, axis=0)
-        agreement = [np.corrcoef(template.ravel(), w.ravel())[0, 1] for w in warped]
-        history.append({"round": round_number + 1,
-                        "mean_velocity_mm": float(np.sqrt(np.mean(mean**2))),
-                        "template_vs_scans_correlation": float(np.mean(agreement))})  # fmt: skip
-    return template, velocities, {"rounds": history, "node_mm": node_mm, "node_step": step}
-
-
-# -- template anatomy ----------------------------------------------------------------------
-def volume_matched_labels(probabilities: np.ndarray, targets: np.ndarray,
-                          iterations: int = 40) -> np.ndarray:  # fmt: skip
-    """argmax_k(w_k P_k) with weights w_k scaled until each label's volume is ``targets[k]``.
-
-    Averaging aligned label maps blurs boundaries and closes thin structures (sulci): a
-    plain majority vote gives the mean shape too little of what the scans disagree on. The
-    weights restore each label's mean volume where it is most probable.
-
-    ``P_k`` of n scans takes only n + 1 values, so whole shells of voxels tie and flip
-    together: the weights then oscillate without converging (measured: cortex 7 % short of
-    its target after 200 steps). Ties are broken by the label's probability around the voxel
-    (a tenth of P_k smoothed over a voxel) and, last, by a fixed sub-1/n dither; the steps
-    shrink as the volumes settle. Volumes then match to about 0.1 %.
-    """
-    rng = np.random.default_rng(0)
-    scores = np.empty_like(probabilities, dtype=np.float32)
-    for k, p in enumerate(probabilities):
-        scores[k] = p + 0.1 * ndi.gaussian_filter(p.astype(np.float32), 1.0)
-        scores[k] += rng.uniform(0.0, 1e-3, p.shape).astype(np.float32)
-    weights = np.ones(len(probabilities), np.float64)
-    present = targets > 0
-    for step in range(iterations):
-        labels = np.argmax(scores * weights[:, None, None, None].astype(np.float32), axis=0)
-        counts = np.bincount(labels.ravel(), minlength=len(probabilities)).astype(np.float64)
-        ratio = np.where(present, (targets + 1.0) / (counts + 1.0), 1.0)
-        weights *= ratio ** (0.5 / (1.0 + step / 10.0))
-    weighted = scores * weights[:, None, None, None].astype(np.float32)
-    return np.argmax(weighted, axis=0).astype(np.uint8)
-
-
-def _depth_dither(shape: Sequence[int], spacing: float, seed: int) -> np.ndarray:
-    """A fixed, smooth dither in [0, spacing) mm per voxel (seeded): subtracted from a
-    distance map, it makes whole-voxel distances continuous."""
-    from scipy import special
-
-    noise = np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
-    smooth = ndi.gaussian_filter(noise, 1.0)
-    return special.ndtr(smooth / smooth.std()).astype(np.float32) * np.float32(spacing)
-
-
-def cortex_depths(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
-    """Depth of cortical grey matter from its outer surface, depth of sulcal CSF from the
-    cortex, and the nearest cortical label of each sulcal CSF voxel (mm; 0 elsewhere).
-
-    Depths are continuous, not whole voxels: each voxel's distance minus a fixed, smooth
-    dither of up to one voxel, so that a cortex thinned by a fraction of a voxel loses that
-    fraction of its outer layer (in smooth patches, as the simulator does) rather than all
-    of it or none.
-    """
-    dither = _depth_dither(labels.shape, spacing, 0)
-    cortex = np.isin(labels, CORTICAL_GM_LABELS)
-    outside = ~np.isin(labels, (*CORTICAL_GM_LABELS, LABEL_IDS["white_matter"],
-                                LABEL_IDS["deep_gm"], LABEL_IDS["cerebellum"]))  # fmt: skip
-    gm_depth = ndi.distance_transform_edt(~outside, sampling=spacing).astype(np.float32)
-    gm_depth = np.where(cortex, gm_depth - dither, 0.0).astype(np.float32)
-    sulcal = labels == LABEL_IDS["sulcal_csf"]
-    distance, index = ndi.distance_transform_edt(~cortex, sampling=spacing, return_indices=True)
-    nearest = labels[tuple(index)].astype(np.uint8)
-    csf_depth = np.where(sulcal, distance - dither, 0.0).astype(np.float32)
-    nearest[~sulcal] = 0
-    return {"gm_depth": gm_depth, "csf_depth": csf_depth, "nearest_cortex": nearest}
-
-
-def surface_distances(labels: np.ndarray, value: int, neighbours: Sequence[int], spacing: float,
-                      seed: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Signed distance from label ``value``'s surface (mm: > 0 outside, < 0 inside),
-    dithered as :func:`cortex_depths` so that a fraction of a voxel of growth is a fraction
-    of the layer; and, inside, the label of the nearest voxel of ``neighbours`` (what the
-    structure gives back when it shrinks)."""
-    near = np.isin(labels, list(neighbours))
-    inside = labels == value
-    if not inside.any():
-        return np.full(labels.shape, 1e3, np.float32), np.zeros(labels.shape, np.uint8)
-    dither = _depth_dither(labels.shape, spacing, seed)
-    outward = ndi.distance_transform_edt(~inside, sampling=spacing)
-    depth = ndi.distance_transform_edt(inside, sampling=spacing)
-    floor = np.float32(1e-3)
-    signed = np.where(inside, -np.maximum(depth - dither, floor),
-                      np.maximum(outward - dither, floor)).astype(np.float32)  # fmt: skip
-    neighbour = np.zeros(labels.shape, np.uint8)
-    if near.any():
-        index = ndi.distance_transform_edt(~near, sampling=spacing, return_distances=False,
-                                           return_indices=True)  # fmt: skip
-        neighbour = np.where(inside, labels[tuple(index)], 0).astype(np.uint8)
-    return signed, neighbour
-
-
-def ventricle_distances(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
-    """:func:`surface_distances` of the lateral ventricles, which grow into (and give back
-    to) the deep tissue around them
-    (:func:`~napari_mrisynth.models.anatomy_generator.deep_tissue`), never the cortex."""
-    ventricle = LABEL_IDS["lateral_ventricles"]
-    deep = deep_tissue(BRAIN_LABELS, CORTICAL_GM_LABELS, LABEL_IDS["sulcal_csf"], ventricle)
-    signed, neighbour = surface_distances(labels, ventricle, deep, spacing, 1)
-    return {"ventricle_distance": signed, "ventricle_neighbour": neighbour}
-
-
-def white_distances(labels: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
-    """:func:`surface_distances` of the white matter, which grows into (and gives back to)
-    the cortical grey matter around it."""
-    signed, neighbour = surface_distances(labels, LABEL_IDS["white_matter"],
-                                          CORTICAL_GM_LABELS, spacing, 2)  # fmt: skip
-    return {"white_distance": signed, "white_neighbour": neighbour}
-
-
-# -- appearance ----------------------------------------------------------------------------
-def bias_terms(shape: Sequence[int]) -> np.ndarray:
-    """(9, z, y, x): x, y, z, x², y², z², xy, xz, yz over the grid scaled to [-1, 1]."""
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape),
-                          indexing="ij")  # fmt: skip
-    return np.stack([x, y, z, x * x, y * y, z * z, x * y, x * z, y * z])
-
-
-def appearance_of(image: np.ndarray, labels: np.ndarray, terms: np.ndarray, classes: int,
-                  psf: float | tuple[float, float],
-                  class_label: np.ndarray) -> dict[str, Any]:  # fmt: skip
-    """Tissue intensities (median per label, eroded), a quadratic log-bias field, the noise
-    level (Rayleigh background; NaN without air, and the fit then gives the scan the other
-    scans' median, or 0.02) and the field of view (nonzero extent) of one scan on the model
-    grid. (Measuring the noise in the white matter instead was tried and made the set
-    figures worse: docs/synthesis.md.)"""
-    count = classes
-    bias = np.zeros(BIAS_TERMS)
-    intensity = np.full(count, np.nan)
-    for _ in range(2):
-        corrected = image / np.exp(np.tensordot(bias, terms, axes=1))
-        for value in range(1, count):
-            mask = labels == value
-            core = ndi.binary_erosion(mask)
-            use = core if core.sum() >= 20 else mask
-            if use.sum() >= 5:
-                intensity[value] = float(np.median(corrected[use]))
-        spread = (psf, psf) if isinstance(psf, float | int) else psf
-        rendered = render(intensity, labels, class_label, spread)
-        # brain tissue only: one intensity per label renders it well, whereas a head label
-        # (soft tissue: skin, fat, muscle) would pass its own layout off as bias
-        fit = np.isin(labels, TISSUE_LABELS) & (rendered > 0.1) & (image > 0.05)
-        design = np.column_stack([np.ones(int(fit.sum())), terms[:, fit].T])
-        solution, *_ = np.linalg.lstsq(design, np.log(image[fit] / rendered[fit]), rcond=None)
-        bias = bias + solution[1:]
-    background = air(image, labels)
-    noise, noise_blur = float("nan"), float("nan")  # unknown without air: the cohort's
-    intensity[0] = 0.0
-    if background.sum() >= 200:
-        # the median of Rayleigh-distributed air is sigma * sqrt(2 ln 2)
-        noise = float(np.median(image[background]) / math.sqrt(2.0 * math.log(2.0)))
-        noise_blur = noise_correlation(image, background)
-    nonzero = image > 0
-    fov = []
-    for axis in range(3):
-        hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
-        n = image.shape[axis] - 1
-        fov += [hits[0] / n, hits[-1] / n] if hits.size else [0.0, 1.0]
-    return {"intensity": intensity, "bias": bias, "noise": noise, "fov": fov,
-            "noise_blur": noise_blur}  # fmt: skip
-
-
-def air(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Voxels of pure noise: air more than 2 voxels from the head and inside the field of
-    view (its edge, interpolated zeros, left out)."""
-    far = ndi.distance_transform_edt(labels == 0) > 2
-    inside = ndi.binary_erosion(image > 0, iterations=2)
-    return far & inside
-
-
-def noise_correlation(image: np.ndarray, background: np.ndarray) -> float:
-    """How much the scan's noise is smoothed (Gaussian sigma, voxels), from the correlation
-    of neighbouring air voxels (resampling onto the grid correlates it): a white field
-    blurred by sigma correlates as exp(-1 / (4 sigma^2)) at one voxel."""
-    values = image - image[background].mean()
-    correlations = []
-    for axis in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[axis], b[axis] = slice(0, -1), slice(1, None)
-        both = background[tuple(a)] & background[tuple(b)]
-        if both.sum() > 100:
-            x, y = values[tuple(a)][both], values[tuple(b)][both]
-            correlations.append(float(np.corrcoef(x, y)[0, 1]))
-    rho = float(np.mean(correlations)) if correlations else 0.0
-    return float(math.sqrt(-1.0 / (4.0 * math.log(rho)))) if 0.01 < rho < 0.99 else 0.0
-
-
-def render(
-    intensity: np.ndarray, classes: np.ndarray, class_label: np.ndarray, psf: tuple[float, float]
-) -> np.ndarray:
-    """Tissue intensities of a class map through the point spreads of the brain and of the
-    head around it (the simulated or scanned head's layers can be sharper than the brain)."""
-    brain = np.isin(class_label[classes], BRAIN_LABELS)
-    values = np.nan_to_num(intensity)[classes]
-    inside = np.where(brain, values, 0.0)
-    return ndi.gaussian_filter(inside, psf[0]) + ndi.gaussian_filter(values - inside, psf[1])
-
-
-def fit_psf(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-            looks: Sequence[dict[str, Any]], terms: np.ndarray,
-            class_label: np.ndarray) -> tuple[tuple[float, float], dict]:  # fmt: skip
-    """The point spreads (voxels) of brain and head that best render the scans from their
-    own labels (mean squared error in each region)."""
-    errors: dict[str, list[float]] = {"brain": [], "head": []}
-    for sigma in PSF_CANDIDATES:
-        total = {"brain": 0.0, "head": 0.0}
-        for image, label, look in zip(images, labels, looks, strict=True):
-            bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
-            rendered = render(look["intensity"], label, class_label, (sigma, sigma))
-            base = class_label[label]
-            for region, mask in (("brain", np.isin(base, BRAIN_LABELS)),
-                                 ("head", (base > 0) & ~np.isin(base, BRAIN_LABELS))):  # fmt: skip
-                total[region] += float(np.mean((image[mask] / bias[mask] - rendered[mask]) ** 2))
-        for region in total:
-            errors[region].append(total[region] / len(images))
-    best = tuple(float(PSF_CANDIDATES[int(np.argmin(errors[r]))]) for r in ("brain", "head"))
-    return best, {r: dict(zip(map(str, PSF_CANDIDATES), e, strict=True))
-                  for r, e in errors.items()}  # fmt: skip
-
-
-def _high_pass_share(sigma: float, size: int) -> float:
-    """Share of a unit-variance field smoothed by ``sigma`` voxels (0: white) that survives
-    subtracting its ``size``-voxel box mean (computed once on a random field)."""
-    field = np.random.default_rng(0).standard_normal((48, 48, 48))
-    if sigma > 0:
-        field = ndi.gaussian_filter(field, sigma)
-    field /= field.std()
-    inner = (slice(8, -8),) * 3
-    return float(np.var((field - ndi.uniform_filter(field, size))[inner]))
-
-
-def texture_of(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-               looks: Sequence[dict[str, Any]]) -> tuple[float, float]:  # fmt: skip
-    """RMS (fraction of the tissue intensity) and correlation sigma (voxels) of the tissue
-    texture: the high-pass variance inside grey and white matter at two scales (3 and 5
-    voxel box means removed), less the noise's share, explained by a smooth random field."""
-    shares = {s: (_high_pass_share(s, 3), _high_pass_share(s, 5)) for s in TEXTURE_CANDIDATES}
-    white = (_high_pass_share(0.0, 3), _high_pass_share(0.0, 5))
-    fits = []
-    for image, label, look in zip(images, labels, looks, strict=True):
-        core = ndi.binary_erosion(np.isin(label, TISSUE_LABELS), iterations=2)
-        core &= ndi.binary_erosion(label == ndi.median_filter(label, 3), iterations=2)
-        tissue = np.nan_to_num(look["intensity"])[label]
-        use = core & (tissue > 0.1)
-        if use.sum() < 500:
-            continue
-        relative = image / np.maximum(tissue, 1e-3)
-        noise = float(np.mean((look["noise"] / tissue[use]) ** 2))
-        observed = [float(np.var((relative - ndi.uniform_filter(relative, n))[use]))
-                    for n in (3, 5)]  # fmt: skip
-        texture = [max(o - noise * w, 1e-10) for o, w in zip(observed, white, strict=True)]
-        fits.append(texture)
-    if not fits:
-        return 0.0, 1.0
-    texture = np.median(fits, axis=0)
-    best = min(TEXTURE_CANDIDATES, key=lambda s: abs(
-        texture[1] / texture[0] - shares[s][1] / shares[s][0]))  # fmt: skip
-    return float(np.sqrt(texture[0] / shares[best][0])), float(best)
-
-
-def _smooth_field(shape: Sequence[int], sigma: float, seed: int) -> np.ndarray:
-    field = np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
-    field = ndi.gaussian_filter(field, sigma) if sigma > 0 else field
-    return field / field.std()
-
-
-def calibrate_rendering(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                        looks: Sequence[dict[str, Any]], structures: Sequence[np.ndarray],
-                        terms: np.ndarray, class_label: np.ndarray, spacing: float,
-                        start: dict[str, float]) -> tuple[dict[str, float], dict]:  # fmt: skip
-    """Point spreads and texture that make a scan rendered from its own labels look like it.
-
-    Each scan is re-rendered (its tissue intensities, bias, noise level and the template's
-    structure brought back to it) under candidate settings, and the texture statistics of
-    the automated Turing test (:func:`~napari_mrisynth.evaluation.two_sample.texture_features`:
-    gradient and Laplacian distributions, local spread, spectral bands, the scalp) are
-    compared with the scan's own, each in units of its spread across the scans: coordinate
-    descent over brain spread, texture amplitude and scale, and head spread.
-    """
-    from napari_mrisynth.evaluation.two_sample import texture_features
-
-    region = ndi.binary_erosion(np.isin(class_label[labels[0]], BRAIN_LABELS), iterations=1)
-    reference = np.array([texture_features(i * 255.0 / 1.5, region, spacing) for i in images])
-    scale = reference.std(axis=0) + 1e-6 + 0.05 * np.abs(reference.mean(axis=0))
-
-    def rendered(k: int, setting: dict[str, float]) -> np.ndarray:
-        look, label = looks[k], labels[k]
-        image = render(look["intensity"], label, class_label,
-                       (setting["psf"], setting["psf_head"])) + structures[k]  # fmt: skip
-        brain = np.isin(class_label[label], BRAIN_LABELS)
-        if setting["texture_rms"] > 0:
-            texture = _smooth_field(label.shape, setting["texture_sigma"], 100 + k)
-            image = image * (1.0 + setting["texture_rms"] * texture * brain)
-        image = image * np.exp(np.tensordot(look["bias"], terms, axes=1))
-        sigma = look["noise"] * setting["noise_scale"]
-        noise = [sigma * _smooth_field(image.shape, setting["noise_blur"], 200 + 2 * k + j)
-                 for j in range(2)]  # fmt: skip
-        image = np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2) * (images[k] > 0)
-        return np.clip(image, 0.0, 1.5) * 255.0 / 1.5
-
-    def loss(setting: dict[str, float]) -> float:
-        mismatch = [(texture_features(rendered(k, setting), region, spacing) - reference[k])
-                    / scale for k in range(len(images))]  # fmt: skip
-        return float(np.mean(np.square(mismatch)))
-
-    setting = dict(start)
-    history = {"start": loss(setting)}
-    grids = {"psf": PSF_CANDIDATES, "texture_rms": (0.0, 0.01, 0.02, 0.03, 0.045, 0.06),
-             "texture_sigma": TEXTURE_CANDIDATES[:4], "psf_head": PSF_CANDIDATES,
-             "noise_blur": (0.0, 0.35, 0.5, 0.7),
-             "noise_scale": (0.7, 0.85, 1.0, 1.15, 1.3)}  # fmt: skip
-    for _ in range(2):
-        for name, values in grids.items():
-            scores = {v: loss({**setting, name: v}) for v in values}
-            setting[name] = min(scores, key=scores.get)
-            history[f"{name}={setting[name]}"] = scores[setting[name]]
-    # the intensity response: what a rendered head's quantiles become in the scans' (pooled),
-    # for the distribution shape no tissue intensity, spread or texture setting reaches
-    levels = np.linspace(0.0, 100.0, TONE_KNOTS)
-    source, target = [], []
-    for k in range(len(images)):
-        seen = images[k] > 0  # the field of view: head and air, so air keeps its noise
-        source.append(np.percentile(rendered(k, setting)[seen] * 1.5 / 255.0, levels))
-        target.append(np.percentile(images[k][seen], levels))
-    curve = np.stack([np.mean(source, axis=0), np.mean(target, axis=0)])
-    setting["tone"] = np.concatenate([[[0.0], [0.0]], curve[:, 1:]], axis=1)
-    return setting, history
-
-
-def render_classes(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                   ) -> tuple[list[np.ndarray], np.ndarray, dict[str, list[float]]]:  # fmt: skip
-    """Split each label of :data:`MIXED_LABELS` into up to three intensity classes (k-means
-    on the scans' lightly smoothed intensities, pooled), so that a rendered skull has its
-    tables and diploe and a rendered scalp its skin, fat and muscle.
-
-    Returns the class map of every scan (labels keep their values; a subclass gets a new
-    value above the schema's), the label of every class, and the thresholds per label.
-    """
-    from sklearn.cluster import KMeans
-
-    class_label = list(range(len(LABELS)))
-    thresholds: dict[str, list[float]] = {}
-    maps = [lab.copy() for lab in labels]
-    smooth = [ndi.gaussian_filter(i, 0.7) for i in images]
-    rng = np.random.default_rng(0)
-    for value in MIXED_LABELS:
-        pooled = np.concatenate([s[lab == value] for s, lab in zip(smooth, labels, strict=True)])
-        if pooled.size < 100:
-            continue
-        sample = rng.choice(pooled, min(pooled.size, 200_000), replace=False)[:, None]
-        centres = np.sort(KMeans(3, n_init=3, random_state=0).fit(sample).cluster_centers_[:, 0])
-        keep = [centres[0]]
-        for c in centres[1:]:  # classes closer than 0.1 (a tenth of the head's range) merge
-            if c - keep[-1] >= 0.1:
-                keep.append(c)
-        if len(keep) < 2:
-            continue
-        cuts = [(a + b) / 2 for a, b in zip(keep[:-1], keep[1:], strict=True)]
-        thresholds[LABELS[value][0]] = [float(c) for c in cuts]
-        ids = [value] + [len(class_label) + k for k in range(len(cuts))]
-        class_label += [value] * len(cuts)
-        for m, s, lab in zip(maps, smooth, labels, strict=True):
-            where = lab == value
-            m[where] = np.asarray(ids, np.uint8)[np.digitize(s[where], cuts)]
-    return maps, np.array(class_label, np.uint8), thresholds
 
 
 # -- models --------------------------------------------------------------------------------
@@ -667,84 +197,6 @@ def fine_folding(template: np.ndarray, warped: Sequence[np.ndarray], spacing: fl
                             for c in u for a in range(3)])  # fmt: skip
         sigmas.append(smooth_field_scale(rms[-1], float(np.sqrt(max(gradient, 1e-24)))))
     return {"rms_mm": float(np.median(rms)), "sigma_mm": float(np.median(sigmas))}
-
-
-def super_resolved(observations: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                   displacements: Iterable[np.ndarray], start: np.ndarray, spacing: float, *,
-                   smoothness: float = 0.01,
-                   iterations: int = 20) -> tuple[np.ndarray, dict[str, float]]:  # fmt: skip
-    """The template-space field S whose warps best explain every scan's observation.
-
-    Each scan saw S through its own warp (``displacements[k]``: template point of each of its
-    voxels, mm, the inverse of its field onto the template) and a linear interpolation at its
-    own sub-voxel offsets (``masks[k]``: its field of view). The mean of the scans warped
-    back blurs S twice over (once per interpolation); solving
-    ``min_S sum_k |M_k (W_k S - o_k)|^2 + smoothness |L S|^2`` (M_k: the scan's field of view,
-    L: the discrete Laplacian) by conjugate gradients undoes that blur, as a super-resolution
-    from many offsets does. Starts from ``start`` (the mean).
-
-    Returns S and ``{"misfit_start", "misfit", "relative_residual"}`` (sum of squared
-    differences between the scans and the warped field, before and after).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from napari_mrisynth.models.anatomy_generator import sampling_grid
-
-    shape = tuple(start.shape)
-    half = np.prod(shape) > 4_000_000  # 1 mm grids: keep the sampling grids in half precision
-    grids, data, weights = [], [], []
-    # a displacement at a time (they may be made on the fly): only its grid is kept
-    for o, m, d in zip(observations, masks, displacements, strict=True):
-        grid = sampling_grid(torch.from_numpy(np.ascontiguousarray(d, np.float32))[None], spacing)
-        grids.append(grid.half() if half else grid)
-        weights.append(torch.from_numpy(np.ascontiguousarray(m, np.float32))[None, None])
-        data.append(weights[-1] * torch.from_numpy(np.ascontiguousarray(o, np.float32))[None, None])
-    stencil = torch.zeros(1, 1, 3, 3, 3)
-    stencil[0, 0, 1, 1, 1] = 6.0
-    for offset in ((0, 1, 1), (2, 1, 1), (1, 0, 1), (1, 2, 1), (1, 1, 0), (1, 1, 2)):
-        stencil[(0, 0, *offset)] = -1.0
-
-    def warp(field: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        return F.grid_sample(field, grid.float(), mode="bilinear", padding_mode="zeros",
-                             align_corners=True)  # fmt: skip
-
-    def adjoint(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        field = torch.zeros((1, 1, *shape), requires_grad=True)
-        (out,) = torch.autograd.grad(warp(field, grid), field, grad_outputs=values)
-        return out
-
-    def laplacian(field: torch.Tensor) -> torch.Tensor:
-        return F.conv3d(F.pad(field, (1,) * 6, mode="replicate"), stencil)
-
-    def normal(field: torch.Tensor) -> torch.Tensor:
-        out = smoothness * laplacian(laplacian(field))
-        for grid, mask in zip(grids, weights, strict=True):
-            out = out + adjoint(mask * warp(field, grid), grid)
-        return out
-
-    def misfit(field: torch.Tensor) -> float:
-        return sum(float(((m * (warp(field, g) - o)) ** 2).sum())
-                   for g, m, o in zip(grids, weights, data, strict=True))  # fmt: skip
-
-    with torch.enable_grad():
-        x = torch.from_numpy(np.ascontiguousarray(start, np.float32))[None, None]
-        b = sum(adjoint(o, g) for g, o in zip(grids, data, strict=True))
-        before = misfit(x)
-        r = b - normal(x)
-        p, rs = r.clone(), float((r * r).sum())
-        norm_b = float(b.norm()) or 1.0
-        for _ in range(iterations):
-            q = normal(p)
-            alpha = rs / max(float((p * q).sum()), 1e-30)
-            x, r = x + alpha * p, r - alpha * q
-            new = float((r * r).sum())
-            if math.sqrt(new) < 1e-6 * norm_b:
-                break
-            p, rs = r + (new / rs) * p, new
-        x = x.detach()
-        return x[0, 0].numpy(), {"misfit_start": before, "misfit": misfit(x),
-                                 "relative_residual": math.sqrt(rs) / norm_b}  # fmt: skip
 
 
 def _fitted_network(args: dict[str, Any], buffers: dict[str, np.ndarray]) -> Any:
@@ -1016,7 +468,7 @@ def fit_anatomy_first(
     step, node_mm = groupwise["node_step"], groupwise["node_mm"]
     timings = {"groupwise": time.perf_counter() - clock}
     displacements = [to_voxels(exponentiate(v, node_mm), step, shape) for v in velocities]
-    warped_labels = [_warp(lab, d, spacing, 0) for lab, d in zip(labels, displacements,
+    warped_labels = [warp(lab, d, spacing, 0) for lab, d in zip(labels, displacements,
                                                                    strict=True)]  # fmt: skip
     count = len(class_label)
     probabilities = np.zeros((count, *shape), np.float32)
@@ -1046,7 +498,7 @@ def fit_anatomy_first(
         bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
         residuals.append(image / bias - render(look["intensity"], label, class_label, psf))
     mean_residual = np.mean(
-        [_warp(r, d, spacing, 1) for r, d in zip(residuals, displacements, strict=True)], axis=0
+        [warp(r, d, spacing, 1) for r, d in zip(residuals, displacements, strict=True)], axis=0
     )
     # the scans' inverse fields: the rendering calibration keeps the first six, the
     # super-resolution takes every one (the rest made one at a time)
@@ -1060,7 +512,7 @@ def fit_anatomy_first(
     del mean_residual
     texture_rms, texture_sigma = texture_of(images, labels, looks)
     setting, calibration = calibrate_rendering(
-        images[:6], labels[:6], looks[:6], [_warp(structure, d, spacing, 1) for d in inverse],
+        images[:6], labels[:6], looks[:6], [warp(structure, d, spacing, 1) for d in inverse],
         terms, class_label, spacing,
         {"psf": psf[0], "psf_head": psf[1], "texture_rms": texture_rms,
          "texture_sigma": texture_sigma, "noise_blur": 0.0, "noise_scale": 1.0},
@@ -1071,7 +523,7 @@ def fit_anatomy_first(
     psf = (setting["psf"], setting["psf_head"])
     texture_rms, texture_sigma = setting["texture_rms"], setting["texture_sigma"]
     tone = np.maximum.accumulate(setting.pop("tone"), axis=1)  # monotone
-    warped_images = [_warp(i, d, spacing, 1) for i, d in zip(images, displacements, strict=True)]
+    warped_images = [warp(i, d, spacing, 1) for i, d in zip(images, displacements, strict=True)]
     fine = fine_folding(template, warped_images, spacing, options)
     timings["appearance"] = time.perf_counter() - clock
     # anatomy-and-appearance vectors

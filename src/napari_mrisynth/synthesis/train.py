@@ -465,7 +465,8 @@ def _train_anatomy(data: Path, out: Path, opts: GenerativeOptions) -> ModelCard 
     VAE shape model; the run recipe around it is the same as every model's."""
     import torch
 
-    from napari_mrisynth.synthesis.anatomy import AnatomyOptions, fit_anatomy_first
+    from napari_mrisynth.synthesis.anatomy import fit_anatomy_first
+    from napari_mrisynth.synthesis.anatomy_template import AnatomyOptions
 
     run = TrainingRun("generation", data, out, opts)
     condition_of = participant_conditions(run, opts.conditions)
