@@ -11,7 +11,7 @@ template's intensity structure, super-resolved from every scan's residual
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -208,18 +208,31 @@ def calibrate_rendering(images: Sequence[np.ndarray], labels: Sequence[np.ndarra
     reference = np.array([texture_features(i * 255.0 / 1.5, region, spacing) for i in images])
     scale = reference.std(axis=0) + 1e-6 + 0.05 * np.abs(reference.mean(axis=0))
 
+    # what a scan's render is made of, kept for the setting it was made for: a coordinate
+    # descent changes one setting at a time, and the parts the others make stay the same
+    held: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def part(name: str, k: int, key: Any, make: Callable[[], Any]) -> Any:
+        if (name, k) not in held or held[(name, k)][0] != key:
+            held[(name, k)] = (key, make())
+        return held[(name, k)][1]
+
     def rendered(k: int, setting: dict[str, float]) -> np.ndarray:
         look, label = looks[k], labels[k]
-        image = render(look["intensity"], label, class_label,
-                       (setting["psf"], setting["psf_head"])) + structures[k]  # fmt: skip
-        brain = np.isin(class_label[label], BRAIN_LABELS)
+        image = part("render", k, (setting["psf"], setting["psf_head"]), lambda: render(
+            look["intensity"], label, class_label, (setting["psf"], setting["psf_head"])
+        ) + structures[k])  # fmt: skip
+        brain = part("brain", k, None, lambda: np.isin(class_label[label], BRAIN_LABELS))
         if setting["texture_rms"] > 0:
-            texture = _smooth_field(label.shape, setting["texture_sigma"], 100 + k)
+            texture = part("texture", k, setting["texture_sigma"], lambda: _smooth_field(
+                label.shape, setting["texture_sigma"], 100 + k))  # fmt: skip
             image = image * (1.0 + setting["texture_rms"] * texture * brain)
-        image = image * np.exp(np.tensordot(look["bias"], terms, axes=1))
+        image = image * part("bias", k, None,
+                             lambda: np.exp(np.tensordot(look["bias"], terms, axes=1)))  # fmt: skip
         sigma = look["noise"] * setting["noise_scale"]
-        noise = [sigma * _smooth_field(image.shape, setting["noise_blur"], 200 + 2 * k + j)
-                 for j in range(2)]  # fmt: skip
+        fields = part("noise", k, setting["noise_blur"], lambda: [_smooth_field(
+            image.shape, setting["noise_blur"], 200 + 2 * k + j) for j in range(2)])  # fmt: skip
+        noise = [sigma * field for field in fields]
         image = np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2) * (images[k] > 0)
         return np.clip(image, 0.0, 1.5) * 255.0 / 1.5
 
