@@ -169,18 +169,8 @@ def fine_structure(images: np.ndarray, labels: np.ndarray, spacing: float,
         images, [np.asarray(x, np.uint8) for x in labels]
     )
     template, _, _ = template_fit.groupwise_template(images, spacing, options)
-    terms, count = appearance.bias_terms(images[0].shape), len(class_label)
-    looks = [appearance.appearance_of(i, c, terms, count, 0.5, class_label)
-             for i, c in zip(images, classes, strict=True)]  # fmt: skip
-    psf, _ = appearance.fit_psf(images[:8], classes[:8], looks[:8], terms, class_label)
-    residuals = []
-    looks = [appearance.appearance_of(i, c, terms, count, psf, class_label)
-             for i, c in zip(images, classes, strict=True)]  # fmt: skip
-    fill = np.nanmedian([look["intensity"] for look in looks], axis=0)
-    for image, c, look in zip(images, classes, looks, strict=True):
-        intensity = np.where(np.isnan(look["intensity"]), fill, look["intensity"])
-        bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
-        residuals.append(image / bias - appearance.render(intensity, c, class_label, psf))
+    terms = appearance.bias_terms(images[0].shape)
+    _, psf, _, residuals = appearance.scan_appearances(images, classes, terms, class_label)
     fields = [template_fit.demons(template, image, spacing, options, level_mm=level_mm)
               for image in images]  # fmt: skip
     aligned = [template_fit.warp(r, u, spacing, 1) for r, u in zip(residuals, fields, strict=True)]

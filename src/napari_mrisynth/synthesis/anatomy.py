@@ -55,12 +55,10 @@ from napari_mrisynth.models.anatomy_generator import SCALARS, appearance_layout
 from napari_mrisynth.models.conditions import Condition
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 from napari_mrisynth.synthesis.anatomy_appearance import (
-    appearance_of,
     bias_terms,
     calibrate_rendering,
-    fit_psf,
-    render,
     render_classes,
+    scan_appearances,
     super_resolved,
     texture_of,
 )
@@ -481,22 +479,7 @@ def fit_anatomy_first(
     timings["template"] = time.perf_counter() - clock
     # appearance per scan, in its own space
     terms = bias_terms(shape)
-    looks = [appearance_of(i, lab, terms, count, 0.5, class_label) for i, lab in zip(images, labels,
-                                                                        strict=True)]  # fmt: skip
-    psf, psf_errors = fit_psf(images[:8], labels[:8], looks[:8], terms, class_label)
-    looks = [appearance_of(i, lab, terms, count, psf, class_label) for i, lab in zip(images, labels,
-                                                                        strict=True)]  # fmt: skip
-    fill = np.nanmedian([look["intensity"] for look in looks], axis=0)
-    for key in ("noise", "noise_blur"):  # scans without air take the cohort's
-        known = [look[key] for look in looks if np.isfinite(look[key])]
-        for look in looks:
-            if not np.isfinite(look[key]):
-                look[key] = float(np.median(known)) if known else (0.02 if key == "noise" else 0.0)
-    residuals = []
-    for image, label, look in zip(images, labels, looks, strict=True):
-        look["intensity"] = np.where(np.isnan(look["intensity"]), fill, look["intensity"])
-        bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
-        residuals.append(image / bias - render(look["intensity"], label, class_label, psf))
+    looks, psf, psf_errors, residuals = scan_appearances(images, labels, terms, class_label)
     mean_residual = np.mean(
         [warp(r, d, spacing, 1) for r, d in zip(residuals, displacements, strict=True)], axis=0
     )

@@ -84,6 +84,38 @@ def appearance_of(image: np.ndarray, labels: np.ndarray, terms: np.ndarray, clas
             "noise_blur": noise_blur}  # fmt: skip
 
 
+def scan_appearances(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], terms: np.ndarray,
+    class_label: np.ndarray,
+) -> tuple[list[dict[str, Any]], tuple[float, float], dict, list[np.ndarray]]:  # fmt: skip
+    """Every scan's appearance (:func:`appearance_of`) under the point spreads fitted on the
+    first eight (:func:`fit_psf`), a label a scan lacks given the other scans' median
+    intensity and a scan without air the others' noise, and its residual: the scan,
+    bias-corrected, less its labels rendered.
+
+    Returns the looks, the point spreads (brain, head), :func:`fit_psf`'s errors and the
+    residuals.
+    """
+    count = len(class_label)
+    looks = [appearance_of(i, lab, terms, count, 0.5, class_label)
+             for i, lab in zip(images, labels, strict=True)]  # fmt: skip
+    psf, psf_errors = fit_psf(images[:8], labels[:8], looks[:8], terms, class_label)
+    looks = [appearance_of(i, lab, terms, count, psf, class_label)
+             for i, lab in zip(images, labels, strict=True)]  # fmt: skip
+    fill = np.nanmedian([look["intensity"] for look in looks], axis=0)
+    for key in ("noise", "noise_blur"):  # scans without air take the cohort's
+        known = [look[key] for look in looks if np.isfinite(look[key])]
+        for look in looks:
+            if not np.isfinite(look[key]):
+                look[key] = float(np.median(known)) if known else (0.02 if key == "noise" else 0.0)
+    residuals = []
+    for image, label, look in zip(images, labels, looks, strict=True):
+        look["intensity"] = np.where(np.isnan(look["intensity"]), fill, look["intensity"])
+        bias = np.exp(np.tensordot(look["bias"], terms, axes=1))
+        residuals.append(image / bias - render(look["intensity"], label, class_label, psf))
+    return looks, psf, psf_errors, residuals
+
+
 def air(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Voxels of pure noise: air more than 2 voxels from the head and inside the field of
     view (its edge, interpolated zeros, left out)."""
