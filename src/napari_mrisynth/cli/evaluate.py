@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "cannot)."
         ),
     )
-    evaluate.add_argument("--real", type=Path, required=True, help="folder of real volumes")
-    evaluate.add_argument("--synthetic", type=Path, required=True, help="folder of synthetic ones")
+    evaluate.add_argument("--real", type=Path, help="folder of real volumes (required)")
+    evaluate.add_argument("--synthetic", type=Path, help="folder of synthetic ones (required)")
     evaluate.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout)")
     evaluate.add_argument(
         "--features",
@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--experiment", default="evaluation", help="MLflow experiment")
     evaluate.set_defaults(func=run_evaluate)
+    register_downstream(evaluate.add_subparsers(dest="evaluation", metavar="downstream"))
 
     audit = subparsers.add_parser(
         "audit",
@@ -189,10 +190,129 @@ def turing_table(report: Any) -> str:
     return "\n".join(lines)
 
 
+def _integers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers") from exc
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def register_downstream(subparsers: argparse._SubParsersAction) -> None:
+    """``mrisynth evaluate downstream``."""
+    from napari_mrisynth.synthesis.downstream import ARMS, TASKS, Protocol
+    from napari_mrisynth.training.budget import Budget
+
+    base, budget = Protocol(), Budget()
+    parser = subparsers.add_parser(
+        "downstream",
+        help="does a synthetic set help a small-data classifier or segmenter?",
+        description=(
+            "Repeated, stratified, subject-level splits of a real cohort. Per repeat and "
+            "training size: an anatomy-first generator fitted on that training set only, then "
+            "the same network, budget and early stopping in every arm (real; real + classical "
+            "augmentation; real + synthetic; real + both; synthetic only), scored on held-out "
+            "real test subjects that no network and no generator saw. Paired differences "
+            "across repeats with bootstrap 95 % intervals and paired tests. Resumable: run "
+            "the same command again to continue; a later run may add repeats, sizes, tasks "
+            "or arms to the same --out. Protocol: docs/downstream.md."
+        ),
+    )  # fmt: skip
+    parser.add_argument("--cohort", type=Path, required=True, help="real cohort folder")
+    parser.add_argument("--out", type=Path, required=True, help="results folder")
+    parser.add_argument("--tasks", type=_names, default=base.tasks,
+                        help=f"comma-separated: {', '.join(TASKS)} (default both)")  # fmt: skip
+    parser.add_argument(
+        "--arms",
+        type=_names,
+        default=base.arms,
+        help=f"comma-separated subset of {', '.join(ARMS)} (default all)",
+    )
+    parser.add_argument("--sizes", type=_integers, default=base.sizes,
+                        help="real training subjects per class (default 6,10,16)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=base.repeats, help="default 10")
+    parser.add_argument("--test-per-class", type=int, default=base.test_per_class)
+    parser.add_argument("--val-per-class", type=int, default=base.val_per_class)
+    parser.add_argument("--synthetic-per-class", type=int, default=base.synthetic_per_class)
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        default=base.spacing,
+        help="model grid of the generator and the networks, mm (default 4)",
+    )
+    parser.add_argument(
+        "--curate",
+        action="store_true",
+        help="keep only synthetic heads the memorization audit does not flag",
+    )
+    parser.add_argument("--steps", type=int, default=budget.steps,
+                        help="optimiser steps per arm at most (default 300)")  # fmt: skip
+    parser.add_argument("--val-every", type=int, default=budget.val_every)
+    parser.add_argument("--patience", type=int, default=budget.patience,
+                        help="validations without improvement before stopping")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=base.seed)
+    parser.add_argument("--report-only", action="store_true",
+                        help="summarize what --out holds; train nothing")  # fmt: skip
+    parser.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout)")
+    add_device_option(parser)
+    parser.add_argument("--tracking-uri", help="log every arm to this MLflow store")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="log to MLflow (the local store unless --tracking-uri)")  # fmt: skip
+    parser.add_argument("--experiment", default="downstream", help="MLflow experiment")
+    parser.set_defaults(func=run_downstream_command)
+
+
+def run_downstream_command(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from napari_mrisynth.synthesis.downstream import Protocol, report, run_downstream
+    from napari_mrisynth.training.budget import Budget
+
+    tracking = None
+    if args.tracking_uri or args.mlflow:
+        from napari_mrisynth.models.tracking import default_tracking_uri, require_mlflow
+
+        require_mlflow("logging to MLflow")
+        tracking = {"uri": args.tracking_uri or default_tracking_uri(),
+                    "experiment": args.experiment}  # fmt: skip
+    if args.report_only:
+        if not (args.out / "protocol.json").exists():
+            raise MrisynthError(f"{args.out}: no downstream run here (no protocol.json)")
+        result = report(args.out, tracking=tracking)
+    else:
+        protocol = Protocol(
+            tasks=tuple(args.tasks), sizes=tuple(args.sizes), repeats=args.repeats,
+            test_per_class=args.test_per_class, val_per_class=args.val_per_class,
+            synthetic_per_class=args.synthetic_per_class, spacing=args.spacing,
+            curate=args.curate, arms=tuple(args.arms), seed=args.seed,
+            budget=replace(Budget(), steps=args.steps, val_every=args.val_every,
+                           patience=args.patience),
+        )  # fmt: skip
+        device = chosen_device(args.device, "evaluate downstream")
+        with ProgressBar("downstream", unit="arm") as progress:
+
+            def stage(text: str) -> None:  # what runs now, in the bar's description
+                if progress.bar is not None:
+                    progress.bar.set_description(text)
+
+            result = run_downstream(args.cohort, args.out, protocol, device=device,
+                                    tracking=tracking, progress=progress, stage=stage)  # fmt: skip
+    text = (args.out / "report.md").read_text(encoding="utf-8")
+    print(text, file=sys.stderr if args.json == "-" else sys.stdout)
+    _write_json(result, args.json)
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from napari_mrisynth.evaluation import evaluate_sets, load_folder
     from napari_mrisynth.evaluation.tracking import log_evaluation
 
+    if args.real is None or args.synthetic is None:
+        raise MrisynthError("give --real and --synthetic folders (or: mrisynth evaluate "
+                            "downstream --help)")  # fmt: skip
     wanted = [name.strip() for name in args.metrics.split(",") if name.strip()]
     real = load_folder(args.real)
     synthetic = load_folder(args.synthetic)

@@ -453,6 +453,13 @@ def anatomy_spec(spacing: float) -> InputSpec:
     return model_spec(spacing, default_multiple(spacing))
 
 
+def anatomy_inference(conditions: Sequence[str]) -> dict[str, Any]:
+    """The card's ``inference`` of an anatomy-first model conditioned on ``conditions``."""
+    return {"family": "anatomy", "conditions": list(conditions),
+            "condition_encoding": encoding(), "batch_size": 2, "guidance": 1.0,
+            "labels": True}  # fmt: skip
+
+
 def cached_arrays(items: Sequence[Any], attribute: str) -> list[np.ndarray]:
     """The arrays of cached subjects' ``image`` or ``label`` files (:meth:`TrainingRun.cache`)."""
     from napari_mrisynth.io.files import load_volume
@@ -513,9 +520,7 @@ def _train_anatomy(data: Path, out: Path, opts: GenerativeOptions) -> ModelCard 
         _Finished(), conditions=list(opts.conditions), fit=fitted.report,
         checkpoint="closed-form fit (the VAE shape model, when chosen, its last epoch)",
     )  # fmt: skip
-    inference = {"family": "anatomy", "conditions": list(opts.conditions),
-                 "condition_encoding": encoding(), "batch_size": 2, "guidance": 1.0,
-                 "labels": True}  # fmt: skip
+    inference = anatomy_inference(opts.conditions)
     card = run.card(
         id=model_id,
         title=f"anatomy-first bvFTD/control T1, {opts.spacing:g} mm",

@@ -255,7 +255,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         return None
 
     # best checkpoint (plain tensors; weights_only refuses anything else) -> registry model
-    state, chosen = _best_state(module, checkpoint)
+    state, chosen = best_state(module, checkpoint)
     extra: dict[str, Any] = (
         {"loss": opts.loss, "patch_size": list(roi), "patches_per_volume": opts.patches_per_volume}
         if task == "segmentation"
@@ -313,7 +313,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     })  # fmt: skip
 
 
-def _best_state(module: Any, checkpoint: Any) -> tuple[dict[str, Any], str]:
+def best_state(module: Any, checkpoint: Any) -> tuple[dict[str, Any], str]:
     """The network's weights at the best validation score, or the last ones when no
     validation score was recorded."""
     import torch
