@@ -81,6 +81,9 @@ class Protocol:
     budget : Budget
     resamples : int
         Bootstrap resamples of the report.
+    generator : dict
+        :class:`~napari_mrisynth.synthesis.anatomy_template.AnatomyOptions` fields other
+        than the shape model (always Gaussian here), e.g. coarser registration for tests.
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -95,6 +98,7 @@ class Protocol:
     seed: int = 0
     budget: Budget = field(default_factory=Budget)
     resamples: int = 10000
+    generator: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS] + [a for a in self.arms if a not in ARMS]
@@ -190,8 +194,10 @@ def start_folder(out: Path, cohort: Path, protocol: Protocol) -> None:
     selection = {k: protocol.to_json()[k] for k in SELECTION}
     if path.exists():
         theirs = json.loads(path.read_text(encoding="utf-8"))
+        # fields added since that run was written take their defaults
+        saved = Protocol.from_json({**theirs["design"], **selection}).to_json()
         differ = sorted(
-            [k for k in design if design[k] != theirs.get("design", {}).get(k)]
+            [k for k in design if design[k] != saved[k]]
             + [k for k in ("cohort", "participants_sha256") if mine[k] != theirs.get(k)]
         )
         if differ:
@@ -246,7 +252,7 @@ def _generator(cohort: Path, subjects: list[str], diagnosis: dict[str, str], fol
     spec = anatomy_spec(protocol.spacing)
     items = cache_subjects(cohort, subjects, spec, cache, labels=True)
     conditions = [Condition.parse(_CONDITION[diagnosis[s]]) for s in subjects]
-    options = AnatomyOptions(shape_model="gaussian")
+    options = AnatomyOptions(**{**protocol.generator, "shape_model": "gaussian"})
     fitted = fit_anatomy_first(cached_arrays(items, "image"), cached_arrays(items, "label"),
                                conditions, protocol.spacing, options)  # fmt: skip
     card = ModelCard(

@@ -15,6 +15,7 @@ a registry: the caller gets the weights and the test scores.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -195,23 +196,28 @@ def fit_within_budget(
     data = CohortDataModule(task, train_items, val_items, options, classes=classes)
     recorder = _validation_history(monitor)
     began = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="mrisynth-budget-") as folder:
-        checkpoint = ModelCheckpoint(
-            dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-            save_weights_only=True, enable_version_counter=False,
-        )  # fmt: skip
-        trainer = pl.Trainer(
-            max_steps=budget.steps, max_epochs=-1, val_check_interval=budget.val_every,
-            check_val_every_n_epoch=None, num_sanity_val_steps=0,
-            callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode,
-                                                 patience=budget.patience),
-                       recorder],
-            logger=False, enable_progress_bar=False, enable_model_summary=False,
-            accelerator=accelerator, devices=1, default_root_dir=folder,
-        )  # fmt: skip
-        trainer.fit(module, datamodule=data)
-        state, _ = best_state(module, checkpoint)
-        best = checkpoint.best_model_score
+    banners = logging.getLogger("lightning.pytorch")  # "GPU available..." once per arm
+    level = banners.level
+    banners.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mrisynth-budget-") as folder:
+            checkpoint = ModelCheckpoint(
+                dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                save_weights_only=True, enable_version_counter=False,
+            )  # fmt: skip
+            trainer = pl.Trainer(
+                max_steps=budget.steps, max_epochs=-1, val_check_interval=budget.val_every,
+                check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                callbacks=[checkpoint, recorder,
+                           EarlyStopping(monitor=monitor, mode=mode, patience=budget.patience)],
+                logger=False, enable_progress_bar=False, enable_model_summary=False,
+                accelerator=accelerator, devices=1, default_root_dir=folder,
+            )  # fmt: skip
+            trainer.fit(module, datamodule=data)
+            state, _ = best_state(module, checkpoint)
+            best = checkpoint.best_model_score
+    finally:
+        banners.setLevel(level)
     history = recorder.history
     best_step = None
     if best is not None and history:
