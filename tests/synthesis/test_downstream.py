@@ -171,3 +171,21 @@ def test_cli_report_only_and_json(tiny_run, capsys):
     assert main(["evaluate", "downstream", "--cohort", "x", "--out", str(out / "none"),
                  "--report-only"]) == 1  # fmt: skip
     assert "no downstream run here" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_curated_arms_train_only_on_heads_the_audit_keeps(simulated_cohort, tmp_path):
+    from dataclasses import replace
+
+    cohort = simulated_cohort(10, 5, 8.0)
+    protocol = replace(TINY, tasks=("classification",), arms=("synthetic",), repeats=1,
+                       curate=True)  # fmt: skip
+    report = run_downstream(cohort, tmp_path, protocol)
+    unit = tmp_path / "r00-n02"
+    curation = json.loads((unit / "curation.json").read_text())
+    made = sorted(p.name for p in (unit / "synthetic").glob("sub-syn*"))
+    assert sorted(curation["kept"] + curation["flagged"]) == made
+    assert 0 < curation["max_similarity"] <= 1 and curation["threshold"] > 0
+    record = json.loads((unit / "classification" / "synthetic.json").read_text())
+    assert sorted(record["subjects"]["train"]) == sorted(curation["kept"])
+    assert report["arms_done"] == 1

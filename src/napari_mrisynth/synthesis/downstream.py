@@ -472,6 +472,13 @@ def run_downstream(
                 diagnosis.update({r["participant_id"]: r["diagnosis"] for r in made})
                 if protocol.curate:
                     synthetic_ids = _curated(synthetic, cohort, train, folder, device)["kept"]
+                    left = {diagnosis[s] for s in synthetic_ids}
+                    if left != set(_CLASSES):
+                        raise MrisynthError(
+                            f"{folder / 'curation.json'}: the memorization audit flagged every "
+                            f"synthetic head of {', '.join(sorted(set(_CLASSES) - left))}; "
+                            "nothing is left to train the synthetic arms on"
+                        )
             for task in protocol.tasks:
                 arms = [a for t, a in pending if t == task]
                 if not arms:
