@@ -385,6 +385,56 @@ def _run_arm(
     }  # fmt: skip
 
 
+def _unit_synthetic(
+    cohort: Path, folder: Path, protocol: Protocol, repeat: int, size: int, train: list[str],
+    diagnosis: dict[str, str], device: Any, stage: Callable[[str], None] | None,
+) -> tuple[Any, Path, list[str]]:  # fmt: skip
+    """The unit's generator, its synthetic cohort and the heads the arms may use (all of
+    them, or those curation keeps); adds the heads' diagnoses to ``diagnosis``."""
+    from napari_mrisynth.training.splits import read_participants
+
+    name = f"anatomy-downstream-r{repeat:02d}-n{size:02d}"
+    if stage is not None:
+        stage(f"r{repeat:02d} n{size:02d}: generator")
+    card = _generator(cohort, train, diagnosis, folder, protocol, folder.parent / "cache", name)
+    if stage is not None:
+        stage(f"r{repeat:02d} n{size:02d}: synthetic heads")
+    unit_seed = protocol.seed * 10007 + repeat * 101 + size
+    synthetic = _synthetic_cohort(card, folder, protocol, unit_seed, device)
+    made = read_participants(synthetic)
+    ids = [r["participant_id"] for r in made]
+    diagnosis.update({r["participant_id"]: r["diagnosis"] for r in made})
+    if protocol.curate:
+        ids = _curated(synthetic, cohort, train, folder, device)["kept"]
+        left = {diagnosis[s] for s in ids}
+        if left != set(_CLASSES):
+            raise MrisynthError(
+                f"{folder / 'curation.json'}: the memorization audit flagged every synthetic "
+                f"head of {', '.join(sorted(set(_CLASSES) - left))}; nothing is left to train "
+                "the synthetic arms on"
+            )
+    return card, synthetic, ids
+
+
+def _task_items(task: str, cohort: Path, unit: dict[str, Any], synthetic: Path | None,
+                synthetic_ids: list[str], out: Path, folder: Path,
+                spacing: float) -> dict[str, list[Any]]:  # fmt: skip
+    """The unit's real training, validation and test subjects and its synthetic heads,
+    brought onto ``task``'s model grid (cached)."""
+    from napari_mrisynth.training.data import cache_subjects
+
+    spec = _task_spec(task, spacing)
+    labels = True if task == "segmentation" else None
+    items = {key: cache_subjects(cohort, unit[key], spec, out / "cache", labels=labels)
+             for key in ("train", "val", "test")}  # fmt: skip
+    items["real"] = items.pop("train")
+    items["synthetic"] = (
+        cache_subjects(synthetic, synthetic_ids, spec, folder / "cache", labels=labels)
+        if synthetic is not None else []
+    )  # fmt: skip
+    return items
+
+
 # -- the run -------------------------------------------------------------------------------------
 def run_downstream(
     cohort: str | Path,
@@ -423,7 +473,6 @@ def run_downstream(
     dict
         The report (see :func:`report`).
     """
-    from napari_mrisynth.training.data import cache_subjects
     from napari_mrisynth.training.splits import read_participants
 
     protocol = protocol or Protocol()
@@ -456,52 +505,25 @@ def run_downstream(
                        if not (folder / t / f"{a}.json").exists()]  # fmt: skip
             if not pending:
                 continue
-            unit_seed = protocol.seed * 10007 + repeat * 101 + size
-            synthetic_ids: list[str] = []
-            card = synthetic = None
+            card, synthetic, synthetic_ids = None, None, []
             if any("synthetic" in a for _, a in pending):
-                name = f"anatomy-downstream-r{repeat:02d}-n{size:02d}"
-                if stage is not None:
-                    stage(f"r{repeat:02d} n{size:02d}: generator")
-                card = _generator(cohort, train, diagnosis, folder, protocol, out / "cache", name)
-                if stage is not None:
-                    stage(f"r{repeat:02d} n{size:02d}: synthetic heads")
-                synthetic = _synthetic_cohort(card, folder, protocol, unit_seed, device)
-                made = read_participants(synthetic)
-                synthetic_ids = [r["participant_id"] for r in made]
-                diagnosis.update({r["participant_id"]: r["diagnosis"] for r in made})
-                if protocol.curate:
-                    synthetic_ids = _curated(synthetic, cohort, train, folder, device)["kept"]
-                    left = {diagnosis[s] for s in synthetic_ids}
-                    if left != set(_CLASSES):
-                        raise MrisynthError(
-                            f"{folder / 'curation.json'}: the memorization audit flagged every "
-                            f"synthetic head of {', '.join(sorted(set(_CLASSES) - left))}; "
-                            "nothing is left to train the synthetic arms on"
-                        )
+                card, synthetic, synthetic_ids = _unit_synthetic(
+                    cohort, folder, protocol, repeat, size, train, diagnosis, device, stage
+                )
             for task in protocol.tasks:
                 arms = [a for t, a in pending if t == task]
                 if not arms:
                     continue
-                spec = _task_spec(task, protocol.spacing)
-                labels = True if task == "segmentation" else None
-                real_cache = out / "cache"
-                items = {
-                    key: cache_subjects(cohort, unit[key], spec, real_cache, labels=labels)
-                    for key in ("train", "val", "test")
-                }
-                items["real"] = items.pop("train")
-                items["synthetic"] = (
-                    cache_subjects(synthetic, synthetic_ids, spec, folder / "cache", labels=labels)
-                    if synthetic is not None else []
-                )  # fmt: skip
+                items = _task_items(task, cohort, unit, synthetic, synthetic_ids, out, folder,
+                                    protocol.spacing)  # fmt: skip
                 classes = {s: _CLASSES.index(d) for s, d in diagnosis.items()}
                 for arm in arms:
                     if stage is not None:
                         stage(f"r{repeat:02d} n{size:02d}: {task} {arm}")
                     seed = protocol.seed * 1009 + repeat  # the same initial network in every arm
                     record = {"task": task, "arm": arm, "repeat": repeat, "size": size,
-                              "seed": seed, "generator": card.ref if card is not None else None,
+                              "seed": seed,
+                              "generator": card.ref if card and "synthetic" in arm else None,
                               **_run_arm(task, arm, items, classes, protocol, seed, accelerator,
                                          device)}  # fmt: skip
                     if tracking is not None:
