@@ -189,3 +189,14 @@ def test_curated_arms_train_only_on_heads_the_audit_keeps(simulated_cohort, tmp_
     record = json.loads((unit / "classification" / "synthetic.json").read_text())
     assert sorted(record["subjects"]["train"]) == sorted(curation["kept"])
     assert report["arms_done"] == 1
+
+
+def test_a_resumed_runs_progress_bar_starts_at_the_work_already_done(capsys):
+    from napari_mrisynth.cli._options import ProgressBar
+
+    with ProgressBar("downstream", unit="arm") as progress:
+        progress(50, 150)  # a run resumed with 50 arms done
+        progress(51, 150)
+        bar = progress.bar
+        assert (bar.initial, bar.n, bar.total) == (50, 51, 150)
+    assert "51/150" in capsys.readouterr().err

@@ -52,8 +52,9 @@ class ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr,
-                            leave=self.leave)  # fmt: skip
+            # work already done before the bar (a resumed run) does not count in the rate
+            self.bar = tqdm(total=total, initial=done, desc=self.desc, unit=self.unit,
+                            file=sys.stderr, leave=self.leave)  # fmt: skip
         self.bar.total = total
         self.bar.n = done
         self.bar.refresh()
