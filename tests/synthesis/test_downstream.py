@@ -200,3 +200,33 @@ def test_a_resumed_runs_progress_bar_starts_at_the_work_already_done(capsys):
         bar = progress.bar
         assert (bar.initial, bar.n, bar.total) == (50, 51, 150)
     assert "51/150" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_disjointness_check_reads_what_each_model_was_trained_on(tiny_run, tmp_path):
+    import shutil
+
+    from napari_mrisynth.models.card import read_card, write_card
+    from napari_mrisynth.synthesis.downstream import disjointness
+
+    _, out, _, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert disjointness(copy)["disjoint"]
+    splits = json.loads((copy / "r00-n02" / "splits.json").read_text())
+    leaked = splits["test"][0]
+    # a generator that was (somehow) fitted on a test subject is caught from its own card
+    folder = copy / "r00-n02" / "generator" / "anatomy-downstream-r00-n02-1.0.0"
+    card = read_card(folder)
+    training = {**card.training, "splits": {"train": card.training["splits"]["train"] + [leaked]}}
+    write_card(card.replace(training=training), folder)
+    assert disjointness(copy) == {"units": 2, "disjoint": False, "violations": ["r00-n02"]}
+    # and so is an arm whose network saw a test subject
+    shutil.rmtree(copy)
+    shutil.copytree(out, copy)
+    arm = copy / "r01-n02" / "classification" / "real.json"
+    record = json.loads(arm.read_text())
+    record["subjects"]["train"].append(json.loads((copy / "r01-n02" / "splits.json")
+                                                  .read_text())["test"][0])  # fmt: skip
+    arm.write_text(json.dumps(record))
+    assert disjointness(copy)["violations"] == ["r01-n02"]

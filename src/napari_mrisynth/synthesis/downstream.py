@@ -536,14 +536,25 @@ def run_downstream(
 
 
 def disjointness(out: Path) -> dict[str, Any]:
-    """Check every unit's splits: no test subject trained a network or the generator, and no
-    validation subject trained either."""
+    """Check every unit: no test subject trained a network or the generator, and no
+    validation subject trained either. The generator's training subjects are read from its
+    own card (what it was fitted on), the networks' from each arm's record."""
+    from napari_mrisynth.models.card import read_card
+
     units = sorted(out.glob("r*-n*/splits.json"))
     bad = []
     for path in units:
         unit = json.loads(path.read_text(encoding="utf-8"))
         test, val = set(unit["test"]), set(unit["val"])
         trained = set(unit["train"]) | set(unit["generator_train"])
+        for card in path.parent.glob("generator/*/card.json"):
+            trained |= set(read_card(card.parent).training["splits"]["train"])
+        for arm in path.parent.glob("*/*.json"):
+            if arm.parent.name in TASKS:
+                record = json.loads(arm.read_text(encoding="utf-8"))
+                trained |= set(record["subjects"]["train"])
+                if {s["id"] for s in record["test"]["subjects"]} != set(unit["test"]):
+                    bad.append(f"{path.parent.name}/{arm.parent.name}/{arm.name}")
         if test & (trained | val) or val & trained:
             bad.append(path.parent.name)
     return {"units": len(units), "disjoint": not bad, "violations": bad}
