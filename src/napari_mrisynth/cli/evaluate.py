@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Turing test: both sets prepared exactly as raters would see them (a grid at the "
             "real scans' own resolution), sharpness measured, and two classifiers (texture "
             "statistics, a patch CNN) cross-validated at telling them apart (AUC 0.5: they "
-            "cannot)."
+            "cannot). 'mrisynth evaluate downstream' asks another question: does a synthetic "
+            "set help a small-data classifier or segmenter?"
         ),
     )
     evaluate.add_argument("--real", type=Path, help="folder of real volumes (required)")
