@@ -190,14 +190,11 @@ def markdown(summary: Mapping[str, Any], arms: Sequence[str]) -> str:
 def plot_scores(summary: Mapping[str, Any], arms: Sequence[str], path: str | Path) -> Path:
     """Score against training size, one line per arm with its 95 % interval, one panel per
     task; written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from napari_mrisynth.reports.plots import _figure, _save
 
     tasks = list(summary["results"])
-    figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.5 * max(1, len(tasks)), 4),
-                                squeeze=False)  # fmt: skip
+    figure = _figure(5.5 * max(1, len(tasks)), 4)
+    axes = figure.subplots(1, max(1, len(tasks)), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=False):
         entries = summary["results"][task]
         sizes = sorted(int(s) for s in entries)
@@ -216,9 +213,4 @@ def plot_scores(summary: Mapping[str, Any], arms: Sequence[str], path: str | Pat
         ax.set_title(task)
         ax.set_xticks(sizes)
         ax.legend(fontsize=7)
-    figure.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
+    return _save(figure, path)
