@@ -166,7 +166,7 @@ def fit_within_budget(
         CohortDataModule,
         SegmentationModule,
     )
-    from napari_mrisynth.training.train import TrainOptions, best_state
+    from napari_mrisynth.training.train import TrainOptions, balanced_class_weights, best_state
 
     if not train_items or not val_items:
         raise MrisynthError(f"{task}: no training or no validation subjects")
@@ -175,8 +175,7 @@ def fit_within_budget(
     if task == "classification":
         if classes is None:
             raise MrisynthError("classification needs a class per subject")
-        counts = np.bincount([classes[c.subject] for c in train_items], minlength=2)
-        weights = [float(len(train_items) / (2 * max(int(c), 1))) for c in counts]
+        weights = balanced_class_weights([classes[c.subject] for c in train_items], 2)
         module: Any = ClassificationModule(arch, weights, lr=budget.lr,
                                            weight_decay=budget.weight_decay)  # fmt: skip
         monitor, mode = "val/loss", "min"

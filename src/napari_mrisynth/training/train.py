@@ -117,6 +117,13 @@ def architecture_dict(task: str, name: str, out_channels: int, opts: TrainOption
     return {"name": name, "args": args}
 
 
+def balanced_class_weights(class_ids: Sequence[int], classes: int) -> list[float]:
+    """Cross-entropy weights ``n / (classes * count)`` per class, so that each class weighs
+    as much as the others in the loss (an absent class gets ``n / classes``)."""
+    counts = np.bincount(np.asarray(class_ids, dtype=int), minlength=classes)
+    return [float(len(class_ids) / (classes * max(int(c), 1))) for c in counts]
+
+
 def _output_count_key(architecture: dict) -> str:
     args = architecture["args"]
     return next(k for k in ("out_channels", "num_classes") if k in args)
@@ -223,9 +230,9 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     else:
         from napari_mrisynth.training.modules import ClassificationModule
 
-        counts = np.bincount([NAMES.index(diagnosis[s]) for s in splits["train"]],
-                             minlength=len(NAMES))  # fmt: skip
-        class_weights = [float(len(splits["train"]) / (len(NAMES) * max(c, 1))) for c in counts]
+        class_weights = balanced_class_weights(
+            [NAMES.index(diagnosis[s]) for s in splits["train"]], len(NAMES)
+        )
         module = ClassificationModule(architecture, class_weights, lr=opts.lr,
                                       weight_decay=opts.weight_decay)  # fmt: skip
         monitor, mode = "val/loss", "min"
