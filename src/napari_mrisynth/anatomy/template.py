@@ -38,6 +38,7 @@ from napari_mrisynth.anatomy.labels import (
     LABEL_IDS,
     aal_region_label,
 )
+from napari_mrisynth.io.atomic import replacing
 from napari_mrisynth.volume import Volume, reorient_to_patient_axes, volume_from_nifti
 
 _TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
@@ -161,18 +162,13 @@ def head_model(h: int) -> HeadModel:
     except (OSError, ValueError, TypeError, zipfile.BadZipFile):
         pass  # not cached yet, or unreadable: build it
     model = _build_model(h)
-    partial = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(partial, **vars(model))
-        os.replace(partial, cache)  # atomic: a parallel process never reads half a file
+    # A read-only or full disk only costs a rebuild in the next process.
+    with contextlib.suppress(OSError):
+        with replacing(cache, suffix=".npz") as partial:  # no process reads half a file
+            np.savez(partial, **vars(model))
         for stale in cache.parent.glob(f"cohort-model-{h}mm-*.npz"):
             if stale != cache:
                 stale.unlink(missing_ok=True)  # built by an older version of this code
-    except OSError:
-        # A read-only or full disk only costs a rebuild in the next process.
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
     return model
 
 

@@ -17,7 +17,6 @@ Autosave folder layout::
 from __future__ import annotations
 
 import json
-import os
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.errors import MrisynthError
+from napari_mrisynth.io.atomic import replacing, write_atomic, write_json
 from napari_mrisynth.volume import Volume
 
 #: Autosaves kept in the folder (older ones are deleted after a newer one is in place).
@@ -81,28 +81,9 @@ def _crc(*arrays: np.ndarray) -> int:
     return value
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """``write(file)`` to a temporary name beside ``path``, flushed, then moved into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_arrays(path: Path, compress: bool, **arrays: np.ndarray) -> None:
     saver = np.savez_compressed if compress else np.savez
-    _write_atomic(path, lambda handle: saver(handle, **arrays))
-
-
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    text = json.dumps(payload, indent=2).encode()
-    _write_atomic(path, lambda handle: handle.write(text))
+    write_atomic(path, lambda handle: saver(handle, **arrays), durable=True)
 
 
 def changed_voxels(base: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -256,7 +237,7 @@ class MaskCorrection:
                     self.seconds_editing = float(newest[1].get("seconds_editing", 0.0))
         if not (folder / BASE_FILE).exists() or _load_base(folder) is None:
             _write_arrays(folder / BASE_FILE, True, labels=self.base.data)
-        _write_json(session_path, self._session())
+        write_json(session_path, self._session(), durable=True)
 
     # -- measuring --------------------------------------------------------------------------
     def _check(self, current: np.ndarray) -> np.ndarray:
@@ -404,12 +385,8 @@ class MaskCorrection:
         image = volume_to_nifti(corrected)
         image.header.set_intent("label")
         image.header["descrip"] = f"corrected by {self.annotator}"[:79].encode("ascii", "replace")
-        tmp = nifti.with_name(f".{nifti.name[: -len('.nii.gz')]}.{os.getpid()}.tmp.nii.gz")
-        try:
-            nib.save(image, tmp)
-            os.replace(tmp, nifti)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(nifti, suffix=".nii.gz") as partial:
+            nib.save(image, partial)
         files.append(nifti)
         if self.source_files:
             seg = write_dicom_seg(
@@ -430,7 +407,7 @@ class MaskCorrection:
         record.seconds_editing = round(self.seconds_editing, 1)
         json_path = out_dir / f"{stem}_correction.json"
         record.files = [str(f) for f in [*files, json_path]]
-        _write_json(json_path, asdict(record))
+        write_json(json_path, asdict(record), durable=True)
         return record
 
 

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from napari_mrisynth.io.atomic import replacing
 from napari_mrisynth.pacs.nodes import PacsError
 
 MANIFEST = "series.json"
@@ -97,10 +98,8 @@ class SeriesCache:
         target = self.instance_path(series_uid, sop_uid)
         if target.exists():
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        write(temporary)
-        os.replace(temporary, target)
+        with replacing(target) as partial:
+            write(partial)
         return True
 
     def complete(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.errors import MrisynthError
+from napari_mrisynth.io.atomic import write_atomic
 from napari_mrisynth.reports import metrics
 
 MISSING_MATPLOTLIB = "report figures need matplotlib: pip install 'napari-mrisynth[train]'"
@@ -32,10 +33,8 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(figure: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    """The figure as a PNG at ``path`` (folders made; written whole or not at all)."""
+    return write_atomic(path, lambda handle: figure.savefig(handle, format="png"))
 
 
 def plot_roc(y_true: Any, scores: Any, path: str | Path, title: str = "ROC curve") -> Path:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from napari_mrisynth.errors import MrisynthError
+from napari_mrisynth.io.atomic import write_json, write_text
 from napari_mrisynth.training.budget import TASKS, Budget
 
 ARMS = ("real", "real+classical", "real+synthetic", "real+classical+synthetic", "synthetic")
@@ -169,10 +170,7 @@ def check_cohort(participants: Sequence[dict[str, str]], protocol: Protocol, coh
 
 # -- files -------------------------------------------------------------------------------------
 def _write_json(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    partial.replace(path)
+    write_json(path, data, indent=1)
 
 
 def _participants_digest(cohort: Path) -> str:
@@ -294,12 +292,11 @@ def _synthetic_cohort(card: Any, folder: Path, protocol: Protocol, unit_seed: in
 
 
 def _write_table(rows: list[dict[str, str]], path: Path) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]), delimiter="\t")
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(path)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), delimiter="\t")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, table.getvalue())
 
 
 def _curated(synthetic: Path, cohort: Path, train: list[str], folder: Path,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +91,11 @@ def cache_key(spec: InputSpec, inputs: Sequence[Path]) -> str:
 
 
 def _write_atomically(volume: Volume, path: Path) -> None:
+    from napari_mrisynth.io.atomic import replacing
     from napari_mrisynth.io.files import save_volume
 
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial.nii.gz")
-    save_volume(volume, partial)
-    partial.replace(path)
+    with replacing(path, suffix=".nii.gz") as partial:
+        save_volume(volume, partial)
 
 
 def cache_subject(

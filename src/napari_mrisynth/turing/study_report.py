@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from napari_mrisynth.errors import MrisynthError
+from napari_mrisynth.io.atomic import write_text
 from napari_mrisynth.reports import metrics, plots
 from napari_mrisynth.turing.statistics import StatisticsError
 
@@ -65,25 +64,6 @@ class _Table(NamedTuple):
     caption: str
     header: list[str]
     rows: list[list[str]]
-
-
-# -- writing -------------------------------------------------------------------------------
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write ``path`` through a temporary file in the same folder, then move it into place."""
-    # a plain open (not tempfile's 0600 files) keeps the umask's permissions
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(partial, "xb") as handle:
-            write(handle)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return _write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 # -- numbers as text -----------------------------------------------------------------------
@@ -294,7 +274,7 @@ def _plot_accuracy(statistics: Mapping[str, Any], path: Path, title: str) -> Non
              ylabel=f"accuracy (Wilson {level} CI)", title=_label(title))  # fmt: skip
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="best", fontsize="small")  # a point at 0 or 1 must stay visible
-    _save(figure, path)
+    plots._save(figure, path)
 
 
 def _plot_volumes(statistics: Mapping[str, Any], path: Path, title: str) -> None:
@@ -318,7 +298,7 @@ def _plot_volumes(statistics: Mapping[str, Any], path: Path, title: str) -> None
              ylabel="fooled rate (share of judgments calling it real)",
              title=f"{_label(title)}\n{len(volumes)} synthetic volumes")  # fmt: skip
     axes.grid(alpha=0.3)
-    _save(figure, path)
+    plots._save(figure, path)
 
 
 def _rated(table: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -358,11 +338,7 @@ def _plot_roc(statistics: Mapping[str, Any], path: Path, title: str) -> None:
                   transform=axes.transAxes, va="top", fontsize="x-small")  # fmt: skip
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="x-small")
-    _save(figure, path)
-
-
-def _save(figure: Any, path: Path) -> None:
-    _write_atomic(path, lambda handle: figure.savefig(handle, format="png"))
+    plots._save(figure, path)
 
 
 _DRAWINGS = {
@@ -498,10 +474,10 @@ def write_study_report(
             # a figure from an earlier report would otherwise pass for this one's
             (out_dir / PLOT_FILES[name]).unlink(missing_ok=True)
     text = json.dumps(statistics, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    paths = {"json": _write_text(out_dir / JSON_FILE, text)}
+    paths = {"json": write_text(out_dir / JSON_FILE, text)}
     overview, tables, notes = _overview(statistics, study), _tables(statistics), _notes(statistics)
-    paths["markdown"] = _write_text(
+    paths["markdown"] = write_text(
         out_dir / MARKDOWN_FILE, _markdown(title, overview, tables, notes, skipped)
     )
-    paths["html"] = _write_text(out_dir / HTML_FILE, _html(title, overview, tables, notes, skipped))
+    paths["html"] = write_text(out_dir / HTML_FILE, _html(title, overview, tables, notes, skipped))
     return {**paths, "plots": drawn}
