@@ -183,6 +183,35 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
     assert any(not torch.equal(tuned[k], base_weights[k]) for k in base_weights)
 
 
+def test_randomized_training_sees_images_drawn_from_the_labels(cohort, tracking_uri, tmp_path):
+    import lightning.pytorch as pl
+
+    from napari_mrisynth.training.randomize import DomainRandomization
+    from napari_mrisynth.training.train import train_classification, train_segmentation
+
+    batches = []
+
+    class Batches(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            batches.append((batch["image"].clone(), batch["label"].clone()))
+
+    options = {**TINY_SEG, "epochs": 1, "randomize": True, "callbacks": [Batches()]}
+    card = train_segmentation(cohort, tmp_path, id="seg-test-randomized",
+                              tracking_uri=tracking_uri, experiment="tests", **options)  # fmt: skip
+    assert card.training["randomization"] == DomainRandomization().to_json()
+    # The cohort's T1 has white matter brighter than cortex everywhere; drawn images put
+    # them in either order.
+    order = []
+    for images, labels in batches:
+        for image, label in zip(images, labels, strict=True):
+            wm, gm = label == 11, (label >= 1) & (label <= 8)
+            if wm.sum() > 20 and gm.sum() > 20:
+                order.append(float(image[wm].mean()) > float(image[gm].mean()))
+    assert len(order) >= 4 and 0 < sum(order) < len(order)
+    with pytest.raises(MrisynthError, match="segmentation only"):
+        train_classification(cohort, tmp_path, randomize=True, **TINY_CLS)
+
+
 def test_an_existing_model_version_is_refused_before_training(seg_run, cohort, tracking_uri):
     from napari_mrisynth.errors import ModelError
     from napari_mrisynth.training.train import train_segmentation
@@ -278,12 +307,13 @@ def test_cli_options_reach_the_training_function(tmp_path):
     args = _parser().parse_args([
         "train", "segmentation", "--data", "cohort", "--out", str(tmp_path), "--devices", "4",
         "--strategy", "ddp", "--num-nodes", "2", "--loss", "focal_tversky", "--channels", "8",
-        "16", "--split", "0.7", "0.15", "0.15", "--init", "seg-head-demo",
+        "16", "--split", "0.7", "0.15", "0.15", "--init", "seg-head-demo", "--randomize",
     ])  # fmt: skip
     options = options_from_args(args)
     assert options["devices"] == 4 and options["strategy"] == "ddp" and options["num_nodes"] == 2
     assert options["loss"] == "focal_tversky" and options["channels"] == [8, 16]
     assert options["fractions"] == [0.7, 0.15, 0.15] and options["init"] == "seg-head-demo"
+    assert options["randomize"] is True
     with pytest.raises(SystemExit):
         _parser().parse_args(["train", "classification", "--data", "c", "--out", "o",
                               "--loss", "dicece"])  # fmt: skip

@@ -46,6 +46,24 @@ BVFTD_LABELS: tuple[int, ...] = (2, 3, 4)
 #: Labels inside the brain mask (brain tissue, ventricles and sulcal CSF).
 BRAIN_LABELS: tuple[int, ...] = tuple(range(1, 14))
 
+#: The tissue of every label. Labels of one tissue look alike in a scan (the lobes of the
+#: cortex, the ventricles and the sulci): their borders are atlas lines, not image edges, so
+#: images drawn from label maps give every label of a tissue the same intensity.
+TISSUES: dict[int, str] = {
+    0: "air",
+    **dict.fromkeys(CORTICAL_GM_LABELS, "cortical_gm"),
+    9: "deep_gm",
+    10: "cerebellum",
+    11: "white_matter",
+    12: "csf",
+    13: "csf",
+    14: "csf",
+    15: "spinal_cord",
+    16: "bone",
+    17: "soft_tissue",
+    18: "eyes",
+}
+
 #: Voxels whose MNI y (RAS, mm) is anterior to this are anterior temporal (temporal pole,
 #: amygdala, anterior superior/middle/inferior temporal and mesial temporal cortex).
 ANTERIOR_TEMPORAL_Y_MNI = -15.0

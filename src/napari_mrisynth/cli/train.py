@@ -61,6 +61,10 @@ def _add_common(parser: argparse.ArgumentParser, architectures: tuple, default: 
     add("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine decay)")
     add("--weight-decay", type=float, default=1e-5)
     add("--no-augment", dest="augment", action="store_false", help="train without augmentation")
+    add("--randomize", action="store_true",
+        help="segmentation: train on images drawn from the label maps with random contrast, "
+             "resolution, slice thickness, bias, noise and deformation (SynthSeg-style), so "
+             "the network learns shape, not the simulator's look")  # fmt: skip
     add(
         "--split",
         type=float,

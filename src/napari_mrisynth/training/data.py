@@ -256,18 +256,31 @@ def segmentation_dataset(
     seed: int,
     augment: bool = True,
     foreground_ratio: float = 0.7,
+    randomize: Any = None,
 ) -> Any:
-    """Random (image, label) patches from the cached subjects, sharded over DDP ranks."""
+    """Random (image, label) patches from the cached subjects, sharded over DDP ranks.
+
+    ``randomize`` (a :class:`~napari_mrisynth.training.randomize.DomainRandomization`)
+    replaces every patch's image by one drawn from its moved label map with random
+    contrast, resolution and artefacts (SynthSeg's training); ``augment`` is then moot.
+    """
     from napari_mrisynth.io.streaming import SeriesPatchDataset
 
     items = [{"image": c.image, "label": c.label, "subject": c.subject} for c in cached]
+    size = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(patch_size)
+    if randomize is not None:
+        from napari_mrisynth.training.randomize import randomized_segmentation_transform
+
+        transform = randomized_segmentation_transform(size, randomize)
+    else:
+        transform = segmentation_transform(augment=augment)
     return SeriesPatchDataset(
         items,
         mode="patch",
         patch_size=patch_size,
         patches_per_volume=patches_per_volume,
         foreground_ratio=foreground_ratio,
-        transform=segmentation_transform(augment=augment),
+        transform=transform,
         seed=seed,
         even_ranks=True,
     )

@@ -252,7 +252,8 @@ class CohortDataModule(pl.LightningDataModule):
     train_items, val_items : sequence of CachedSubject
     opts : TrainOptions
         ``patch_size``, ``patches_per_volume``, ``batch_size``, ``num_workers``, ``seed``,
-        ``augment``.
+        ``augment`` and, for segmentation, ``randomize`` (images drawn from the label maps
+        with :class:`~napari_mrisynth.training.randomize.DomainRandomization`).
     classes : dict of str to int, optional
         Class id per subject (classification).
     """
@@ -274,9 +275,15 @@ class CohortDataModule(pl.LightningDataModule):
 
         opts = self.opts
         if self.task == "segmentation":
+            randomize = None
+            if opts.randomize:
+                from napari_mrisynth.training.randomize import DomainRandomization
+
+                randomize = DomainRandomization()
             dataset = data.segmentation_dataset(
                 self.train_items, patch_size=opts.patch_size,
                 patches_per_volume=opts.patches_per_volume, seed=opts.seed, augment=opts.augment,
+                randomize=randomize,
             )  # fmt: skip
         else:
             dataset = data.classification_dataset(

@@ -50,6 +50,7 @@ class TrainOptions(RunOptions):
     loss: str = "dicece"
     patience: int = 10
     augment: bool = True
+    randomize: bool = False
     num_workers: int = 0
 
 
@@ -180,6 +181,8 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     run = TrainingRun(task, data, out, opts)
     if task == "segmentation" and opts.loss not in ("dicece", "focal_tversky"):
         raise MrisynthError(f"--loss {opts.loss!r}: use dicece or focal_tversky")
+    if task != "segmentation" and opts.randomize:
+        raise MrisynthError("--randomize draws images from label maps: segmentation only")
     base = resolve_init(opts.init, task, out) if opts.init else None
     splits = run.split([base])
     diagnosis = {row["participant_id"]: row.get("diagnosis", "") for row in run.participants}
@@ -264,7 +267,12 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     # best checkpoint (plain tensors; weights_only refuses anything else) -> registry model
     state, chosen = best_state(module, checkpoint)
     extra: dict[str, Any] = (
-        {"loss": opts.loss, "patch_size": list(roi), "patches_per_volume": opts.patches_per_volume}
+        {
+            "loss": opts.loss,
+            "patch_size": list(roi),
+            "patches_per_volume": opts.patches_per_volume,
+            "randomization": _randomization(opts),
+        }
         if task == "segmentation"
         else {"class_weights": class_weights}
     )
@@ -318,6 +326,15 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         "batches_per_rank": training["batches_per_rank"],
         "init": (training["init"] or {}).get("model"),
     })  # fmt: skip
+
+
+def _randomization(opts: TrainOptions) -> dict[str, Any] | None:
+    """The ranges training images were drawn from label maps with, or None."""
+    if not opts.randomize:
+        return None
+    from napari_mrisynth.training.randomize import DomainRandomization
+
+    return DomainRandomization().to_json()
 
 
 def best_state(module: Any, checkpoint: Any) -> tuple[dict[str, Any], str]:

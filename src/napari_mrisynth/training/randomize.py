@@ -1,0 +1,332 @@
+"""Training images drawn from label maps with random contrast, resolution and artefacts.
+
+A segmenter trained on the simulated cohort learns the simulator's look: one template's
+contrast, one resolution, mild bias. SynthSeg (Billot et al. 2023) showed that a network
+trained on images *synthesized from label maps*, with every appearance parameter drawn at
+random for every sample, learns shape instead and holds on real scans of any contrast and
+resolution. This module does that for the cohort's label schema:
+
+1. the label map is moved by a random affine (rotation, head size, shear) and a smooth
+   random deformation (MONAI's ``RandAffined`` and ``RandSmoothDeformd``, nearest neighbour);
+2. :class:`RandLabelsToImaged` paints every tissue with a random mean and spread (a Gaussian
+   mixture whose parameters are drawn per sample; the lobes of one tissue share one draw,
+   because their borders are atlas lines, not image edges; air stays dark);
+3. a random multiplicative bias field and Gaussian noise (MONAI);
+4. :class:`RandSliceThicknessd` blurs one axis to a random slice thickness (1–5 mm) and
+   samples it at that thickness and back, as a thick-slice acquisition resampled onto the
+   model grid looks; the other axes get a milder random resolution;
+5. a random gamma, and the range of the model's percentile normalisation.
+
+Everything runs in the data loader's workers (torch on the CPU), with MONAI's random state,
+so :class:`~napari_mrisynth.io.streaming.SeriesPatchDataset` reproduces every sample from
+``(seed, epoch, item)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform, RandomizableTransform
+
+from napari_mrisynth.anatomy.labels import TISSUES
+from napari_mrisynth.preprocess.intensity import PERCENTILE_CLIP
+
+
+@dataclass(frozen=True)
+class DomainRandomization:
+    """The ranges every training sample's appearance is drawn from.
+
+    Intensities are on the scale of the models' percentile normalisation (0 = air,
+    about 1 = the brightest tissue; clipped at 1.5), so a patch needs no normalisation of
+    its own and patches of one head agree.
+    """
+
+    #: Tissue means, uniform in this range (any order of tissues: T1-, T2- or PD-like).
+    mean_range: tuple[float, float] = (0.1, 1.0)
+    #: Spread of each tissue around its mean (standard deviation), uniform in this range.
+    std_range: tuple[float, float] = (0.0, 0.08)
+    #: Air's mean is drawn from [0, air_max]: air is dark in every MR contrast.
+    air_max: float = 0.08
+    #: Extra offset per label within a tissue (0: the lobes of a tissue look alike).
+    label_jitter: float = 0.0
+    #: Largest rotation about each axis, degrees.
+    rotation_deg: float = 15.0
+    #: Head size: each axis scaled by 1 ± up to this fraction.
+    scale: float = 0.15
+    #: Shear per axis pair, up to this fraction.
+    shear: float = 0.03
+    #: Smooth deformation: largest displacement, as a fraction of half the sample's side.
+    deformation: float = 0.08
+    #: Bias field: the log-field's standard deviation, uniform up to this.
+    bias: float = 0.3
+    #: Slice thickness of the thick axis, mm (the model grid's spacing is the floor).
+    thickness_mm: tuple[float, float] = (1.0, 5.0)
+    #: Resolution of the two in-plane axes, mm.
+    in_plane_mm: tuple[float, float] = (1.0, 2.0)
+    #: Gaussian noise standard deviation, uniform up to this.
+    noise: float = 0.05
+    #: Gamma = exp(N(0, gamma_std)).
+    gamma_std: float = 0.3
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DomainRandomization:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _generator(transform: RandomizableTransform) -> torch.Generator:
+    """A torch generator seeded from the transform's MONAI random state (reproducible)."""
+    return torch.Generator().manual_seed(int(transform.R.randint(0, 2**31 - 1)))
+
+
+class RandLabelsToImaged(RandomizableTransform, MapTransform):
+    """Replace ``image`` by an image painted from ``label``: every tissue gets a random
+    mean and spread (per sample), air a dark mean; labels of one tissue share one draw.
+
+    Parameters
+    ----------
+    label_key, image_key : str
+    settings : DomainRandomization
+    tissues : mapping label id -> tissue name, default the cohort schema's
+        :data:`~napari_mrisynth.anatomy.labels.TISSUES`; a label missing from it is its own
+        tissue.
+    """
+
+    def __init__(
+        self,
+        label_key: str = "label",
+        image_key: str = "image",
+        settings: DomainRandomization | None = None,
+        tissues: Mapping[int, str] | None = None,
+    ) -> None:
+        MapTransform.__init__(self, (label_key,))
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.label_key, self.image_key = label_key, image_key
+        self.settings = settings or DomainRandomization()
+        self.tissues = dict(TISSUES if tissues is None else tissues)
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        labels = torch.as_tensor(np.asarray(data[self.label_key])).long()
+        s = self.settings
+        present = torch.unique(labels).tolist()
+        names = sorted({self.tissues.get(v, f"label-{v}") for v in present})
+        generator = _generator(self)
+
+        def uniform(lo: float, hi: float, n: int) -> torch.Tensor:
+            return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+        means = dict(zip(names, uniform(*s.mean_range, len(names)).tolist(), strict=True))
+        stds = dict(zip(names, uniform(*s.std_range, len(names)).tolist(), strict=True))
+        if "air" in means:
+            means["air"] = float(uniform(0.0, s.air_max, 1))
+        lut_mean = torch.zeros(max(present) + 1)
+        lut_std = torch.zeros(max(present) + 1)
+        jitter = s.label_jitter * (2 * torch.rand(len(present), generator=generator) - 1)
+        for k, value in enumerate(present):
+            tissue = self.tissues.get(value, f"label-{value}")
+            lut_mean[value] = means[tissue] + (0.0 if tissue == "air" else float(jitter[k]))
+            lut_std[value] = stds[tissue]
+        noise = torch.randn(labels.shape, generator=generator)
+        image = lut_mean[labels] + lut_std[labels] * noise
+        out[self.image_key] = image.clamp_min(0.0).float()
+        return out
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def blur_axis(image: torch.Tensor, axis: int, sigma: float) -> torch.Tensor:
+    """Gaussian blur of a (C, z, y, x) tensor along spatial ``axis`` (0-2), sigma in voxels;
+    the edges are replicated."""
+    if sigma <= 0:
+        return image
+    kernel = _gaussian_kernel(sigma)
+    moved = image.movedim(axis + 1, -1)
+    shape = moved.shape
+    flat = moved.reshape(-1, 1, shape[-1])
+    radius = (kernel.numel() - 1) // 2
+    flat = F.pad(flat, (radius, radius), mode="replicate")
+    flat = F.conv1d(flat, kernel.view(1, 1, -1))
+    return flat.reshape(shape).movedim(-1, axis + 1)
+
+
+def simulate_resolution(
+    image: torch.Tensor, spacing: Sequence[float], resolution: Sequence[float]
+) -> torch.Tensor:
+    """A (C, z, y, x) image on a grid of ``spacing`` mm as if acquired at ``resolution`` mm
+    per axis and resampled back: each axis blurred to that resolution (Gaussian of FWHM
+    equal to the acquired voxel, less the grid's own), sampled at it and linearly
+    interpolated onto the grid again."""
+    shape = image.shape[1:]
+    for axis, (h, r) in enumerate(zip(spacing, resolution, strict=True)):
+        if r > h:
+            # FWHM r of the acquisition, of which the grid's own voxel h already holds some
+            sigma = math.sqrt(max(r * r - h * h, 0.0)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+            image = blur_axis(image, axis, sigma / h)
+    coarse = [
+        max(2, int(round(n * h / r))) for n, h, r in zip(shape, spacing, resolution, strict=True)
+    ]
+    if list(coarse) == list(shape):
+        return image
+    small = F.interpolate(image[None], size=coarse, mode="trilinear", align_corners=True)
+    return F.interpolate(small, size=tuple(shape), mode="trilinear", align_corners=True)[0]
+
+
+class RandSliceThicknessd(RandomizableTransform, MapTransform):
+    """Acquisition resolution at random: one random axis gets a slice thickness from
+    ``settings.thickness_mm``, the two others an in-plane resolution from
+    ``settings.in_plane_mm``; see :func:`simulate_resolution`.
+
+    The grid's spacing (z, y, x, mm) is the sample's ``meta["spacing"]`` (as
+    :class:`~napari_mrisynth.io.streaming.SeriesPatchDataset` gives it) or ``spacing``; no
+    axis gets finer than it.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] | str,
+        spacing: Sequence[float] | None = None,
+        settings: DomainRandomization | None = None,
+        prob: float = 1.0,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=prob)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.settings = settings or DomainRandomization()
+
+    def draw(self, spacing: Sequence[float]) -> tuple[float, float, float]:
+        """The resolution (z, y, x) of one sample on a grid of ``spacing``, mm."""
+        s = self.settings
+        thick = int(self.R.randint(0, 3))
+        resolution = []
+        for axis, h in enumerate(spacing):
+            lo, hi = s.thickness_mm if axis == thick else s.in_plane_mm
+            resolution.append(max(float(h), float(self.R.uniform(lo, hi))))
+        return tuple(resolution)  # type: ignore[return-value]
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return out
+        meta = data.get("meta") or {}
+        spacing = meta.get("spacing", self.spacing)
+        if spacing is None:
+            raise ValueError("RandSliceThicknessd: no grid spacing (meta['spacing'] or spacing=)")
+        spacing = [float(h) for h in spacing]
+        resolution = self.draw(spacing)
+        for key in self.key_iterator(out):
+            out[key] = simulate_resolution(torch.as_tensor(out[key]).float(), spacing, resolution)
+        return out
+
+
+class RandSmoothBiasd(RandomizableTransform, MapTransform):
+    """Multiply by a smooth random bias field: ``exp`` of a 4×4×4 grid of N(0, s) values
+    upsampled (trilinear) to the sample, with ``s`` uniform in [0, ``settings.bias``]. The
+    field stays within exp(±4 s) everywhere (a polynomial field, as MONAI's, runs away at
+    the corners of a patch)."""
+
+    def __init__(
+        self, keys: Sequence[str] | str, settings: DomainRandomization | None = None
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.settings = settings or DomainRandomization()
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        generator = _generator(self)
+        strength = self.settings.bias * float(torch.rand(1, generator=generator))
+        coarse = (strength * torch.randn((1, 1, 4, 4, 4), generator=generator)).clamp(
+            -4 * strength, 4 * strength
+        )
+        for key in self.key_iterator(out):
+            image = torch.as_tensor(out[key]).float()
+            field = F.interpolate(
+                coarse, size=tuple(image.shape[1:]), mode="trilinear", align_corners=True
+            )
+            out[key] = image * torch.exp(field[0])
+        return out
+
+
+class RandGammaClipd(RandomizableTransform, MapTransform):
+    """``clip(x, 0, 1.5) ** gamma`` with ``gamma = exp(N(0, settings.gamma_std))``: a random
+    contrast curve on the normalised scale (0 stays 0, 1 stays 1), then the range of the
+    models' percentile normalisation."""
+
+    def __init__(
+        self, keys: Sequence[str] | str, settings: DomainRandomization | None = None
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.settings = settings or DomainRandomization()
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        gamma = math.exp(float(self.R.normal(0.0, self.settings.gamma_std)))
+        for key in self.key_iterator(out):
+            image = torch.as_tensor(out[key]).float().clamp(0.0, PERCENTILE_CLIP)
+            out[key] = (image**gamma).clamp(0.0, PERCENTILE_CLIP)
+        return out
+
+
+def randomized_segmentation_transform(
+    patch_size: Sequence[int],
+    settings: DomainRandomization | None = None,
+    *,
+    spacing: Sequence[float] | None = None,
+) -> Any:
+    """MONAI dictionary transforms turning (image, label) samples of ``patch_size`` into
+    (random image drawn from the moved label map, moved label map) samples; the input image
+    is discarded. The grid spacing comes from each sample's ``meta`` or ``spacing``."""
+    from monai.transforms import (
+        Compose,
+        EnsureTyped,
+        RandAffined,
+        RandGaussianNoised,
+        RandSmoothDeformd,
+    )
+
+    s = settings or DomainRandomization()
+    angle = math.radians(s.rotation_deg)
+    steps = [
+        RandAffined(
+            keys="label",
+            prob=1.0,
+            rotate_range=(angle,) * 3,
+            scale_range=(s.scale,) * 3,
+            shear_range=(s.shear,) * 6,
+            mode="nearest",
+            padding_mode="zeros",
+        ),
+        RandSmoothDeformd(
+            keys="label",
+            spatial_size=tuple(int(n) for n in patch_size),
+            rand_size=(4, 4, 4),
+            field_mode="trilinear",
+            prob=1.0,
+            def_range=s.deformation,
+            grid_mode="nearest",
+        ),
+        RandLabelsToImaged(settings=s),
+        RandSmoothBiasd(keys="image", settings=s),
+        RandGaussianNoised(keys="image", prob=1.0, std=s.noise),
+        RandSliceThicknessd(keys="image", spacing=spacing, settings=s),
+        RandGammaClipd(keys="image", settings=s),
+        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+        EnsureTyped(keys="label", dtype=torch.int64, track_meta=False),  # ids, as loaded
+    ]
+    return Compose(steps)
