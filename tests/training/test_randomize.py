@@ -95,6 +95,12 @@ def test_thickness_draws_one_thick_axis_and_respects_the_grid():
         assert res[0] >= 2.0 and min(res) >= 1.0 and max(res) <= 5.0
         seen.add(int(np.argmax(res)))
     assert seen == {0, 1, 2}  # every axis is the thick one sometimes
+    # a sample's meta spacing is in index order (x, y, z); the draw works in array order
+    sample = {"meta": {"spacing": torch.tensor([1.0, 2.0, 3.0])}}
+    assert thick.grid_spacing(sample) == [3.0, 2.0, 1.0]
+    assert RandSliceThicknessd("image", spacing=(4, 5, 6)).grid_spacing({}) == [4.0, 5.0, 6.0]
+    with pytest.raises(ValueError, match="no grid spacing"):
+        thick.grid_spacing({})
 
 
 def test_bias_field_is_smooth_and_bounded():

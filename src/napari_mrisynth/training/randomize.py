@@ -190,9 +190,9 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
     ``settings.thickness_mm``, the two others an in-plane resolution from
     ``settings.in_plane_mm``; see :func:`simulate_resolution`.
 
-    The grid's spacing (z, y, x, mm) is the sample's ``meta["spacing"]`` (as
-    :class:`~napari_mrisynth.io.streaming.SeriesPatchDataset` gives it) or ``spacing``; no
-    axis gets finer than it.
+    The grid's spacing is the sample's ``meta["spacing"]`` in the volume's index order
+    (x, y, z), as :class:`~napari_mrisynth.io.streaming.SeriesPatchDataset` gives it, or
+    ``spacing`` in array order (z, y, x); no axis gets finer than it.
     """
 
     def __init__(
@@ -206,6 +206,15 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob=prob)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.settings = settings or DomainRandomization()
+
+    def grid_spacing(self, data: Mapping[str, Any]) -> list[float]:
+        """The sample's grid spacing in array order (z, y, x), mm."""
+        meta = data.get("meta") or {}
+        if "spacing" in meta:
+            return [float(h) for h in meta["spacing"]][::-1]  # index order (x, y, z)
+        if self.spacing is not None:
+            return list(self.spacing)
+        raise ValueError("RandSliceThicknessd: no grid spacing (meta['spacing'] or spacing=)")
 
     def draw(self, spacing: Sequence[float]) -> tuple[float, float, float]:
         """The resolution (z, y, x) of one sample on a grid of ``spacing``, mm."""
@@ -222,11 +231,7 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         self.randomize(None)
         if not self._do_transform:
             return out
-        meta = data.get("meta") or {}
-        spacing = meta.get("spacing", self.spacing)
-        if spacing is None:
-            raise ValueError("RandSliceThicknessd: no grid spacing (meta['spacing'] or spacing=)")
-        spacing = [float(h) for h in spacing]
+        spacing = self.grid_spacing(data)
         resolution = self.draw(spacing)
         for key in self.key_iterator(out):
             out[key] = simulate_resolution(torch.as_tensor(out[key]).float(), spacing, resolution)
