@@ -64,7 +64,15 @@ def _smooth_resample(image, spacing: float):
     old_size = np.asarray(image.GetSize())
     size = np.maximum(np.ceil(old_size * old_spacing / spacing).astype(int), 4)
     sigma = [max(0.0, (spacing**2 - s**2)) ** 0.5 / 2.3548 for s in old_spacing]
-    smoothed = sitk.SmoothingRecursiveGaussian(image, sigma) if max(sigma) > 0 else image
+    smoothed = image
+    for axis, s in enumerate(sigma):
+        # axis by axis: an axis already coarser than the grid (thick slices) is left alone,
+        # which SmoothingRecursiveGaussian refuses (it needs every sigma above zero)
+        if s > 0:
+            gaussian = sitk.RecursiveGaussianImageFilter()
+            gaussian.SetDirection(axis)
+            gaussian.SetSigma(float(s))
+            smoothed = gaussian.Execute(smoothed)
     return sitk.Resample(
         smoothed,
         [int(n) for n in size],

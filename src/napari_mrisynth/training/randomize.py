@@ -255,16 +255,19 @@ class RandSmoothBiasd(RandomizableTransform, MapTransform):
         out = dict(data)
         generator = _generator(self)
         strength = self.settings.bias * float(torch.rand(1, generator=generator))
-        coarse = (strength * torch.randn((1, 1, 4, 4, 4), generator=generator)).clamp(
-            -4 * strength, 4 * strength
-        )
         for key in self.key_iterator(out):
             image = torch.as_tensor(out[key]).float()
-            field = F.interpolate(
-                coarse, size=tuple(image.shape[1:]), mode="trilinear", align_corners=True
-            )
-            out[key] = image * torch.exp(field[0])
+            out[key] = image * bias_field(image.shape[1:], strength, generator)
         return out
+
+
+def bias_field(shape: Sequence[int], std: float, generator: torch.Generator) -> torch.Tensor:
+    """A smooth multiplicative field of ``shape``: ``exp`` of a 4×4×4 grid of N(0, ``std``)
+    values (clipped at ±4 ``std``) upsampled trilinearly."""
+    coarse = (std * torch.randn((1, 1, 4, 4, 4), generator=generator)).clamp(-4 * std, 4 * std)
+    field = F.interpolate(coarse, size=tuple(int(n) for n in shape), mode="trilinear",
+                          align_corners=True)  # fmt: skip
+    return torch.exp(field[0])
 
 
 class RandGammaClipd(RandomizableTransform, MapTransform):
