@@ -7,9 +7,12 @@ import math
 import numpy as np
 import pytest
 
+from napari_mrisynth.errors import MrisynthError
 from napari_mrisynth.evaluation.robustness import (
     Acquisition,
     acquire,
+    held_out_subjects,
+    markdown,
     reslice,
     reslice_agreement,
     segmentation_robustness,
@@ -101,6 +104,22 @@ def test_segmentation_robustness_scores_each_acquisition_on_its_own_grid(subject
         assert 0.0 <= condition["brain_labels_min"] <= condition["brain_labels_mean"] < 1.0
         assert condition["brain_labels_mean"] > 0.3
         assert isinstance(condition["absent"], list)
+    text = markdown({"segmentation": result})
+    assert "| 6 mm slices | " in text and f"| white_matter | {wm:.3f} |" in text
+
+
+def test_only_held_out_subjects_are_evaluated(subject):
+    from napari_mrisynth.models.registry import find_model
+
+    cohort, _ = subject
+    card = find_model("seg-head-demo@1.1.0")
+    assert "sub-001" in card.training["splits"]["train"]
+    with pytest.raises(MrisynthError, match="sub-001: trained or validated seg-head-demo"):
+        held_out_subjects(card, cohort, ["sub-001"])
+    with pytest.raises(MrisynthError, match="no subject sub-099"):
+        held_out_subjects(card, cohort, ["sub-099"])
+    with pytest.raises(MrisynthError, match="none of seg-head-demo@1.1.0's held-out"):
+        held_out_subjects(card, cohort, None)  # this 2-subject cohort holds none of them
 
 
 def test_reslice_agreement_of_the_bundled_models(subject):

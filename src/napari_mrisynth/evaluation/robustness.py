@@ -278,3 +278,122 @@ def reslice_agreement(
     if segmenter is not None:
         result["worst_mean_dice"] = min(e["mean_dice"] for e in result["forms"].values())
     return result
+
+
+# -- the whole check ---------------------------------------------------------------------------
+def held_out_subjects(card: Any, cohort: str | Path, subjects: Sequence[str] | None) -> list[str]:
+    """``subjects``, or the model's held-out test subjects found in ``cohort``; refuses a
+    subject the model trained or was validated on (an evaluation never uses one)."""
+    from napari_mrisynth.training.splits import read_participants
+
+    splits = (card.training or {}).get("splits") or {}
+    seen = set(splits.get("train", [])) | set(splits.get("val", []))
+    available = {row["participant_id"] for row in read_participants(Path(cohort))}
+    if subjects is None:
+        chosen = [s for s in splits.get("test", []) if s in available]
+        if not chosen:
+            raise MrisynthError(f"{cohort}: none of {card.ref}'s held-out test subjects is in "
+                                "this cohort; name held-out subjects with --subjects")  # fmt: skip
+        return chosen
+    missing = [s for s in subjects if s not in available]
+    if missing:
+        raise MrisynthError(f"{cohort}: no subject {', '.join(missing)}")
+    used = [s for s in subjects if s in seen]
+    if used:
+        raise MrisynthError(f"{', '.join(used)}: trained or validated {card.ref}; evaluate on "
+                            "held-out subjects only")  # fmt: skip
+    return list(subjects)
+
+
+def evaluate_robustness(
+    cohort: str | Path,
+    *,
+    segmenter: Any = None,
+    classifier: Any = None,
+    subjects: Sequence[str] | None = None,
+    acquisitions: Sequence[Acquisition] = STANDARD_ACQUISITIONS,
+    forms: Sequence[str] = FORMS,
+    reslice_subjects: int = 3,
+    device: Any = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`segmentation_robustness` on held-out subjects and :func:`reslice_agreement`
+    on the first ``reslice_subjects`` of them, with the figures the targets name."""
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.models.inference import get_model
+    from napari_mrisynth.training.data import subject_image
+
+    seg_card = get_model(segmenter, "segmentation", device).card
+    chosen = held_out_subjects(seg_card, cohort, subjects)
+    steps = len(chosen) * len(acquisitions) + min(reslice_subjects, len(chosen))
+    done = 0
+
+    def step(k: int, _total: int) -> None:
+        if progress is not None:
+            progress(done + k, steps)
+
+    result = {"segmentation": segmentation_robustness(cohort, chosen, seg_card,
+                                                      acquisitions=acquisitions, device=device,
+                                                      seed=seed, progress=step)}  # fmt: skip
+    done = len(chosen) * len(acquisitions)
+    reslices: dict[str, Any] = {}
+    for k, subject in enumerate(chosen[:reslice_subjects]):
+        image = load_volume(subject_image(cohort, subject))
+        reslices[subject] = reslice_agreement(image, seg_card, classifier, forms=forms,
+                                              device=device)  # fmt: skip
+        step(k + 1, steps)
+    result["reslice"] = reslices
+    conditions = result["segmentation"]["conditions"]
+    stored = conditions[acquisitions[0].name]
+    summary: dict[str, Any] = {
+        "reference_condition": acquisitions[0].name,
+        "brain_labels_mean": stored["brain_labels_mean"],
+        "brain_labels_min": stored["brain_labels_min"],
+        "absent": stored["absent"],
+        "largest_drop": max(
+            (stored["brain_labels_mean"] - c["brain_labels_mean"], name)
+            for name, c in conditions.items()
+        ),
+    }
+    if reslices:
+        summary["worst_reslice_mean_dice"] = min(r["worst_mean_dice"] for r in reslices.values())
+        if classifier is not None:
+            summary["largest_probability_change"] = max(
+                max(r["probability_range"].values()) for r in reslices.values()
+            )
+    result["summary"] = summary
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The robustness report as Markdown tables."""
+    seg = result["segmentation"]
+    conditions = seg["conditions"]
+    lines = [f"# Robustness of {seg['model']}", "",
+             f"Held-out subjects ({len(seg['subjects'])}): {', '.join(seg['subjects'])}.", "",
+             "| acquisition | brain labels mean Dice | worst brain label | labels left empty |",
+             "|---|---|---|---|"]  # fmt: skip
+    for name, c in conditions.items():
+        worst = min(c["dice"].items(), key=lambda kv: kv[1]) if c["dice"] else ("-", math.nan)
+        lines.append(f"| {name} | {c['brain_labels_mean']:.3f} | {worst[0]} {worst[1]:.3f} | "
+                     f"{', '.join(c['absent']) or '-'} |")  # fmt: skip
+    names = list(next(iter(conditions.values()))["dice"])
+    lines += ["", "Per-label Dice (mean over subjects):", "",
+              "| label | " + " | ".join(conditions) + " |",
+              "|---" * (len(conditions) + 1) + "|"]  # fmt: skip
+    for label in names:
+        cells = [f"{c['dice'].get(label, math.nan):.3f}" for c in conditions.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if result.get("reslice"):
+        lines += ["", "The same head stored in other orientations (labels carried back onto "
+                  "the axial grid):", "",
+                  "| subject | form | mean Dice vs axial | worst label Dice | voxel agreement "
+                  "| P(bvFTD) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for subject, r in result["reslice"].items():
+            for form, e in r["forms"].items():
+                p = e.get("probabilities", {}).get("bvFTD")
+                lines.append(f"| {subject} | {form} | {e['mean_dice']:.3f} | "
+                             f"{e['min_dice']:.3f} | {e['voxel_agreement']:.3f} | "
+                             f"{'-' if p is None else f'{p:.3f}'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
