@@ -131,6 +131,7 @@ def test_reslice_agreement_of_the_bundled_models(subject):
                                forms=("axial", "sagittal"), device="cpu")  # fmt: skip
     axial, sagittal = result["forms"]["axial"], result["forms"]["sagittal"]
     assert axial["mean_dice"] == 1.0 and axial["voxel_agreement"] == 1.0
+    assert axial["round_trip_mean_dice"] == sagittal["round_trip_mean_dice"] == 1.0  # exact
     z, y, x = axial["shape"]  # the simulated subject may be stored in another plane
     assert sagittal["shape"] == [x, z, y]
     assert 0.8 < sagittal["mean_dice"] <= 1.0 and sagittal["voxel_agreement"] > 0.9
