@@ -139,3 +139,16 @@ def test_reslice_agreement_of_the_bundled_models(subject):
         assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert set(result["probability_range"]) == {"control", "bvFTD"}
     assert result["probability_range"]["bvFTD"] < 0.2
+
+
+def test_template_head_check_measures_the_real_template():
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABELS
+    from napari_mrisynth.evaluation.robustness import template_head_check
+
+    result = template_head_check("seg-head-demo@1.1.0", None, forms=("axial",), device="cpu")
+    assert set(result["volumes_ml"]) == {LABELS[v][0] for v in BRAIN_LABELS}
+    assert result["absent"] == [n for n, ml in result["volumes_ml"].items() if ml == 0.0]
+    # a brain of 1.1-1.6 L, and parenchyma where the template's own GM + WM maps put it
+    assert 1100 < sum(result["volumes_ml"].values()) < 1700
+    assert result["parenchyma_dice"] > 0.75
+    assert result["reslice"]["forms"]["axial"]["mean_dice"] == 1.0

@@ -335,6 +335,8 @@ def register_robustness(subparsers: argparse._SubParsersAction) -> None:
                         help=f"comma-separated subset of {', '.join(FORMS)}")  # fmt: skip
     parser.add_argument("--reslice-subjects", type=int, default=3,
                         help="subjects that get the reslice check (default 3)")  # fmt: skip
+    parser.add_argument("--no-template-head", dest="template_head", action="store_false",
+                        help="skip the check on the real MNI152 template head")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="bias and noise draws")
     parser.add_argument("--out", type=Path, help="write report.md and report.json here")
     parser.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
@@ -351,7 +353,7 @@ def run_robustness_command(args: argparse.Namespace) -> int:
         result = evaluate_robustness(
             args.cohort, segmenter=args.segmenter, classifier=args.classifier,
             subjects=args.subjects, forms=args.forms, reslice_subjects=args.reslice_subjects,
-            device=device, seed=args.seed, progress=progress,
+            template_head=args.template_head, device=device, seed=args.seed, progress=progress,
         )  # fmt: skip
     text = markdown(result)
     if args.out is not None:

@@ -321,19 +321,21 @@ def evaluate_robustness(
     acquisitions: Sequence[Acquisition] = STANDARD_ACQUISITIONS,
     forms: Sequence[str] = FORMS,
     reslice_subjects: int = 3,
+    template_head: bool = True,
     device: Any = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """:func:`segmentation_robustness` on held-out subjects and :func:`reslice_agreement`
-    on the first ``reslice_subjects`` of them, with the figures the targets name."""
+    """:func:`segmentation_robustness` on held-out subjects, :func:`reslice_agreement`
+    on the first ``reslice_subjects`` of them and (``template_head``) the
+    :func:`template_head_check`, with the figures the targets name."""
     from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.models.inference import get_model
     from napari_mrisynth.training.data import subject_image
 
     seg_card = get_model(segmenter, "segmentation", device).card
     chosen = held_out_subjects(seg_card, cohort, subjects)
-    steps = len(chosen) * len(acquisitions) + min(reslice_subjects, len(chosen))
+    steps = len(chosen) * len(acquisitions) + min(reslice_subjects, len(chosen)) + template_head
     done = 0
 
     def step(k: int, _total: int) -> None:
@@ -351,6 +353,10 @@ def evaluate_robustness(
                                               device=device)  # fmt: skip
         step(k + 1, steps)
     result["reslice"] = reslices
+    if template_head:
+        result["template_head"] = template_head_check(seg_card, classifier, forms=forms,
+                                                      device=device)  # fmt: skip
+        step(steps, steps)
     conditions = result["segmentation"]["conditions"]
     stored = conditions[acquisitions[0].name]
     summary: dict[str, Any] = {
@@ -369,6 +375,13 @@ def evaluate_robustness(
             summary["largest_probability_change"] = max(
                 max(r["probability_range"].values()) for r in reslices.values()
             )
+    if template_head:
+        t = result["template_head"]
+        summary["template_head"] = {
+            "parenchyma_dice": t["parenchyma_dice"],
+            "lateral_ventricles_ml": t["volumes_ml"]["lateral_ventricles"],
+            "absent": t["absent"],
+        }
     result["summary"] = summary
     return result
 
@@ -404,4 +417,58 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{e['round_trip_mean_dice']:.3f} | "
                              f"{e['min_dice']:.3f} | {e['voxel_agreement']:.3f} | "
                              f"{'-' if p is None else f'{p:.3f}'} |")  # fmt: skip
+    t = result.get("template_head")
+    if t:
+        lines += ["", f"Real head: {t['head']}. Parenchyma Dice against its GM + WM maps "
+                  f"{t['parenchyma_dice']:.3f}; white matter {t['white_matter_dice']:.3f}; "
+                  f"labels left empty: {', '.join(t['absent']) or 'none'}.", "",
+                  "| brain label | volume (mL) |", "|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {ml:.1f} |" for name, ml in t["volumes_ml"].items()]
+        lines += ["", "| form | mean Dice vs axial | resampling ceiling | P(bvFTD) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for form, e in t["reslice"]["forms"].items():
+            p = e.get("probabilities", {}).get("bvFTD")
+            lines.append(f"| {form} | {e['mean_dice']:.3f} | {e['round_trip_mean_dice']:.3f} | "
+                         f"{'-' if p is None else f'{p:.3f}'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def template_head_check(
+    segmenter: Any = None,
+    classifier: Any = None,
+    *,
+    forms: Sequence[str] = FORMS,
+    device: Any = None,
+) -> dict[str, Any]:
+    """The real head available offline: nilearn's MNI152 2009c T1 (1 mm, an average of 152
+    real scans, brain only) against its own grey- and white-matter probability maps
+    (above one half): parenchyma and white-matter Dice, every brain label's volume, and the
+    reslice check. The simulated cohort is built from this template, so it is a check of
+    the real image's look, not of unseen anatomy."""
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABELS
+    from napari_mrisynth.anatomy.template import template_paths
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.models.inference import segment
+    from napari_mrisynth.reports.metrics import dice_per_label
+
+    paths = template_paths()
+    t1 = load_volume(paths["t1"])
+    gm = np.asarray(onto_grid(load_volume(paths["gm"]), t1).data) > 127.5
+    wm = np.asarray(onto_grid(load_volume(paths["wm"]), t1).data) > 127.5
+    labels = np.asarray(segment(t1, segmenter, device=device).labels.data)
+    millilitres = float(np.prod(t1.spacing)) / 1000.0
+    parenchyma = np.isin(labels, [v for v in BRAIN_LABELS if v not in (12, 13)])
+    cerebellum = labels == 10
+    result: dict[str, Any] = {
+        "head": "MNI152 2009c nonlinear symmetric T1 (nilearn), 1 mm, brain only",
+        "parenchyma_dice": dice_per_label(gm | wm, parenchyma, [1])[1],
+        "white_matter_dice": dice_per_label(wm & ~cerebellum, (labels == 11) & ~cerebellum, [1])[
+            1
+        ],  # fmt: skip
+        "volumes_ml": {
+            LABELS[v][0]: float((labels == v).sum()) * millilitres for v in BRAIN_LABELS
+        },  # fmt: skip
+    }
+    result["absent"] = [name for name, ml in result["volumes_ml"].items() if ml == 0.0]
+    result["reslice"] = reslice_agreement(t1, segmenter, classifier, forms=forms, device=device)
+    return result
