@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -171,6 +172,20 @@ def test_cli_report_only_and_json(tiny_run, capsys):
     assert main(["evaluate", "downstream", "--cohort", "x", "--out", str(out / "none"),
                  "--report-only"]) == 1  # fmt: skip
     assert "no downstream run here" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_report_covers_every_run_of_the_folder(tiny_run):
+    """A later run that asks for less (here one task, one repeat) adds nothing to do, and
+    the report still holds what the earlier runs measured."""
+    cohort, out, _, _ = tiny_run
+    fewer = replace(TINY, tasks=("classification",), repeats=1)
+    report = run_downstream(cohort, out, fewer)
+    assert report["arms_done"] == report["arms_expected"] == 20 and report["complete"]
+    assert set(report["results"]) == {"classification", "segmentation"}
+    assert report["results"]["segmentation"]["2"]["arms"]["real"]["n"] == 2
+    assert len(report["selections"]) == 2 and report["protocol"]["repeats"] == 1
+    assert "### segmentation, 2 real training subjects per class" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -210,8 +210,14 @@ def start_folder(out: Path, cohort: Path, protocol: Protocol) -> None:
 
 def saved_protocol(out: Path) -> Protocol:
     """The protocol of ``out``: its design with the latest run's selection."""
+    return saved_selections(out)[-1]
+
+
+def saved_selections(out: Path) -> list[Protocol]:
+    """The protocol of every run ``out`` has seen: its design with each run's selection."""
     saved = json.loads((out / "protocol.json").read_text(encoding="utf-8"))
-    return Protocol.from_json({**saved["design"], **saved["selections"][-1]})
+    return [Protocol.from_json({**saved["design"], **selection})
+            for selection in saved["selections"]]  # fmt: skip
 
 
 def unit_folder(out: Path, repeat: int, size: int) -> Path:
@@ -564,30 +570,34 @@ def report(out: str | Path, *, tracking: dict[str, Any] | None = None) -> dict[s
 
     out = Path(out)
     saved = json.loads((out / "protocol.json").read_text(encoding="utf-8"))
-    protocol = saved_protocol(out)
-    records = read_records(out)
+    # every run the folder has seen: a later run that adds a task or a size does not hide
+    # the results of the earlier ones
+    selections = saved_selections(out)
+    protocol = selections[-1]
+    wanted = set().union(*(wanted_runs(p) for p in selections))
+    arms = tuple(a for a in ARMS if any(a in p.arms for p in selections))
     primary = {"task": "classification", "size": 10, "contrast": CONTRASTS[0],
                "gain": TARGET_GAIN}  # fmt: skip
-    expected = len(wanted_runs(protocol))
-    wanted = set(wanted_runs(protocol))
-    records = [r for r in records if (r["task"], r["arm"], r["repeat"], r["size"]) in wanted]
+    records = [r for r in read_records(out)
+               if (r["task"], r["arm"], r["repeat"], r["size"]) in wanted]  # fmt: skip
     summary = summarize(records, contrasts=CONTRASTS, primary=primary,
                         resamples=protocol.resamples, seed=protocol.seed)  # fmt: skip
     result = {
         "cohort": saved["cohort"], "protocol": protocol.to_json(),
-        "arms_done": len(records), "arms_expected": expected,
-        "complete": len(records) == expected,
+        "selections": saved["selections"],
+        "arms_done": len(records), "arms_expected": len(wanted),
+        "complete": len(records) == len(wanted),
         "splits": disjointness(out), **summary,
     }  # fmt: skip
     _write_json(result, out / "report.json")
-    text = markdown(summary, protocol.arms)
-    head = (f"Cohort {saved['cohort']}; {len(records)} of {expected} arm runs done; test sets "
-            f"disjoint from every network's and generator's training subjects: "
+    text = markdown(summary, arms)
+    head = (f"Cohort {saved['cohort']}; {len(records)} of {len(wanted)} arm runs done; test "
+            f"sets disjoint from every network's and generator's training subjects: "
             f"{'yes' if result['splits']['disjoint'] else 'NO'} "
             f"({result['splits']['units']} units).\n\n")  # fmt: skip
-    (out / "report.md").write_text(head + text, encoding="utf-8")
+    write_text(out / "report.md", head + text)
     if summary["results"]:
-        plot_scores(summary, protocol.arms, out / "scores.png")
+        plot_scores(summary, arms, out / "scores.png")
     if tracking is not None:
         from napari_mrisynth.models import tracking as mlflow_tracking
 
