@@ -84,17 +84,16 @@ def acquire(volume: Volume, acquisition: Acquisition, *, seed: int = 0) -> Volum
     slice thickness)."""
     import torch
 
-    from napari_mrisynth.training.randomize import bias_field, blur_axis
+    from napari_mrisynth.preprocess.intensity import head_mask
+    from napari_mrisynth.training.randomize import bias_field, blur_to_resolution
 
     data = np.asarray(volume.data, dtype=np.float32)
     generator = torch.Generator().manual_seed(int(seed))
-    out = volume.with_data(data)
     if acquisition.bias > 0:
         field = bias_field(data.shape, acquisition.bias, generator)[0].numpy()
         data = data * field
     if acquisition.noise > 0:
-        head = data[data > 0.05 * np.percentile(data, 99)]
-        sigma = acquisition.noise * float(np.percentile(head, 99))
+        sigma = acquisition.noise * float(np.percentile(data[head_mask(data)], 99))
         real = data + sigma * torch.randn(data.shape, generator=generator).numpy()
         imaginary = sigma * torch.randn(data.shape, generator=generator).numpy()
         data = np.sqrt(real**2 + imaginary**2).astype(np.float32)
@@ -103,9 +102,8 @@ def acquire(volume: Volume, acquisition: Acquisition, *, seed: int = 0) -> Volum
     index_axis = 2 - acquisition.axis
     h = float(volume.spacing[index_axis])
     if t is not None and t > h:
-        sigma = math.sqrt(t * t - h * h) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-        blurred = blur_axis(torch.from_numpy(out.data)[None], acquisition.axis, sigma / h)[0]
-        out = out.with_data(blurred.numpy())
+        blurred = blur_to_resolution(torch.from_numpy(out.data)[None], acquisition.axis, h, t)
+        out = out.with_data(blurred[0].numpy())
         spacing = volume.spacing.copy()
         spacing[index_axis] = t
         shape = list(volume.shape)
@@ -199,14 +197,11 @@ def segmentation_robustness(
             predicted = segment(acquired, card, device=device).labels
             truth_here = onto_grid(truth, acquired, labels=True)
             dice = dice_per_label(truth_here.data, predicted.data, scored)
-            present = set(np.unique(np.asarray(predicted.data)).tolist())
+            predicted_ids = set(np.unique(np.asarray(predicted.data)).tolist())
+            true_ids = set(np.unique(np.asarray(truth_here.data)).tolist())
             conditions[acquisition.name]["per_subject"][subject] = {
                 "dice": {names[v]: d for v, d in dice.items() if not math.isnan(d)},
-                "absent": [
-                    names[v]
-                    for v in scored
-                    if v not in present and np.any(np.asarray(truth_here.data) == v)
-                ],  # fmt: skip
+                "absent": [names[v] for v in scored if v in true_ids - predicted_ids],
                 "grid_mm": [float(h) for h in acquired.spacing],
             }
             done += 1

@@ -82,12 +82,27 @@ class DomainRandomization:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+class _Randomized(RandomizableTransform, MapTransform):
+    """A dictionary transform on ``keys`` whose draws follow ``settings`` and MONAI's random
+    state."""
+
+    def __init__(
+        self,
+        keys: Sequence[str] | str,
+        settings: DomainRandomization | None = None,
+        prob: float = 1.0,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=prob)
+        self.settings = settings or DomainRandomization()
+
+
 def _generator(transform: RandomizableTransform) -> torch.Generator:
     """A torch generator seeded from the transform's MONAI random state (reproducible)."""
     return torch.Generator().manual_seed(int(transform.R.randint(0, 2**31 - 1)))
 
 
-class RandLabelsToImaged(RandomizableTransform, MapTransform):
+class RandLabelsToImaged(_Randomized):
     """Replace ``image`` by an image painted from ``label``: every tissue gets a random
     mean and spread (per sample), air a dark mean; labels of one tissue share one draw.
 
@@ -107,10 +122,8 @@ class RandLabelsToImaged(RandomizableTransform, MapTransform):
         settings: DomainRandomization | None = None,
         tissues: Mapping[int, str] | None = None,
     ) -> None:
-        MapTransform.__init__(self, (label_key,))
-        RandomizableTransform.__init__(self, prob=1.0)
+        super().__init__((label_key,), settings)
         self.label_key, self.image_key = label_key, image_key
-        self.settings = settings or DomainRandomization()
         self.tissues = dict(TISSUES if tissues is None else tissues)
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,6 +176,19 @@ def blur_axis(image: torch.Tensor, axis: int, sigma: float) -> torch.Tensor:
     return flat.reshape(shape).movedim(-1, axis + 1)
 
 
+def blur_to_resolution(
+    image: torch.Tensor, axis: int, spacing: float, resolution: float
+) -> torch.Tensor:
+    """A (C, z, y, x) image on a grid of ``spacing`` mm along ``axis``, blurred as if that axis
+    were acquired at ``resolution`` mm: a Gaussian of FWHM ``resolution``, less what the grid's
+    own voxel already holds; unchanged when ``resolution`` is not coarser than the grid."""
+    if resolution <= spacing:
+        return image
+    fwhm = math.sqrt(resolution * resolution - spacing * spacing)
+    sigma = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    return blur_axis(image, axis, sigma / spacing)
+
+
 def simulate_resolution(
     image: torch.Tensor, spacing: Sequence[float], resolution: Sequence[float]
 ) -> torch.Tensor:
@@ -172,10 +198,7 @@ def simulate_resolution(
     interpolated onto the grid again."""
     shape = image.shape[1:]
     for axis, (h, r) in enumerate(zip(spacing, resolution, strict=True)):
-        if r > h:
-            # FWHM r of the acquisition, of which the grid's own voxel h already holds some
-            sigma = math.sqrt(max(r * r - h * h, 0.0)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-            image = blur_axis(image, axis, sigma / h)
+        image = blur_to_resolution(image, axis, h, r)
     coarse = [
         max(2, int(round(n * h / r))) for n, h, r in zip(shape, spacing, resolution, strict=True)
     ]
@@ -185,7 +208,7 @@ def simulate_resolution(
     return F.interpolate(small, size=tuple(shape), mode="trilinear", align_corners=True)[0]
 
 
-class RandSliceThicknessd(RandomizableTransform, MapTransform):
+class RandSliceThicknessd(_Randomized):
     """Acquisition resolution at random: one random axis gets a slice thickness from
     ``settings.thickness_mm``, the two others an in-plane resolution from
     ``settings.in_plane_mm``; see :func:`simulate_resolution`.
@@ -202,10 +225,8 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         settings: DomainRandomization | None = None,
         prob: float = 1.0,
     ) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob=prob)
+        super().__init__(keys, settings, prob)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
-        self.settings = settings or DomainRandomization()
 
     def grid_spacing(self, data: Mapping[str, Any]) -> list[float]:
         """The sample's grid spacing in array order (z, y, x), mm."""
@@ -238,18 +259,11 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         return out
 
 
-class RandSmoothBiasd(RandomizableTransform, MapTransform):
+class RandSmoothBiasd(_Randomized):
     """Multiply by a smooth random bias field: ``exp`` of a 4×4×4 grid of N(0, s) values
     upsampled (trilinear) to the sample, with ``s`` uniform in [0, ``settings.bias``]. The
     field stays within exp(±4 s) everywhere (a polynomial field, as MONAI's, runs away at
     the corners of a patch)."""
-
-    def __init__(
-        self, keys: Sequence[str] | str, settings: DomainRandomization | None = None
-    ) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob=1.0)
-        self.settings = settings or DomainRandomization()
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(data)
@@ -270,17 +284,10 @@ def bias_field(shape: Sequence[int], std: float, generator: torch.Generator) -> 
     return torch.exp(field[0])
 
 
-class RandGammaClipd(RandomizableTransform, MapTransform):
+class RandGammaClipd(_Randomized):
     """``clip(x, 0, 1.5) ** gamma`` with ``gamma = exp(N(0, settings.gamma_std))``: a random
     contrast curve on the normalised scale (0 stays 0, 1 stays 1), then the range of the
     models' percentile normalisation."""
-
-    def __init__(
-        self, keys: Sequence[str] | str, settings: DomainRandomization | None = None
-    ) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob=1.0)
-        self.settings = settings or DomainRandomization()
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(data)
