@@ -215,7 +215,10 @@ def saved_protocol(out: Path) -> Protocol:
 
 def saved_selections(out: Path) -> list[Protocol]:
     """The protocol of every run ``out`` has seen: its design with each run's selection."""
-    saved = json.loads((out / "protocol.json").read_text(encoding="utf-8"))
+    return _selections(json.loads((out / "protocol.json").read_text(encoding="utf-8")))
+
+
+def _selections(saved: dict[str, Any]) -> list[Protocol]:
     return [Protocol.from_json({**saved["design"], **selection})
             for selection in saved["selections"]]  # fmt: skip
 
@@ -572,7 +575,7 @@ def report(out: str | Path, *, tracking: dict[str, Any] | None = None) -> dict[s
     saved = json.loads((out / "protocol.json").read_text(encoding="utf-8"))
     # every run the folder has seen: a later run that adds a task or a size does not hide
     # the results of the earlier ones
-    selections = saved_selections(out)
+    selections = _selections(saved)
     protocol = selections[-1]
     wanted = set().union(*(wanted_runs(p) for p in selections))
     arms = tuple(a for a in ARMS if any(a in p.arms for p in selections))
