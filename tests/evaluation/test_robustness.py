@@ -108,6 +108,43 @@ def test_segmentation_robustness_scores_each_acquisition_on_its_own_grid(subject
     assert "| 6 mm slices | " in text and f"| white_matter | {wm:.3f} |" in text
 
 
+def test_a_baseline_is_scored_on_the_same_scans_and_draws(simulated_cohort, tmp_path):
+    from napari_mrisynth.evaluation.robustness import evaluate_robustness, plot_robustness
+
+    cohort = simulated_cohort(10, 5)  # holds sub-008, a held-out test subject of 1.1.0
+    conditions = [Acquisition("as stored"), Acquisition("8 mm slices + bias", 8.0, bias=0.3)]
+    result = evaluate_robustness(
+        cohort, segmenter="seg-head-demo@1.1.0", classifier="cls-bvftd-demo@1.0.0",
+        subjects=["sub-008"], acquisitions=conditions, forms=("axial", "sagittal"),
+        reslice_subjects=1, template_head=False, baseline_segmenter="seg-head-demo@1.1.0",
+        baseline_classifier="cls-bvftd-demo@1.0.0", device="cpu",
+    )  # fmt: skip
+    base = result["baseline"]
+    # one model against itself on the same scans and the same bias draws: the same figures
+    for name in ("as stored", "8 mm slices + bias"):
+        mine, theirs = (r["segmentation"]["conditions"][name] for r in (result, base))
+        assert mine["dice"] == theirs["dice"] and mine["per_subject"] == theirs["per_subject"]
+    assert result["summary"] == base["summary"]
+    thick = result["segmentation"]["conditions"]["8 mm slices + bias"]
+    assert thick["per_subject"]["sub-008"]["grid_mm"][2] == 8.0
+    text = markdown(result)
+    assert "## Against seg-head-demo@1.1.0 (same scans, same draws)" in text
+    mean = result["summary"]["brain_labels_mean"]
+    assert f"| brain labels mean Dice, as stored | {mean:.3f} | {mean:.3f} |" in text
+    assert "| largest P change across reslices |" in text and "# Baseline" in text
+    png = plot_robustness(result, tmp_path / "robustness.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    with pytest.raises(MrisynthError, match="sub-001: trained or validated"):
+        evaluate_robustness(
+            cohort,
+            segmenter="seg-head-demo@1.1.0",
+            subjects=["sub-001"],
+            acquisitions=conditions[:1],
+            template_head=False,
+            device="cpu",
+        )
+
+
 def test_only_held_out_subjects_are_evaluated(subject):
     from napari_mrisynth.models.registry import find_model
 

@@ -57,13 +57,28 @@ def test_contrast_is_drawn_anew_for_every_sample():
     labels = _phantom()
     lab = labels[0].numpy()
     contrast = []
-    for seed in range(40):
+    for seed in range(160):
         image = _paint(labels, seed)
         contrast.append(image[lab == 11].mean() - image[lab == 1].mean())
     contrast = np.array(contrast)
-    # T1-like (WM brighter) and T2-like (WM darker) samples both occur, and strongly
-    assert (contrast > 0.2).sum() >= 5 and (contrast < -0.2).sum() >= 5
-    assert len(np.unique(np.round(contrast, 6))) == 40
+    # T1-like (WM brighter) and T2-like (WM darker) samples both occur, and strongly: with
+    # means uniform on [0.1, 1], P(difference > 0.2) = 0.7**2 / (2 * 0.9**2) = 0.30 each way
+    assert (contrast > 0.2).mean() > 0.15 and (contrast < -0.2).mean() > 0.15
+    assert len(np.unique(np.round(contrast, 6))) == 160
+
+
+def test_a_share_of_samples_keeps_the_scan_image():
+    labels = _phantom()
+    scan = torch.rand(labels.shape)
+    kept = 0
+    for seed in range(60):
+        paint = RandLabelsToImaged(settings=DomainRandomization(paint_prob=0.25))
+        paint.set_random_state(seed=seed)
+        out = paint({"label": labels, "image": scan})["image"]
+        kept += bool(torch.equal(torch.as_tensor(out), scan))
+    assert 30 <= kept <= 60 - 5  # about 3/4 kept, the others painted
+    never = RandLabelsToImaged(settings=DomainRandomization(paint_prob=0.0))
+    assert torch.equal(never({"label": labels, "image": scan})["image"], scan)
 
 
 def test_slice_thickness_blurs_the_thick_axis_to_its_width():
@@ -133,6 +148,22 @@ def test_whole_recipe_is_reproducible_and_keeps_labels_exact():
         # the head moved and changed size, within the ranges asked for
         ratio = float((moved > 0).sum()) / float((labels > 0).sum())
         assert 0.5 < ratio < 1.7 and not torch.equal(moved, labels)
+
+
+def test_a_kept_scan_moves_with_its_labels():
+    labels = _phantom()
+    scan = (labels == 11).float() * 0.8 + (labels == 1).float() * 0.4  # WM bright, GM dim
+    settings = DomainRandomization(paint_prob=0.0, noise=0.0, bias=0.0, gamma_std=0.0)
+    recipe = randomized_segmentation_transform((32, 32, 32), settings, spacing=(1.0,) * 3)
+    for seed in range(4):
+        recipe.set_random_state(seed=seed)
+        out = recipe({"image": scan, "label": labels})
+        image, moved = out["image"][0].numpy(), out["label"][0].numpy()
+        assert not np.array_equal(moved, labels[0].numpy())  # the head moved ...
+        # ... and the scan with it: its WM is still where the moved WM label is
+        # (blurred by the random slice thickness, so WM and GM mix at their border)
+        wm, gm, air = (image[moved == v].mean() for v in (11, 1, 0))
+        assert wm > gm + 0.1 and gm > air + 0.2 and air < 0.1
 
 
 def test_streamed_training_patches_are_drawn_from_the_labels(tmp_path):

@@ -195,10 +195,14 @@ def test_randomized_training_sees_images_drawn_from_the_labels(cohort, tracking_
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             batches.append((batch["image"].clone(), batch["label"].clone()))
 
-    options = {**TINY_SEG, "epochs": 1, "randomize": True, "callbacks": [Batches()]}
+    options = {**TINY_SEG, "epochs": 1, "randomize": True, "balance_labels": True,
+               "callbacks": [Batches()]}  # fmt: skip
     card = train_segmentation(cohort, tmp_path, id="seg-test-randomized",
                               tracking_uri=tracking_uri, experiment="tests", **options)  # fmt: skip
     assert card.training["randomization"] == DomainRandomization().to_json()
+    sampling = card.training["patch_sampling"]
+    assert sampling["foreground_ratio"] == 0.7
+    assert sampling["class_weights"] == {str(v): 1.0 for v in range(1, 19)}  # every label
     # The cohort's T1 has white matter brighter than cortex everywhere; drawn images put
     # them in either order.
     order = []
@@ -209,7 +213,66 @@ def test_randomized_training_sees_images_drawn_from_the_labels(cohort, tracking_
                 order.append(float(image[wm].mean()) > float(image[gm].mean()))
     assert len(order) >= 4 and 0 < sum(order) < len(order)
     with pytest.raises(MrisynthError, match="segmentation only"):
-        train_classification(cohort, tmp_path, randomize=True, **TINY_CLS)
+        train_classification(cohort, tmp_path, balance_labels=True, **TINY_CLS)
+
+
+def test_randomized_classification_reads_masked_anatomy(cohort, tracking_uri, tmp_path):
+    import lightning.pytorch as pl
+
+    from napari_mrisynth.preprocess import reference_on_grid
+    from napari_mrisynth.preprocess.grid import ModelGrid
+    from napari_mrisynth.training.train import train_classification
+
+    batches = []
+
+    class Batches(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            batches.append((batch["image"].clone(), batch["label"].clone()))
+
+    options = {**TINY_CLS, "epochs": 2, "randomize": True, "paint_fraction": 1.0,
+               "callbacks": [Batches()]}  # fmt: skip
+    card = train_classification(
+        cohort, tmp_path, id="cls-test-randomized", tracking_uri=tracking_uri,
+        experiment="tests", **options,
+    )  # fmt: skip
+    settings = card.training["randomization"]
+    assert settings["paint_prob"] == 1.0
+    assert settings["rotation_deg"] == 5.0 and settings["scale"] == 0.05  # aligned heads
+    brain = reference_on_grid(ModelGrid.from_input_spec(card.input))[1].astype(bool)
+    labels, contrasts = [], []
+    for images, targets in batches:
+        assert images.shape[2:] == brain.shape and targets.ndim == 1
+        labels += targets.tolist()
+        for image in images[:, 0].numpy():
+            assert not image[~brain].any()  # masked as prepare() masks every scan
+            inside = image[brain]
+            contrasts.append(float(np.percentile(inside, 90) - np.percentile(inside, 10)))
+    assert set(labels) == {0, 1}  # class ids, not label maps
+    assert len(set(np.round(contrasts, 4))) == len(contrasts)  # every volume drawn anew
+    assert len(card.metrics["test"]["subjects"]) == len(card.training["splits"]["test"]) == 2
+
+
+def test_balanced_sampling_shows_small_labels_as_often_as_large(cohort, tmp_path):
+    from napari_mrisynth.training import data
+    from napari_mrisynth.training.recipe import model_spec
+
+    spec = model_spec(4.0)
+    subjects = [row["participant_id"] for row in read_participants(cohort)][:2]
+    cached = data.cache_subjects(cohort, subjects, spec, tmp_path)
+
+    def share_with(label: int, weights) -> float:
+        dataset = data.segmentation_dataset(
+            cached, patch_size=1, patches_per_volume=300, seed=0, augment=False,
+            foreground_ratio=1.0, class_weights=weights,
+        )  # fmt: skip
+        return float(np.mean([(sample["label"] == label).any() for sample in dataset]))
+
+    uniform = {v: 1.0 for v in range(1, 19)}
+    for small in (12, 15, 18):  # ventricles, spinal cord, eyes: a few mL of a 3 L head
+        balanced, plain = share_with(small, uniform), share_with(small, None)
+        # 1-voxel patches: the centre's label. Each label centres 1/18 of the 600 patches
+        # (the bound leaves 3 sd); in proportion to volume, under 1/100
+        assert balanced > 0.5 / 18 and balanced > 4 * plain
 
 
 def test_an_existing_model_version_is_refused_before_training(seg_run, cohort, tracking_uri):

@@ -337,15 +337,29 @@ def register_robustness(subparsers: argparse._SubParsersAction) -> None:
                         help="subjects that get the reslice check (default 3)")  # fmt: skip
     parser.add_argument("--no-template-head", dest="template_head", action="store_false",
                         help="skip the check on the real MNI152 template head")  # fmt: skip
+    parser.add_argument("--baseline-segmenter", metavar="MODEL",
+                        help="run the same checks on this segmenter too (same scans and draws) "
+                             "and report the two side by side")  # fmt: skip
+    parser.add_argument(
+        "--baseline-classifier",
+        metavar="MODEL",
+        help="with --baseline-segmenter: the classifier to compare with",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bias and noise draws")
-    parser.add_argument("--out", type=Path, help="write report.md and report.json here")
+    parser.add_argument(
+        "--out", type=Path, help="write report.md, report.json and robustness.png here"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
     add_device_option(parser)
     parser.set_defaults(func=run_robustness_command)
 
 
 def run_robustness_command(args: argparse.Namespace) -> int:
-    from napari_mrisynth.evaluation.robustness import evaluate_robustness, markdown
+    from napari_mrisynth.evaluation.robustness import (
+        evaluate_robustness,
+        markdown,
+        plot_robustness,
+    )
     from napari_mrisynth.io.atomic import write_json, write_text
 
     device = chosen_device(args.device, "evaluate robustness")
@@ -353,12 +367,15 @@ def run_robustness_command(args: argparse.Namespace) -> int:
         result = evaluate_robustness(
             args.cohort, segmenter=args.segmenter, classifier=args.classifier,
             subjects=args.subjects, forms=args.forms, reslice_subjects=args.reslice_subjects,
-            template_head=args.template_head, device=device, seed=args.seed, progress=progress,
+            template_head=args.template_head, baseline_segmenter=args.baseline_segmenter,
+            baseline_classifier=args.baseline_classifier, device=device, seed=args.seed,
+            progress=progress,
         )  # fmt: skip
     text = markdown(result)
     if args.out is not None:
         write_text(args.out / "report.md", text)
         write_json(args.out / "report.json", result)
+        plot_robustness(result, args.out / "robustness.png")
     print(text, file=sys.stderr if args.json == "-" else sys.stdout)
     _write_json(result, args.json)
     return 0

@@ -66,6 +66,17 @@ def _add_common(parser: argparse.ArgumentParser, architectures: tuple, default: 
              "resolution, slice thickness, bias, noise and deformation (SynthSeg-style), so "
              "the network learns shape, not the simulator's look")  # fmt: skip
     add(
+        "--paint-fraction",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="with --randomize: share of samples painted from the labels (1: all, as "
+        "SynthSeg); the rest keep the scan's image with the same random acquisition",
+    )
+    add("--balance-labels", action="store_true",
+        help="segmentation: centre patches on every label equally often, so that small "
+             "labels (insula, ventricles) are learned")  # fmt: skip
+    add(
         "--split",
         type=float,
         nargs=3,

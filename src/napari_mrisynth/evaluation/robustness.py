@@ -317,25 +317,70 @@ def evaluate_robustness(
     forms: Sequence[str] = FORMS,
     reslice_subjects: int = 3,
     template_head: bool = True,
+    baseline_segmenter: Any = None,
+    baseline_classifier: Any = None,
     device: Any = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """:func:`segmentation_robustness` on held-out subjects, :func:`reslice_agreement`
     on the first ``reslice_subjects`` of them and (``template_head``) the
-    :func:`template_head_check`, with the figures the targets name."""
-    from napari_mrisynth.io.files import load_volume
+    :func:`template_head_check`, with the figures the targets name.
+
+    With ``baseline_segmenter`` (and optionally ``baseline_classifier``) the same checks run
+    on those models too, on the same scans and draws, under ``result["baseline"]``; the
+    subjects must be held out from both segmenters.
+    """
     from napari_mrisynth.models.inference import get_model
-    from napari_mrisynth.training.data import subject_image
 
     seg_card = get_model(segmenter, "segmentation", device).card
     chosen = held_out_subjects(seg_card, cohort, subjects)
-    steps = len(chosen) * len(acquisitions) + min(reslice_subjects, len(chosen)) + template_head
+    pairs = [(seg_card, classifier)]
+    if baseline_segmenter is not None:
+        base_card = get_model(baseline_segmenter, "segmentation", device).card
+        held_out_subjects(base_card, cohort, chosen)
+        pairs.append((base_card, baseline_classifier))
+    per_model = len(chosen) * len(acquisitions) + min(reslice_subjects, len(chosen))
+    steps = len(pairs) * (per_model + template_head)
+    results = []
+    for k, (seg, cls) in enumerate(pairs):
+        offset = k * (per_model + template_head)
+
+        def step(done: int, _total: int, offset: int = offset) -> None:
+            if progress is not None:
+                progress(offset + done, steps)
+
+        results.append(_evaluate_pair(cohort, chosen, seg, cls, acquisitions=acquisitions,
+                                      forms=forms, reslice_subjects=reslice_subjects,
+                                      template_head=template_head, device=device, seed=seed,
+                                      progress=step))  # fmt: skip
+    result = results[0]
+    if len(results) > 1:
+        result["baseline"] = results[1]
+    return result
+
+
+def _evaluate_pair(
+    cohort: str | Path,
+    chosen: Sequence[str],
+    seg_card: Any,
+    classifier: Any,
+    *,
+    acquisitions: Sequence[Acquisition],
+    forms: Sequence[str],
+    reslice_subjects: int,
+    template_head: bool,
+    device: Any,
+    seed: int,
+    progress: Callable[[int, int], None],
+) -> dict[str, Any]:
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.training.data import subject_image
+
     done = 0
 
     def step(k: int, _total: int) -> None:
-        if progress is not None:
-            progress(done + k, steps)
+        progress(done + k, 0)
 
     result = {"segmentation": segmentation_robustness(cohort, chosen, seg_card,
                                                       acquisitions=acquisitions, device=device,
@@ -346,15 +391,17 @@ def evaluate_robustness(
         image = load_volume(subject_image(cohort, subject))
         reslices[subject] = reslice_agreement(image, seg_card, classifier, forms=forms,
                                               device=device)  # fmt: skip
-        step(k + 1, steps)
+        step(k + 1, 0)
     result["reslice"] = reslices
+    done += len(reslices)
     if template_head:
         result["template_head"] = template_head_check(seg_card, classifier, forms=forms,
                                                       device=device)  # fmt: skip
-        step(steps, steps)
+        step(1, 0)
     conditions = result["segmentation"]["conditions"]
     stored = conditions[acquisitions[0].name]
     summary: dict[str, Any] = {
+        "segmenter": seg_card.ref,
         "reference_condition": acquisitions[0].name,
         "brain_labels_mean": stored["brain_labels_mean"],
         "brain_labels_min": stored["brain_labels_min"],
@@ -381,8 +428,74 @@ def evaluate_robustness(
     return result
 
 
+def plot_robustness(result: dict[str, Any], path: str | Path) -> Path:
+    """Mean Dice over the brain labels per acquisition (slice thickness, bias, noise), one
+    line per segmenter (the baseline's dashed), and the lowest brain label's Dice."""
+    from napari_mrisynth.reports.plots import _figure, _save
+
+    runs = [result] + ([result["baseline"]] if result.get("baseline") else [])
+    names = list(result["segmentation"]["conditions"])
+    figure = _figure(9.0, 4.2)
+    axes = figure.subplots(1, 1)
+    x = np.arange(len(names))
+    for k, run in enumerate(runs):
+        seg = run["segmentation"]
+        conditions = seg["conditions"]
+        style = "-" if k == 0 else "--"
+        mean = [conditions[n]["brain_labels_mean"] for n in names]
+        low = [conditions[n]["brain_labels_min"] for n in names]
+        axes.plot(x, mean, style + "o", label=f"{seg['model']}: mean of brain labels")
+        axes.plot(x, low, style + "v", label=f"{seg['model']}: lowest brain label", alpha=0.7)
+    axes.axhline(0.8, color="grey", lw=0.8, ls=":", label="target 0.8")
+    axes.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    axes.set_ylim(0.0, 1.0)
+    axes.set_ylabel("Dice on held-out subjects")
+    axes.set_title(f"Acquisitions of {len(result['segmentation']['subjects'])} held-out heads")
+    axes.legend(fontsize=7, loc="lower left")
+    return _save(figure, path)
+
+
+def _comparison(result: dict[str, Any]) -> list[str]:
+    """Model against baseline, same scans and draws: the figures the targets name."""
+    base = result["baseline"]
+    new, old = result["summary"], base["summary"]
+    lines = ["", f"## Against {old['segmenter']} (same scans, same draws)", "",
+             f"| measure | {new['segmenter']} | {old['segmenter']} |", "|---|---|---|"]  # fmt: skip
+    mine, theirs = result["segmentation"]["conditions"], base["segmentation"]["conditions"]
+    for name in mine:
+        lines.append(f"| brain labels mean Dice, {name} | {mine[name]['brain_labels_mean']:.3f} "
+                     f"| {theirs[name]['brain_labels_mean']:.3f} |")  # fmt: skip
+    lines.append(f"| lowest brain label, {new['reference_condition']} | "
+                 f"{new['brain_labels_min']:.3f} | {old['brain_labels_min']:.3f} |")  # fmt: skip
+    lines.append(f"| labels left empty | {', '.join(new['absent']) or '-'} | "
+                 f"{', '.join(old['absent']) or '-'} |")  # fmt: skip
+    for key, label in (
+        ("worst_reslice_mean_dice", "worst reslice agreement"),
+        ("largest_probability_change", "largest P change across reslices"),
+    ):
+        if key in new and key in old:
+            lines.append(f"| {label} | {new[key]:.3f} | {old[key]:.3f} |")
+    if "template_head" in new and "template_head" in old:
+        a, b = new["template_head"], old["template_head"]
+        lines.append(f"| MNI152 parenchyma Dice | {a['parenchyma_dice']:.3f} | "
+                     f"{b['parenchyma_dice']:.3f} |")  # fmt: skip
+        lines.append(f"| MNI152 lateral ventricles (mL) | {a['lateral_ventricles_ml']:.1f} | "
+                     f"{b['lateral_ventricles_ml']:.1f} |")  # fmt: skip
+        lines.append(f"| MNI152 labels left empty | {', '.join(a['absent']) or '-'} | "
+                     f"{', '.join(b['absent']) or '-'} |")  # fmt: skip
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
-    """The robustness report as Markdown tables."""
+    """The robustness report as Markdown tables (and the baseline's, when there is one)."""
+    text = _markdown_one(result)
+    if result.get("baseline"):
+        text += "\n".join(_comparison(result)) + "\n\n# Baseline\n\n"
+        text += _markdown_one(result["baseline"])
+    return text
+
+
+def _markdown_one(result: dict[str, Any]) -> str:
     seg = result["segmentation"]
     conditions = seg["conditions"]
     lines = [f"# Robustness of {seg['model']}", "",

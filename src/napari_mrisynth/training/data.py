@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,9 @@ from napari_mrisynth.volume import Volume
 
 #: Where a subject's T1 is read from: the NIfTI file or the DICOM series.
 SOURCES = ("nifti", "dicom")
+
+#: Share of training patches centred on a labelled voxel (segmentation).
+FOREGROUND_RATIO = 0.7
 
 #: Bump when the cached content changes meaning.
 _CACHE_FORMAT = 1
@@ -255,10 +258,14 @@ def segmentation_dataset(
     patches_per_volume: int,
     seed: int,
     augment: bool = True,
-    foreground_ratio: float = 0.7,
+    foreground_ratio: float = FOREGROUND_RATIO,
     randomize: Any = None,
+    class_weights: Mapping[int, float] | None = None,
 ) -> Any:
     """Random (image, label) patches from the cached subjects, sharded over DDP ranks.
+
+    A share ``foreground_ratio`` of the patches is centred on a labelled voxel; with
+    ``class_weights``, on a voxel of a label drawn with those relative weights.
 
     ``randomize`` (a :class:`~napari_mrisynth.training.randomize.DomainRandomization`)
     replaces every patch's image by one drawn from its moved label map with random
@@ -280,6 +287,7 @@ def segmentation_dataset(
         patch_size=patch_size,
         patches_per_volume=patches_per_volume,
         foreground_ratio=foreground_ratio,
+        class_weights=class_weights,
         transform=transform,
         seed=seed,
         even_ranks=True,
@@ -294,18 +302,44 @@ def classification_dataset(
     augment: bool = True,
     shuffle: bool = True,
     even_ranks: bool = True,
+    randomize: Any = None,
+    brain_mask: np.ndarray | None = None,
 ) -> Any:
-    """Whole model-grid volumes labelled with their class id, sharded over DDP ranks."""
+    """Whole model-grid volumes labelled with their class id, sharded over DDP ranks.
+
+    ``randomize`` (a :class:`~napari_mrisynth.training.randomize.DomainRandomization`) draws
+    every volume's image from its moved label map (or keeps the moved scan, a share
+    ``1 - paint_prob``) with random contrast and acquisition, then applies the model's
+    ``brain_mask``; every subject needs its cached label map.
+    """
     from napari_mrisynth.io.streaming import SeriesPatchDataset
 
-    items = [
-        {"image": c.image, "label": int(k), "subject": c.subject}
-        for c, k in zip(cached, classes, strict=True)
-    ]
+    if randomize is None:
+        items = [
+            {"image": c.image, "label": int(k), "subject": c.subject}
+            for c, k in zip(cached, classes, strict=True)
+        ]
+        transform = classification_transform(augment=augment)
+    else:
+        from napari_mrisynth.training.randomize import randomized_classification_transform
+
+        missing = [c.subject for c in cached if c.label is None]
+        if missing:
+            raise MrisynthError(f"randomized classification draws images from label maps: "
+                                f"no label map for {missing}")  # fmt: skip
+        if brain_mask is None:
+            raise MrisynthError("randomized classification needs the model's brain mask")
+        items = [
+            {"image": c.image, "label": c.label, "subject": c.subject, "class_id": int(k)}
+            for c, k in zip(cached, classes, strict=True)
+        ]
+        transform = randomized_classification_transform(
+            np.shape(brain_mask), randomize, brain_mask=brain_mask
+        )
     return SeriesPatchDataset(
         items,
         mode="volume",
-        transform=classification_transform(augment=augment),
+        transform=transform,
         seed=seed,
         shuffle=shuffle,
         even_ranks=even_ranks,

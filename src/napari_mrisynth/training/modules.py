@@ -252,18 +252,27 @@ class CohortDataModule(pl.LightningDataModule):
     train_items, val_items : sequence of CachedSubject
     opts : TrainOptions
         ``patch_size``, ``patches_per_volume``, ``batch_size``, ``num_workers``, ``seed``,
-        ``augment`` and, for segmentation, ``randomize`` (images drawn from the label maps
-        with :class:`~napari_mrisynth.training.randomize.DomainRandomization`).
+        and ``augment``.
     classes : dict of str to int, optional
         Class id per subject (classification).
+    randomization : DomainRandomization, optional
+        Draw the training images from the label maps with these ranges.
+    brain_mask : array, optional
+        Classification with ``randomization``: the model's brain mask on its grid.
+    label_weights : dict of int to float, optional
+        Segmentation: relative probability of centring a foreground patch on each label.
     """
 
     def __init__(self, task: str, train_items: Sequence[Any], val_items: Sequence[Any],
-                 opts: Any, classes: dict[str, int] | None = None) -> None:  # fmt: skip
+                 opts: Any, classes: dict[str, int] | None = None, *, randomization: Any = None,
+                 label_weights: dict[int, float] | None = None,
+                 brain_mask: Any = None) -> None:  # fmt: skip
         super().__init__()
         self.task, self.opts = task, opts
         self.train_items, self.val_items = list(train_items), list(val_items)
         self.classes = dict(classes or {})
+        self.randomization, self.label_weights = randomization, label_weights
+        self.brain_mask = brain_mask
 
     def _loader(self, dataset: Any, batch_size: int) -> Any:
         from torch.utils.data import DataLoader
@@ -275,20 +284,16 @@ class CohortDataModule(pl.LightningDataModule):
 
         opts = self.opts
         if self.task == "segmentation":
-            randomize = None
-            if opts.randomize:
-                from napari_mrisynth.training.randomize import DomainRandomization
-
-                randomize = DomainRandomization()
             dataset = data.segmentation_dataset(
                 self.train_items, patch_size=opts.patch_size,
                 patches_per_volume=opts.patches_per_volume, seed=opts.seed, augment=opts.augment,
-                randomize=randomize,
+                randomize=self.randomization, class_weights=self.label_weights,
             )  # fmt: skip
         else:
             dataset = data.classification_dataset(
                 self.train_items, [self.classes[c.subject] for c in self.train_items],
-                seed=opts.seed, augment=opts.augment,
+                seed=opts.seed, augment=opts.augment, randomize=self.randomization,
+                brain_mask=self.brain_mask,
             )  # fmt: skip
         return self._loader(dataset, opts.batch_size)
 

@@ -25,6 +25,7 @@ from napari_mrisynth.errors import ModelError, MrisynthError
 from napari_mrisynth.models.card import LabelSpec, ModelCard
 from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
+from napari_mrisynth.training.data import FOREGROUND_RATIO
 from napari_mrisynth.training.recipe import RunOptions, TrainingRun, model_spec, resolve_init
 
 #: Classes of the bvFTD classifier, in output order.
@@ -51,7 +52,28 @@ class TrainOptions(RunOptions):
     patience: int = 10
     augment: bool = True
     randomize: bool = False
+    #: With ``randomize``: the share of samples painted from their label maps (SynthSeg: 1).
+    paint_fraction: float = 1.0
+    #: Segmentation: centre foreground patches on each label equally often (small labels
+    #: such as the insula and the ventricles are then seen as often as white matter).
+    balance_labels: bool = False
     num_workers: int = 0
+
+    def randomization(self, task: str = "segmentation") -> Any:
+        """The :class:`~napari_mrisynth.training.randomize.DomainRandomization` this run draws
+        training images with, or None without ``randomize``.
+
+        Classification gets the same contrast and acquisition ranges with a smaller pose
+        range (5 degrees, 5 % size): its inputs are whole heads already aligned to the
+        template, where a segmenter's patches come from anywhere."""
+        if not self.randomize:
+            return None
+        from napari_mrisynth.training.randomize import DomainRandomization
+
+        if not 0.0 <= self.paint_fraction <= 1.0:
+            raise MrisynthError(f"--paint-fraction {self.paint_fraction}: use a value in [0, 1]")
+        pose = {} if task == "segmentation" else {"rotation_deg": 5.0, "scale": 0.05}
+        return DomainRandomization(paint_prob=float(self.paint_fraction), **pose)
 
 
 def train_segmentation(data: str | Path, out: str | Path, **options: Any) -> ModelCard | None:
@@ -181,8 +203,9 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     run = TrainingRun(task, data, out, opts)
     if task == "segmentation" and opts.loss not in ("dicece", "focal_tversky"):
         raise MrisynthError(f"--loss {opts.loss!r}: use dicece or focal_tversky")
-    if task != "segmentation" and opts.randomize:
-        raise MrisynthError("--randomize draws images from label maps: segmentation only")
+    if task != "segmentation" and opts.balance_labels:
+        raise MrisynthError("--balance-labels samples patches by label: segmentation only")
+    settings = opts.randomization(task)
     base = resolve_init(opts.init, task, out) if opts.init else None
     splits = run.split([base])
     diagnosis = {row["participant_id"]: row.get("diagnosis", "") for row in run.participants}
@@ -215,7 +238,8 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     run.check_new(model_id)
 
     needed = splits["train"] + splits["val"]
-    by_id = run.cache(needed, spec, labels=True if task == "segmentation" else None)
+    by_id = run.cache(needed, spec, labels=True if task == "segmentation" or opts.randomize
+                      else None)  # fmt: skip
     train_items = [by_id[s] for s in splits["train"]]
     val_items = [by_id[s] for s in splits["val"]]
 
@@ -247,10 +271,17 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
 
     from napari_mrisynth.training.modules import CohortDataModule
 
+    label_weights = (
+        {label.value: 1.0 for label in labels}
+        if task == "segmentation" and opts.balance_labels
+        else None
+    )
     datamodule = CohortDataModule(
         task, train_items, val_items, opts,
         classes={s: NAMES.index(diagnosis[s]) for s in needed} if task != "segmentation"
         else None,
+        randomization=settings, label_weights=label_weights,
+        brain_mask=_brain_mask(spec) if task != "segmentation" and settings else None,
     )  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints" / run_name, filename="best", monitor=monitor, mode=mode,
@@ -271,10 +302,19 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
             "loss": opts.loss,
             "patch_size": list(roi),
             "patches_per_volume": opts.patches_per_volume,
-            "randomization": _randomization(opts),
+            "randomization": None if settings is None else settings.to_json(),
+            "patch_sampling": {
+                "foreground_ratio": FOREGROUND_RATIO,
+                "class_weights": None
+                if label_weights is None
+                else {str(k): v for k, v in label_weights.items()},
+            },
         }
         if task == "segmentation"
-        else {"class_weights": class_weights}
+        else {
+            "class_weights": class_weights,
+            "randomization": None if settings is None else settings.to_json(),
+        }
     )
     training = run.training_record(
         trainer,
@@ -328,13 +368,12 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     })  # fmt: skip
 
 
-def _randomization(opts: TrainOptions) -> dict[str, Any] | None:
-    """The ranges training images were drawn from label maps with, or None."""
-    if not opts.randomize:
-        return None
-    from napari_mrisynth.training.randomize import DomainRandomization
+def _brain_mask(spec: Any) -> np.ndarray:
+    """The brain mask :func:`~napari_mrisynth.preprocess.prepare` applies on ``spec``'s grid."""
+    from napari_mrisynth.preprocess import reference_on_grid
+    from napari_mrisynth.preprocess.grid import ModelGrid
 
-    return DomainRandomization().to_json()
+    return reference_on_grid(ModelGrid.from_input_spec(spec))[1]
 
 
 def best_state(module: Any, checkpoint: Any) -> tuple[dict[str, Any], str]:
