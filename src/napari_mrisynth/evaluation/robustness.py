@@ -548,7 +548,7 @@ def template_head_check(
     forms: Sequence[str] = FORMS,
     device: Any = None,
 ) -> dict[str, Any]:
-    """The real head available offline: nilearn's MNI152 2009c T1 (1 mm, an average of 152
+    """The real head available offline: nilearn's MNI152 2009a T1 (1 mm, an average of 152
     real scans, brain only) against its own grey- and white-matter probability maps
     (above one half): parenchyma and white-matter Dice, every brain label's volume, and the
     reslice check. The simulated cohort is built from this template, so it is a check of
@@ -568,7 +568,7 @@ def template_head_check(
     parenchyma = np.isin(labels, [v for v in BRAIN_LABELS if v not in (12, 13)])
     cerebellum = labels == 10
     result: dict[str, Any] = {
-        "head": "MNI152 2009c nonlinear symmetric T1 (nilearn), 1 mm, brain only",
+        "head": "MNI152 2009a nonlinear symmetric T1 (nilearn), 1 mm, brain only",
         "parenchyma_dice": dice_per_label(gm | wm, parenchyma, [1])[1],
         "white_matter_dice": dice_per_label(wm & ~cerebellum, (labels == 11) & ~cerebellum, [1])[
             1
