@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -143,6 +144,23 @@ def test_a_baseline_is_scored_on_the_same_scans_and_draws(simulated_cohort, tmp_
             template_head=False,
             device="cpu",
         )
+
+
+def test_cli_writes_the_report_the_table_and_the_figure(simulated_cohort, tmp_path, capsys):
+    from napari_mrisynth.cli import main
+
+    cohort = simulated_cohort(10, 5)
+    args = ["evaluate", "robustness", "--cohort", str(cohort), "--segmenter",
+            "seg-head-demo@1.1.0", "--subjects", "sub-008", "--reslice-subjects", "0",
+            "--no-template-head", "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--acquisitions", "as stored,5 mm slices", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "report.json").read_text())
+    assert list(result["segmentation"]["conditions"]) == ["as stored", "5 mm slices"]
+    assert "| 5 mm slices |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main([*args, "--acquisitions", "9 mm slices"]) == 1
+    assert "--acquisitions: no 9 mm slices; choose from as stored," in capsys.readouterr().err
 
 
 def test_only_held_out_subjects_are_evaluated(subject):

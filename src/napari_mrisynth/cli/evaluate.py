@@ -311,7 +311,7 @@ def run_downstream_command(args: argparse.Namespace) -> int:
 
 def register_robustness(subparsers: argparse._SubParsersAction) -> None:
     """``mrisynth evaluate robustness``."""
-    from napari_mrisynth.evaluation.robustness import FORMS
+    from napari_mrisynth.evaluation.robustness import FORMS, STANDARD_ACQUISITIONS
 
     parser = subparsers.add_parser(
         "robustness",
@@ -331,6 +331,10 @@ def register_robustness(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--subjects", type=_names,
                         help="comma-separated held-out subjects (default: the segmenter's "
                              "test split found in --cohort)")  # fmt: skip
+    parser.add_argument("--acquisitions", type=_names,
+                        help="comma-separated subset of: "
+                             + ", ".join(a.name for a in STANDARD_ACQUISITIONS)
+                             + " (default: all)")  # fmt: skip
     parser.add_argument("--forms", type=_names, default=FORMS,
                         help=f"comma-separated subset of {', '.join(FORMS)}")  # fmt: skip
     parser.add_argument("--reslice-subjects", type=int, default=3,
@@ -356,6 +360,7 @@ def register_robustness(subparsers: argparse._SubParsersAction) -> None:
 
 def run_robustness_command(args: argparse.Namespace) -> int:
     from napari_mrisynth.evaluation.robustness import (
+        STANDARD_ACQUISITIONS,
         evaluate_robustness,
         markdown,
         plot_robustness,
@@ -363,9 +368,18 @@ def run_robustness_command(args: argparse.Namespace) -> int:
     from napari_mrisynth.io.atomic import write_json, write_text
 
     device = chosen_device(args.device, "evaluate robustness")
+    acquisitions = STANDARD_ACQUISITIONS
+    if args.acquisitions:
+        by_name = {a.name: a for a in STANDARD_ACQUISITIONS}
+        unknown = [name for name in args.acquisitions if name not in by_name]
+        if unknown:
+            raise MrisynthError(f"--acquisitions: no {', '.join(unknown)}; choose from "
+                                f"{', '.join(by_name)}")  # fmt: skip
+        acquisitions = tuple(by_name[name] for name in args.acquisitions)
     with ProgressBar("robustness", unit="scan") as progress:
         result = evaluate_robustness(
             args.cohort, segmenter=args.segmenter, classifier=args.classifier,
+            acquisitions=acquisitions,
             subjects=args.subjects, forms=args.forms, reslice_subjects=args.reslice_subjects,
             template_head=args.template_head, baseline_segmenter=args.baseline_segmenter,
             baseline_classifier=args.baseline_classifier, device=device, seed=args.seed,
