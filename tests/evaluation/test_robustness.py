@@ -163,6 +163,35 @@ def test_cli_writes_the_report_the_table_and_the_figure(simulated_cohort, tmp_pa
     assert "--acquisitions: no 9 mm slices; choose from as stored," in capsys.readouterr().err
 
 
+def test_saliency_check_measures_where_the_classifier_looks(simulated_cohort):
+    from scipy import ndimage as ndi
+
+    from napari_mrisynth.evaluation.robustness import SALIENCY_REGION_GROWTH, saliency_check
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.training.splits import read_participants
+
+    cohort = simulated_cohort(10, 5)
+    rows = read_participants(cohort)
+    patients = [r["participant_id"] for r in rows if r["diagnosis"] == "bvFTD"][:2]
+    control = next(r["participant_id"] for r in rows if r["diagnosis"] == "control")
+    result = saliency_check(cohort, [*patients, control], "cls-bvftd-demo@1.0.0", device="cpu")
+    assert list(result["per_subject"]) == patients  # controls have no bvFTD regions to find
+    assert result["regions"] == ["orbitomedial_frontal_gm", "insula_gm",
+                                 "anterior_temporal_gm", "lateral_ventricles"]  # fmt: skip
+    truth = np.asarray(load_volume(cohort / patients[0] / "anat" /
+                                   f"{patients[0]}_labels.nii.gz").data)  # fmt: skip
+    brain = (truth >= 1) & (truth <= 13)
+    grown = ndi.binary_dilation(np.isin(truth, (2, 3, 4, 12)), iterations=SALIENCY_REGION_GROWTH)
+    first = result["per_subject"][patients[0]]
+    assert first["volume_share"] == pytest.approx((grown & brain).sum() / brain.sum())
+    for r in result["per_subject"].values():
+        assert 0.0 <= r["saliency_share"] <= 1.0 and 0.0 < r["volume_share"] < 1.0
+        assert r["enrichment"] == pytest.approx(r["saliency_share"] / r["volume_share"])
+    assert result["mean_enrichment"] == pytest.approx(
+        np.mean([r["enrichment"] for r in result["per_subject"].values()])
+    )
+
+
 def test_only_held_out_subjects_are_evaluated(subject):
     from napari_mrisynth.models.registry import find_model
 

@@ -225,6 +225,66 @@ def segmentation_robustness(
             "labels": {str(v): names[v] for v in scored}, "conditions": conditions}  # fmt: skip
 
 
+#: Voxels (on the scan's grid) the regions bvFTD changes are grown by: the simulated
+#: atrophy turns cortex at their border into CSF, so the evidence lies at and around them.
+SALIENCY_REGION_GROWTH = 2
+
+
+def saliency_check(
+    cohort: str | Path,
+    subjects: Sequence[str],
+    classifier: Any = None,
+    *,
+    device: Any = None,
+) -> dict[str, Any]:
+    """Does the classifier look where bvFTD changes the head?
+
+    For each held-out bvFTD subject, the bvFTD saliency map (Grad-CAM, on the scan's grid)
+    is summed inside the regions the disease changes in the simulator (orbitomedial frontal,
+    insular and anterior temporal cortex, and the lateral ventricles, from the subject's
+    true labels, grown by :data:`SALIENCY_REGION_GROWTH` voxels) and inside the brain.
+    ``enrichment`` is the regions' share of the saliency over their share of the brain's
+    volume: 1 is a map blind to anatomy, above 1 a map that looks at the disease.
+    """
+    from scipy import ndimage as ndi
+
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, BVFTD_LABELS, LABEL_IDS
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.models.inference import classify, get_model
+    from napari_mrisynth.training.splits import read_participants
+
+    card = get_model(classifier, "classification", device).card
+    diagnosis = {r["participant_id"]: r.get("diagnosis") for r in read_participants(cohort)}
+    changed = (*BVFTD_LABELS, LABEL_IDS["lateral_ventricles"])
+    per_subject: dict[str, Any] = {}
+    for subject in subjects:
+        if diagnosis.get(subject) != "bvFTD":
+            continue
+        image_path, label_path = _subject_files(Path(cohort), subject)
+        truth = np.asarray(load_volume(label_path).data)
+        result = classify(load_volume(image_path), card, device=device, saliency=True)
+        heat = np.asarray(result.saliency.data, dtype=np.float64)
+        brain = np.isin(truth, BRAIN_LABELS)
+        region = ndi.binary_dilation(np.isin(truth, changed),
+                                     iterations=SALIENCY_REGION_GROWTH) & brain  # fmt: skip
+        mass = float(heat[brain].sum())
+        share = float(heat[region].sum()) / mass if mass > 0 else math.nan
+        volume_share = float(region.sum()) / float(brain.sum())
+        per_subject[subject] = {
+            "p_bvftd": result.probabilities.get("bvFTD"),
+            "saliency_share": share,
+            "volume_share": volume_share,
+            "enrichment": share / volume_share if volume_share > 0 else math.nan,
+        }
+    values = [r["enrichment"] for r in per_subject.values() if not math.isnan(r["enrichment"])]
+    return {
+        "model": card.ref,
+        "regions": [n for n, v in LABEL_IDS.items() if v in changed],
+        "per_subject": per_subject,
+        "mean_enrichment": float(np.mean(values)) if values else math.nan,
+    }
+
+
 def reslice_agreement(
     volume: Volume,
     segmenter: Any = None,
@@ -394,6 +454,8 @@ def _evaluate_pair(
         step(k + 1, 0)
     result["reslice"] = reslices
     done += len(reslices)
+    if classifier is not None:
+        result["saliency"] = saliency_check(cohort, chosen, classifier, device=device)
     if template_head:
         result["template_head"] = template_head_check(seg_card, classifier, forms=forms,
                                                       device=device)  # fmt: skip
@@ -417,6 +479,9 @@ def _evaluate_pair(
             summary["largest_probability_change"] = max(
                 max(r["probability_range"].values()) for r in reslices.values()
             )
+    if classifier is not None:
+        summary["saliency_enrichment"] = result["saliency"]["mean_enrichment"]
+        summary["classifier"] = result["saliency"]["model"]
     if template_head:
         t = result["template_head"]
         summary["template_head"] = {
@@ -472,6 +537,7 @@ def _comparison(result: dict[str, Any]) -> list[str]:
     for key, label in (
         ("worst_reslice_mean_dice", "worst reslice agreement"),
         ("largest_probability_change", "largest P change across reslices"),
+        ("saliency_enrichment", "saliency enrichment in bvFTD regions (1 = blind)"),
     ):
         if key in new and key in old:
             lines.append(f"| {label} | {new[key]:.3f} | {old[key]:.3f} |")
@@ -525,6 +591,16 @@ def _markdown_one(result: dict[str, Any]) -> str:
                              f"{e['round_trip_mean_dice']:.3f} | "
                              f"{e['min_dice']:.3f} | {e['voxel_agreement']:.3f} | "
                              f"{'-' if p is None else f'{p:.3f}'} |")  # fmt: skip
+    sal = result.get("saliency")
+    if sal and sal["per_subject"]:
+        lines += ["", f"Where {sal['model']} looks in held-out bvFTD heads (saliency in "
+                  f"{', '.join(sal['regions'])}, grown by {SALIENCY_REGION_GROWTH} voxels; "
+                  "enrichment 1 = blind to anatomy):", "",
+                  "| subject | P(bvFTD) | saliency share | volume share | enrichment |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for subject, r in sal["per_subject"].items():
+            lines.append(f"| {subject} | {r['p_bvftd']:.3f} | {r['saliency_share']:.3f} | "
+                         f"{r['volume_share']:.3f} | {r['enrichment']:.2f} |")  # fmt: skip
     t = result.get("template_head")
     if t:
         lines += ["", f"Real head: {t['head']}. Parenchyma Dice against its GM + WM maps "
