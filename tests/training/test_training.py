@@ -183,6 +183,27 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
     assert any(not torch.equal(tuned[k], base_weights[k]) for k in base_weights)
 
 
+def test_finetuning_on_the_cohort_rebuilt_elsewhere_keeps_the_held_out_set(
+    seg_run, cohort, tracking_uri, tmp_path
+):
+    import shutil
+
+    from napari_mrisynth.training.recipe import inherited_splits
+    from napari_mrisynth.training.train import train_segmentation
+
+    base, _ = seg_run
+    rebuilt = shutil.copytree(cohort, tmp_path / "rebuilt")  # same recipe, another folder
+    options = {**TINY_SEG, "epochs": 1, "seed": 7}
+    card = train_segmentation(rebuilt, tmp_path / "models", id="seg-test-moved",
+                              init=str(base.path), tracking_uri=tracking_uri,
+                              experiment="tests", **options)  # fmt: skip
+    assert card.training["splits"] == base.training["splits"]
+    assert card.training["splits_from"] == "seg-test@1.0.0"
+    # a cohort missing some of the base's subjects is another cohort: a fresh split
+    rows = read_participants(rebuilt)
+    assert inherited_splits(base, rebuilt, rows[:-1]) is None
+
+
 def test_randomized_training_sees_images_drawn_from_the_labels(cohort, tracking_uri, tmp_path):
     import lightning.pytorch as pl
 

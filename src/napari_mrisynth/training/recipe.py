@@ -94,13 +94,18 @@ def inherited_splits(base: ModelCard | None, data: Path, participants: list[dict
     """The base model's split when fine-tuning on the cohort it was trained on.
 
     A new seeded split would put some of the base model's training subjects into the test
-    set, and the fine-tuned model's test figures would no longer be held out.
+    set, and the fine-tuned model's test figures would no longer be held out. The cohort
+    counts as the same when it is the folder the base was trained on, or when it holds every
+    subject the base's split names (a cohort rebuilt elsewhere from the same recipe cannot
+    be told from a different one by its ids, and keeping the split is harmless there).
     """
     if base is None or not base.training.get("splits"):
         return None
-    if Path(str(base.training.get("data", ""))).resolve() != data.resolve():
-        return None
     ids = {row["participant_id"] for row in participants}
+    same_folder = Path(str(base.training.get("data", ""))).resolve() == data.resolve()
+    named = {s for v in base.training["splits"].values() for s in v}
+    if not same_folder and not named <= ids:
+        return None
     splits = {k: [s for s in v if s in ids] for k, v in base.training["splits"].items()}
     return splits if splits.get("train") and splits.get("val") else None
 

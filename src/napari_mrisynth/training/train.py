@@ -297,25 +297,18 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
 
     # best checkpoint (plain tensors; weights_only refuses anything else) -> registry model
     state, chosen = best_state(module, checkpoint)
-    extra: dict[str, Any] = (
-        {
-            "loss": opts.loss,
-            "patch_size": list(roi),
-            "patches_per_volume": opts.patches_per_volume,
-            "randomization": None if settings is None else settings.to_json(),
-            "patch_sampling": {
+    extra: dict[str, Any] = {"randomization": None if settings is None else settings.to_json()}
+    if task == "segmentation":
+        extra.update(
+            loss=opts.loss, patch_size=list(roi), patches_per_volume=opts.patches_per_volume,
+            patch_sampling={
                 "foreground_ratio": FOREGROUND_RATIO,
-                "class_weights": None
-                if label_weights is None
+                "class_weights": None if label_weights is None
                 else {str(k): v for k, v in label_weights.items()},
             },
-        }
-        if task == "segmentation"
-        else {
-            "class_weights": class_weights,
-            "randomization": None if settings is None else settings.to_json(),
-        }
-    )
+        )  # fmt: skip
+    else:
+        extra["class_weights"] = class_weights
     training = run.training_record(
         trainer,
         splits_from=base.ref if run.inherited_from is not None else None,
