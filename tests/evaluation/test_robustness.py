@@ -161,6 +161,17 @@ def test_cli_writes_the_report_the_table_and_the_figure(simulated_cohort, tmp_pa
     capsys.readouterr()
     assert main([*args, "--acquisitions", "9 mm slices"]) == 1
     assert "--acquisitions: no 9 mm slices; choose from as stored," in capsys.readouterr().err
+    # a saved report is a baseline for a later run of the same scans and draws ...
+    saved = tmp_path / "report.json"
+    again = [*args, "--acquisitions", "as stored,5 mm slices", "--baseline-report", str(saved)]
+    assert main([*again, "--out", str(tmp_path / "again")]) == 0
+    text = (tmp_path / "again" / "report.md").read_text()
+    assert "## Against seg-head-demo@1.1.0 (same scans, same draws)" in text
+    both = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert both["baseline"]["segmentation"] == result["segmentation"]
+    # ... and refused for other ones
+    assert main([*args, "--acquisitions", "as stored", "--baseline-report", str(saved)]) == 1
+    assert "the baseline report scored other acquisitions" in capsys.readouterr().err
 
 
 def test_saliency_check_measures_where_the_classifier_looks(simulated_cohort):

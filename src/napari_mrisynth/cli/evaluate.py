@@ -349,6 +349,10 @@ def register_robustness(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="with --baseline-segmenter: the classifier to compare with",
     )
+    parser.add_argument("--baseline-report", metavar="JSON", type=Path,
+                        help="compare with an earlier report.json of the same cohort, "
+                             "subjects, acquisitions and seed instead of rerunning the "
+                             "baseline")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="bias and noise draws")
     parser.add_argument(
         "--out", type=Path, help="write report.md, report.json and robustness.png here"
@@ -356,6 +360,16 @@ def register_robustness(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
     add_device_option(parser)
     parser.set_defaults(func=run_robustness_command)
+
+
+def _read_report(path: Path | None) -> dict | None:
+    """A saved report.json, or None; a clear error names the file otherwise."""
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise MrisynthError(f"{path}: not a readable robustness report.json ({exc})") from exc
 
 
 def run_robustness_command(args: argparse.Namespace) -> int:
@@ -382,7 +396,8 @@ def run_robustness_command(args: argparse.Namespace) -> int:
             acquisitions=acquisitions,
             subjects=args.subjects, forms=args.forms, reslice_subjects=args.reslice_subjects,
             template_head=args.template_head, baseline_segmenter=args.baseline_segmenter,
-            baseline_classifier=args.baseline_classifier, device=device, seed=args.seed,
+            baseline_classifier=args.baseline_classifier,
+            baseline_report=_read_report(args.baseline_report), device=device, seed=args.seed,
             progress=progress,
         )  # fmt: skip
     text = markdown(result)

@@ -379,6 +379,7 @@ def evaluate_robustness(
     template_head: bool = True,
     baseline_segmenter: Any = None,
     baseline_classifier: Any = None,
+    baseline_report: dict[str, Any] | None = None,
     device: Any = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -389,7 +390,9 @@ def evaluate_robustness(
 
     With ``baseline_segmenter`` (and optionally ``baseline_classifier``) the same checks run
     on those models too, on the same scans and draws, under ``result["baseline"]``; the
-    subjects must be held out from both segmenters.
+    subjects must be held out from both segmenters. ``baseline_report`` (an earlier result
+    of this function) is taken as the baseline instead, after checking that it scored the
+    same cohort, subjects, acquisitions, forms and seed, so its draws are these.
     """
     from napari_mrisynth.models.inference import get_model
 
@@ -417,7 +420,33 @@ def evaluate_robustness(
     result = results[0]
     if len(results) > 1:
         result["baseline"] = results[1]
+    elif baseline_report is not None:
+        _check_comparable(result, baseline_report)
+        result["baseline"] = {k: v for k, v in baseline_report.items() if k != "baseline"}
     return result
+
+
+def _check_comparable(result: dict[str, Any], other: dict[str, Any]) -> None:
+    """Refuse a saved baseline that scored other scans or draws than ``result``."""
+
+    def facts(r: dict[str, Any]) -> dict[str, Any]:
+        seg = r["segmentation"]
+        return {
+            "cohort": str(Path(seg["cohort"]).resolve()),
+            "subjects": list(seg["subjects"]),
+            "acquisitions": {n: c["acquisition"] for n, c in seg["conditions"].items()},
+            "seed": r.get("seed"),
+            "reslice subjects": sorted(r.get("reslice", {})),
+            "forms": sorted({f for x in r.get("reslice", {}).values() for f in x["forms"]}),
+            "template head": "template_head" in r,
+        }
+
+    mine, theirs = facts(result), facts(other)
+    differ = [k for k in mine if mine[k] != theirs[k]]
+    if differ:
+        raise MrisynthError(f"the baseline report scored other {', '.join(differ)} "
+                            f"({', '.join(f'{k}: {theirs[k]!r}' for k in differ)}); rerun it "
+                            "with this run's settings")  # fmt: skip
 
 
 def _evaluate_pair(
@@ -490,6 +519,7 @@ def _evaluate_pair(
             "absent": t["absent"],
         }
     result["summary"] = summary
+    result["seed"] = seed
     return result
 
 
