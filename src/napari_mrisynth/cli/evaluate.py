@@ -11,6 +11,7 @@ from typing import Any
 
 from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device
 from napari_mrisynth.errors import MrisynthError
+from napari_mrisynth.evaluation.features import DEFAULT_FEATURE_MODEL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout)")
     evaluate.add_argument(
         "--features",
-        default="seg-head-demo",
+        default=DEFAULT_FEATURE_MODEL,
         help="feature extractor: a segmentation model id[@version] (SegResNet encoder, "
-        "default seg-head-demo) or medicalnet:PATH[:DEPTH] (local MedicalNet weights, depth "
-        "10, 18, 34 or 50; default 10)",
+        f"default {DEFAULT_FEATURE_MODEL}) or medicalnet:PATH[:DEPTH] (local MedicalNet "
+        "weights, depth 10, 18, 34 or 50; default 10)",
     )
     evaluate.add_argument(
         "--metrics", default="fid,kid,is,ms_ssim,mmd", help="comma-separated subset to compute"

@@ -24,9 +24,11 @@ from napari_mrisynth.errors import ModelError
 from napari_mrisynth.evaluation.common_grid import prepare_for, volume_digest
 from napari_mrisynth.volume import Volume
 
-#: The bundled models used when none is named.
-DEFAULT_FEATURE_MODEL = "seg-head-demo"
-DEFAULT_IS_CLASSIFIER = "cls-bvftd-demo"
+#: The bundled models used when none is named, pinned to a version: every published FID,
+#: KID and IS figure was computed with these networks, and a newer model of the same id
+#: (trained for another purpose) would move every one of them.
+DEFAULT_FEATURE_MODEL = "seg-head-demo@1.1.0"
+DEFAULT_IS_CLASSIFIER = "cls-bvftd-demo@1.0.0"
 
 #: MONAI ResNet builders of the MedicalNet depths.
 MEDICALNET_DEPTHS = (10, 18, 34, 50)
