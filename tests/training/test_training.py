@@ -256,6 +256,7 @@ def test_randomized_classification_reads_masked_anatomy(cohort, tracking_uri, tm
         cohort, tmp_path, id="cls-test-randomized", tracking_uri=tracking_uri,
         experiment="tests", **options,
     )  # fmt: skip
+    assert card.title.endswith(", domain-randomized")
     settings = card.training["randomization"]
     assert settings["paint_prob"] == 1.0
     assert settings["rotation_deg"] == 5.0 and settings["scale"] == 0.05  # aligned heads

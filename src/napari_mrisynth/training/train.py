@@ -338,7 +338,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     )
     card = run.card(
         id=model_id,
-        title=f"{architecture['name']} {what}",
+        title=f"{architecture['name']} {what}" + (", domain-randomized" if settings else ""),
         description=(
             f"{architecture['name']} ({task}) trained with napari-mrisynth on "
             f"{len(splits['train'])} {'simulated ' if run.simulated else ''}subjects of "
