@@ -268,20 +268,22 @@ def saliency_check(
         region = ndi.binary_dilation(np.isin(truth, changed),
                                      iterations=SALIENCY_REGION_GROWTH) & brain  # fmt: skip
         mass = float(heat[brain].sum())
-        share = float(heat[region].sum()) / mass if mass > 0 else math.nan
+        # Grad-CAM is 0 everywhere when nothing in the head argues for bvFTD: no share then
+        share = float(heat[region].sum()) / mass if mass > 0 else None
         volume_share = float(region.sum()) / float(brain.sum())
         per_subject[subject] = {
             "p_bvftd": result.probabilities.get("bvFTD"),
             "saliency_share": share,
             "volume_share": volume_share,
-            "enrichment": share / volume_share if volume_share > 0 else math.nan,
+            "enrichment": None if share is None or volume_share == 0 else share / volume_share,
         }
-    values = [r["enrichment"] for r in per_subject.values() if not math.isnan(r["enrichment"])]
+    values = [r["enrichment"] for r in per_subject.values() if r["enrichment"] is not None]
     return {
         "model": card.ref,
         "regions": [n for n, v in LABEL_IDS.items() if v in changed],
         "per_subject": per_subject,
-        "mean_enrichment": float(np.mean(values)) if values else math.nan,
+        "mean_enrichment": float(np.mean(values)) if values else None,
+        "without_evidence": [s for s, r in per_subject.items() if r["enrichment"] is None],
     }
 
 
@@ -570,7 +572,8 @@ def _comparison(result: dict[str, Any]) -> list[str]:
         ("saliency_enrichment", "saliency enrichment in bvFTD regions (1 = blind)"),
     ):
         if key in new and key in old:
-            lines.append(f"| {label} | {new[key]:.3f} | {old[key]:.3f} |")
+            cells = ["-" if r[key] is None else f"{r[key]:.3f}" for r in (new, old)]
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     if "template_head" in new and "template_head" in old:
         a, b = new["template_head"], old["template_head"]
         lines.append(f"| MNI152 parenchyma Dice | {a['parenchyma_dice']:.3f} | "
@@ -629,6 +632,10 @@ def _markdown_one(result: dict[str, Any]) -> str:
                   "| subject | P(bvFTD) | saliency share | volume share | enrichment |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for subject, r in sal["per_subject"].items():
+            if r["enrichment"] is None:
+                lines.append(f"| {subject} | {r['p_bvftd']:.3f} | no bvFTD evidence (map 0) | "
+                             f"{r['volume_share']:.3f} | - |")  # fmt: skip
+                continue
             lines.append(f"| {subject} | {r['p_bvftd']:.3f} | {r['saliency_share']:.3f} | "
                          f"{r['volume_share']:.3f} | {r['enrichment']:.2f} |")  # fmt: skip
     t = result.get("template_head")
