@@ -107,6 +107,11 @@ def test_segmentation_robustness_scores_each_acquisition_on_its_own_grid(subject
         assert isinstance(condition["absent"], list)
     text = markdown({"segmentation": result})
     assert "| 6 mm slices | " in text and f"| white_matter | {wm:.3f} |" in text
+    # the worst *brain* label (the cord or the eyes, outside the brain, do not count)
+    brain_names = {result["labels"][str(v)] for v in range(1, 14)}
+    worst = min(((n, d) for n, d in stored["dice"].items() if n in brain_names),
+                key=lambda kv: kv[1])  # fmt: skip
+    assert f"| as stored | {stored['brain_labels_mean']:.3f} | {worst[0]} {worst[1]:.3f} |" in text
 
 
 def test_a_baseline_is_scored_on_the_same_scans_and_draws(simulated_cohort, tmp_path):
@@ -254,3 +259,15 @@ def test_template_head_check_measures_the_real_template():
     assert 1100 < sum(result["volumes_ml"].values()) < 1700
     assert result["parenchyma_dice"] > 0.75
     assert result["reslice"]["forms"]["axial"]["mean_dice"] == 1.0
+    # the brain against the template's own extraction (nilearn: above 0.2 of the maximum)
+    from napari_mrisynth.anatomy.template import template_paths
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.models.inference import segment
+
+    t1 = load_volume(template_paths()["t1"])
+    data = np.asarray(t1.data, dtype=float)
+    extracted = data > 0.2 * data.max()
+    labels = np.asarray(segment(t1, "seg-head-demo@1.1.0", device="cpu").labels.data)
+    brain = (labels >= 1) & (labels <= 13)
+    expected = 2 * (brain & extracted).sum() / (brain.sum() + extracted.sum())
+    assert result["brain_dice"] == pytest.approx(expected, abs=1e-9) and expected > 0.8

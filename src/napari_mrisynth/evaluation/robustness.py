@@ -516,6 +516,7 @@ def _evaluate_pair(
     if template_head:
         t = result["template_head"]
         summary["template_head"] = {
+            "brain_dice": t.get("brain_dice"),
             "parenchyma_dice": t["parenchyma_dice"],
             "lateral_ventricles_ml": t["volumes_ml"]["lateral_ventricles"],
             "absent": t["absent"],
@@ -601,8 +602,12 @@ def _markdown_one(result: dict[str, Any]) -> str:
              f"Held-out subjects ({len(seg['subjects'])}): {', '.join(seg['subjects'])}.", "",
              "| acquisition | brain labels mean Dice | worst brain label | labels left empty |",
              "|---|---|---|---|"]  # fmt: skip
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
+
+    brain_names = {seg["labels"][str(v)] for v in BRAIN_LABELS if str(v) in seg["labels"]}
     for name, c in conditions.items():
-        worst = min(c["dice"].items(), key=lambda kv: kv[1]) if c["dice"] else ("-", math.nan)
+        brain = [kv for kv in c["dice"].items() if kv[0] in brain_names]
+        worst = min(brain, key=lambda kv: kv[1]) if brain else ("-", math.nan)
         lines.append(f"| {name} | {c['brain_labels_mean']:.3f} | {worst[0]} {worst[1]:.3f} | "
                      f"{', '.join(c['absent']) or '-'} |")  # fmt: skip
     names = list(next(iter(conditions.values()))["dice"])
@@ -640,7 +645,11 @@ def _markdown_one(result: dict[str, Any]) -> str:
                          f"{r['volume_share']:.3f} | {r['enrichment']:.2f} |")  # fmt: skip
     t = result.get("template_head")
     if t:
-        lines += ["", f"Real head: {t['head']}. Parenchyma Dice against its GM + WM maps "
+        brain = t.get("brain_dice")
+        lines += ["", f"Real head: {t['head']}. "
+                  + ("" if brain is None else f"Brain Dice against its brain extraction "
+                     f"{brain:.3f}; ")
+                  + "parenchyma Dice against its GM + WM maps "
                   f"{t['parenchyma_dice']:.3f}; white matter {t['white_matter_dice']:.3f}; "
                   f"labels left empty: {', '.join(t['absent']) or 'none'}.", "",
                   "| brain label | volume (mL) |", "|---|---|"]  # fmt: skip
@@ -654,6 +663,10 @@ def _markdown_one(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: nilearn's brain mask of its MNI152 template: voxels above this fraction of the maximum.
+NILEARN_BRAIN_MASK_THRESHOLD = 0.2
+
+
 def template_head_check(
     segmenter: Any = None,
     classifier: Any = None,
@@ -663,9 +676,11 @@ def template_head_check(
 ) -> dict[str, Any]:
     """The real head available offline: nilearn's MNI152 2009a T1 (1 mm, an average of 152
     real scans, brain only) against its own grey- and white-matter probability maps
-    (above one half): parenchyma and white-matter Dice, every brain label's volume, and the
-    reslice check. The simulated cohort is built from this template, so it is a check of
-    the real image's look, not of unseen anatomy."""
+    (above one half): parenchyma and white-matter Dice, every brain label's volume, the
+    reslice check, and the brain (every brain label) against the template's own brain
+    extraction (above 0.2 of its maximum, as nilearn's ``load_mni152_brain_mask``). The
+    simulated cohort is built from this template, so it is a check of the real image's look,
+    not of unseen anatomy."""
     from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABELS
     from napari_mrisynth.anatomy.template import template_paths
     from napari_mrisynth.io.files import load_volume
@@ -680,8 +695,12 @@ def template_head_check(
     millilitres = float(np.prod(t1.spacing)) / 1000.0
     parenchyma = np.isin(labels, [v for v in BRAIN_LABELS if v not in (12, 13)])
     cerebellum = labels == 10
+    # the template's own brain extraction, as nilearn's load_mni152_brain_mask draws it
+    t1_data = np.asarray(t1.data, dtype=np.float64)
+    extracted = t1_data > NILEARN_BRAIN_MASK_THRESHOLD * float(t1_data.max())
     result: dict[str, Any] = {
         "head": "MNI152 2009a nonlinear symmetric T1 (nilearn), 1 mm, brain only",
+        "brain_dice": dice_per_label(extracted, np.isin(labels, BRAIN_LABELS), [1])[1],
         "parenchyma_dice": dice_per_label(gm | wm, parenchyma, [1])[1],
         "white_matter_dice": dice_per_label(wm & ~cerebellum, (labels == 11) & ~cerebellum, [1])[
             1
