@@ -150,6 +150,32 @@ def test_whole_recipe_is_reproducible_and_keeps_labels_exact():
         assert 0.5 < ratio < 1.7 and not torch.equal(moved, labels)
 
 
+def test_a_stripped_sample_keeps_only_the_brain_in_image_and_labels():
+    from napari_mrisynth.training.randomize import RandSkullStripd
+
+    labels = _phantom()
+    labels[(labels == 0) & (torch.rand(labels.shape) < 0.3)] = 16  # "bone" around the brain
+    labels[0, :2] = 14  # and a slab of extracerebral CSF
+    image = torch.rand(labels.shape) + 0.1
+    kept_csf = set()
+    for seed in range(12):
+        strip = RandSkullStripd(settings=DomainRandomization(strip_prob=1.0))
+        strip.set_random_state(seed=seed)
+        out = strip({"image": image, "label": labels})
+        moved, stripped = out["label"], out["image"]
+        assert set(torch.unique(moved).tolist()) <= {0, 1, 5, 11, 12, 13, 14}  # no bone
+        assert torch.all(stripped[moved == 0] == 0)  # air outside what is kept
+        inside = moved > 0
+        assert torch.equal(stripped[inside], image[inside]) and torch.equal(
+            moved[inside], labels[inside]
+        )  # fmt: skip
+        kept_csf.add(bool((moved == 14).any()))
+    assert kept_csf == {True, False}  # some extractions keep the CSF rim, some do not
+    never = RandSkullStripd(settings=DomainRandomization())  # strip_prob 0 by default
+    out = never({"image": image, "label": labels})
+    assert torch.equal(out["image"], image) and torch.equal(out["label"], labels)
+
+
 def test_a_kept_scan_moves_with_its_labels():
     labels = _phantom()
     scan = (labels == 11).float() * 0.8 + (labels == 1).float() * 0.4  # WM bright, GM dim

@@ -217,10 +217,10 @@ def test_randomized_training_sees_images_drawn_from_the_labels(cohort, tracking_
             batches.append((batch["image"].clone(), batch["label"].clone()))
 
     options = {**TINY_SEG, "epochs": 1, "randomize": True, "balance_labels": True,
-               "callbacks": [Batches()]}  # fmt: skip
+               "strip_fraction": 0.25, "callbacks": [Batches()]}  # fmt: skip
     card = train_segmentation(cohort, tmp_path, id="seg-test-randomized",
                               tracking_uri=tracking_uri, experiment="tests", **options)  # fmt: skip
-    assert card.training["randomization"] == DomainRandomization().to_json()
+    assert card.training["randomization"] == DomainRandomization(strip_prob=0.25).to_json()
     sampling = card.training["patch_sampling"]
     assert sampling["foreground_ratio"] == 0.7
     assert sampling["class_weights"] == {str(v): 1.0 for v in range(1, 19)}  # every label

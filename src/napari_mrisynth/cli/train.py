@@ -73,6 +73,9 @@ def _add_common(parser: argparse.ArgumentParser, architectures: tuple, default: 
         help="with --randomize: share of samples painted from the labels (1: all, as "
         "SynthSeg); the rest keep the scan's image with the same random acquisition",
     )
+    add("--strip-fraction", type=float, default=0.0, metavar="P",
+        help="with --randomize: share of samples skull-stripped (image and labels), so "
+             "that brain-extracted scans are segmented too")  # fmt: skip
     add("--balance-labels", action="store_true",
         help="segmentation: centre patches on every label equally often, so that small "
              "labels (insula, ventricles) are learned")  # fmt: skip

@@ -79,6 +79,11 @@ class DomainRandomization:
     #: lets a short (CPU) training budget reach the T1 scans' accuracy while the painted
     #: share teaches shape over appearance.
     paint_prob: float = 1.0
+    #: Fraction of samples skull-stripped after acquisition, as a brain extraction tool
+    #: leaves a scan: every voxel outside the brain labels (and, in half of them, the
+    #: extracerebral CSF) becomes air in the image and background in the labels, so a
+    #: skull-stripped input is inside the training distribution.
+    strip_prob: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -101,6 +106,32 @@ class _Randomized(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob=prob)
         self.settings = settings or DomainRandomization()
+
+
+class RandSkullStripd(_Randomized):
+    """With probability ``settings.strip_prob``: keep only the brain (labels 1-13, plus the
+    extracerebral CSF in half the draws) in ``image`` (0 elsewhere) and in ``label_key``
+    (background elsewhere), as a skull-stripped scan and its labels look."""
+
+    def __init__(self, label_key: str = "label", settings: DomainRandomization | None = None):
+        super().__init__(("image",), settings)
+        self.prob = float(self.settings.strip_prob)
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABEL_IDS
+
+        out = dict(data)
+        self.randomize(None)
+        with_csf = bool(self.R.random() < 0.5)
+        if not self._do_transform:
+            return out
+        labels = torch.as_tensor(np.asarray(out[self.label_key])).long()
+        kept = list(BRAIN_LABELS) + ([LABEL_IDS["extracerebral_csf"]] if with_csf else [])
+        keep = torch.isin(labels, torch.tensor(kept))
+        out["image"] = torch.as_tensor(out["image"]).float() * keep
+        out[self.label_key] = torch.where(keep, labels, torch.zeros_like(labels))
+        return out
 
 
 def _generator(transform: RandomizableTransform) -> torch.Generator:
@@ -320,7 +351,8 @@ def randomized_steps(
     map ``label_key`` of ``patch_size`` are moved together (random affine and smooth
     deformation), the image is painted from the moved labels (a share
     ``settings.paint_prob``; the others keep the moved scan) and gets random acquisition
-    artefacts (bias, noise, resolution and slice thickness, gamma)."""
+    artefacts (bias, noise, resolution and slice thickness, gamma), and a share
+    ``settings.strip_prob`` is skull-stripped."""
     from monai.transforms import RandAffined, RandGaussianNoised, RandSmoothDeformd
 
     s = settings or DomainRandomization()
@@ -349,6 +381,7 @@ def randomized_steps(
         RandGaussianNoised(keys="image", prob=1.0, std=s.noise),
         RandSliceThicknessd(keys="image", spacing=spacing, settings=s),
         RandGammaClipd(keys="image", settings=s),
+        RandSkullStripd(label_key=label_key, settings=s),
     ]
 
 

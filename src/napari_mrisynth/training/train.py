@@ -54,6 +54,8 @@ class TrainOptions(RunOptions):
     randomize: bool = False
     #: With ``randomize``: the share of samples painted from their label maps (SynthSeg: 1).
     paint_fraction: float = 1.0
+    #: With ``randomize``: the share of samples skull-stripped (image and labels).
+    strip_fraction: float = 0.0
     #: Segmentation: centre foreground patches on each label equally often (small labels
     #: such as the insula and the ventricles are then seen as often as white matter).
     balance_labels: bool = False
@@ -70,10 +72,13 @@ class TrainOptions(RunOptions):
             return None
         from napari_mrisynth.training.randomize import DomainRandomization
 
-        if not 0.0 <= self.paint_fraction <= 1.0:
-            raise MrisynthError(f"--paint-fraction {self.paint_fraction}: use a value in [0, 1]")
+        for name in ("paint_fraction", "strip_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                flag = "--" + name.replace("_", "-")
+                raise MrisynthError(f"{flag} {getattr(self, name)}: use a value in [0, 1]")
         pose = {} if task == "segmentation" else {"rotation_deg": 5.0, "scale": 0.05}
-        return DomainRandomization(paint_prob=float(self.paint_fraction), **pose)
+        return DomainRandomization(paint_prob=float(self.paint_fraction),
+                                   strip_prob=float(self.strip_fraction), **pose)  # fmt: skip
 
 
 def train_segmentation(data: str | Path, out: str | Path, **options: Any) -> ModelCard | None:
