@@ -1,4 +1,5 @@
-"""What every command shares: the ``--device`` option and its notice, and progress bars.
+"""What every command shares: the ``--device`` option and its notice, comma-separated
+names, and progress bars.
 
 Core functions report progress as ``progress(done, total)`` and never print; a command turns
 that into a tqdm bar on stderr (stdout stays clean for ``--json``), and announces a fallback
@@ -14,6 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 DEVICE_HELP = "auto (cuda -> mps -> cpu, the default), cuda, cuda:N, mps or cpu"
+
+
+def comma_names(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: an option's comma-separated names."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def add_device_option(parser: argparse.ArgumentParser, help: str = DEVICE_HELP) -> None:

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from napari_mrisynth.cli._options import ProgressBar
+from napari_mrisynth.cli._options import ProgressBar, comma_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "texture; 1: the cohort before that (one template under a smooth deformation)",
     )  # fmt: skip
     parser.add_argument(
-        "--only", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        "--only", type=comma_names,
         metavar="SUB,SUB", help="write only these subjects of the --subjects cohort, with the "
         "anatomy they have in the full cohort (e.g. a model's held-out subjects at 1 mm)",
     )  # fmt: skip

@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device
+from napari_mrisynth.cli._options import (
+    ProgressBar,
+    add_device_option,
+    chosen_device,
+    comma_names,
+)
 from napari_mrisynth.errors import MrisynthError
 from napari_mrisynth.evaluation.features import DEFAULT_FEATURE_MODEL
 
@@ -201,10 +206,6 @@ def _integers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers") from exc
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
 def register_downstream(subparsers: argparse._SubParsersAction) -> None:
     """``mrisynth evaluate downstream``."""
     from napari_mrisynth.synthesis.downstream import ARMS, TASKS, Protocol
@@ -227,11 +228,11 @@ def register_downstream(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument("--cohort", type=Path, required=True, help="real cohort folder")
     parser.add_argument("--out", type=Path, required=True, help="results folder")
-    parser.add_argument("--tasks", type=_names, default=base.tasks,
+    parser.add_argument("--tasks", type=comma_names, default=base.tasks,
                         help=f"comma-separated: {', '.join(TASKS)} (default both)")  # fmt: skip
     parser.add_argument(
         "--arms",
-        type=_names,
+        type=comma_names,
         default=base.arms,
         help=f"comma-separated subset of {', '.join(ARMS)} (default all)",
     )
@@ -329,14 +330,14 @@ def register_robustness(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cohort", type=Path, required=True, help="cohort with label maps")
     parser.add_argument("--segmenter", help="segmentation model (default: the registry's)")
     parser.add_argument("--classifier", help="classification model for the reslice check")
-    parser.add_argument("--subjects", type=_names,
+    parser.add_argument("--subjects", type=comma_names,
                         help="comma-separated held-out subjects (default: the segmenter's "
                              "test split found in --cohort)")  # fmt: skip
-    parser.add_argument("--acquisitions", type=_names,
+    parser.add_argument("--acquisitions", type=comma_names,
                         help="comma-separated subset of: "
                              + ", ".join(a.name for a in STANDARD_ACQUISITIONS)
                              + " (default: all)")  # fmt: skip
-    parser.add_argument("--forms", type=_names, default=FORMS,
+    parser.add_argument("--forms", type=comma_names, default=FORMS,
                         help=f"comma-separated subset of {', '.join(FORMS)}")  # fmt: skip
     parser.add_argument("--reslice-subjects", type=int, default=3,
                         help="subjects that get the reslice check (default 3)")  # fmt: skip
