@@ -407,18 +407,20 @@ def evaluate_robustness(
         pairs.append((base_card, baseline_classifier))
     per_model = len(chosen) * len(acquisitions) + min(reslice_subjects, len(chosen))
     steps = len(pairs) * (per_model + template_head)
-    results = []
-    for k, (seg, cls) in enumerate(pairs):
-        offset = k * (per_model + template_head)
+    done = 0
 
-        def step(done: int, _total: int, offset: int = offset) -> None:
-            if progress is not None:
-                progress(offset + done, steps)
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, steps)
 
-        results.append(_evaluate_pair(cohort, chosen, seg, cls, acquisitions=acquisitions,
-                                      forms=forms, reslice_subjects=reslice_subjects,
-                                      template_head=template_head, device=device, seed=seed,
-                                      progress=step))  # fmt: skip
+    results = [
+        _evaluate_pair(cohort, chosen, seg, cls, acquisitions=acquisitions, forms=forms,
+                       reslice_subjects=reslice_subjects, template_head=template_head,
+                       device=device, seed=seed, advance=advance)
+        for seg, cls in pairs
+    ]  # fmt: skip
     result = results[0]
     if len(results) > 1:
         result["baseline"] = results[1]
@@ -463,34 +465,29 @@ def _evaluate_pair(
     template_head: bool,
     device: Any,
     seed: int,
-    progress: Callable[[int, int], None],
+    advance: Callable[[], None],
 ) -> dict[str, Any]:
+    """Every check on one segmenter (and classifier); ``advance()`` after each scan."""
     from napari_mrisynth.io.files import load_volume
     from napari_mrisynth.training.data import subject_image
 
-    done = 0
-
-    def step(k: int, _total: int) -> None:
-        progress(done + k, 0)
-
-    result = {"segmentation": segmentation_robustness(cohort, chosen, seg_card,
-                                                      acquisitions=acquisitions, device=device,
-                                                      seed=seed, progress=step)}  # fmt: skip
-    done = len(chosen) * len(acquisitions)
+    segmentation = segmentation_robustness(cohort, chosen, seg_card, acquisitions=acquisitions,
+                                           device=device, seed=seed,
+                                           progress=lambda _done, _total: advance())  # fmt: skip
+    result: dict[str, Any] = {"segmentation": segmentation}
     reslices: dict[str, Any] = {}
-    for k, subject in enumerate(chosen[:reslice_subjects]):
+    for subject in chosen[:reslice_subjects]:
         image = load_volume(subject_image(cohort, subject))
         reslices[subject] = reslice_agreement(image, seg_card, classifier, forms=forms,
                                               device=device)  # fmt: skip
-        step(k + 1, 0)
+        advance()
     result["reslice"] = reslices
-    done += len(reslices)
     if classifier is not None:
         result["saliency"] = saliency_check(cohort, chosen, classifier, device=device)
     if template_head:
         result["template_head"] = template_head_check(seg_card, classifier, forms=forms,
                                                       device=device)  # fmt: skip
-        step(1, 0)
+        advance()
     conditions = result["segmentation"]["conditions"]
     stored = conditions[acquisitions[0].name]
     summary: dict[str, Any] = {
@@ -596,14 +593,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _markdown_one(result: dict[str, Any]) -> str:
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
+
     seg = result["segmentation"]
     conditions = seg["conditions"]
     lines = [f"# Robustness of {seg['model']}", "",
              f"Held-out subjects ({len(seg['subjects'])}): {', '.join(seg['subjects'])}.", "",
              "| acquisition | brain labels mean Dice | worst brain label | labels left empty |",
              "|---|---|---|---|"]  # fmt: skip
-    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
-
     brain_names = {seg["labels"][str(v)] for v in BRAIN_LABELS if str(v) in seg["labels"]}
     for name, c in conditions.items():
         brain = [kv for kv in c["dice"].items() if kv[0] in brain_names]
