@@ -333,9 +333,7 @@ def classification_dataset(
             {"image": c.image, "label": c.label, "subject": c.subject, "class_id": int(k)}
             for c, k in zip(cached, classes, strict=True)
         ]
-        transform = randomized_classification_transform(
-            np.shape(brain_mask), randomize, brain_mask=brain_mask
-        )
+        transform = randomized_classification_transform(brain_mask, randomize)
     return SeriesPatchDataset(
         items,
         mode="volume",

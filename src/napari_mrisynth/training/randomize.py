@@ -345,10 +345,9 @@ def randomized_steps(
     settings: DomainRandomization | None = None,
     *,
     spacing: Sequence[float] | None = None,
-    label_key: str = "label",
 ) -> list[Any]:
     """The randomization as a list of MONAI dictionary transforms: ``image`` and the label
-    map ``label_key`` of ``patch_size`` are moved together (random affine and smooth
+    map ``label`` of ``patch_size`` are moved together (random affine and smooth
     deformation), the image is painted from the moved labels (a share
     ``settings.paint_prob``; the others keep the moved scan) and gets random acquisition
     artefacts (bias, noise, resolution and slice thickness, gamma), and a share
@@ -359,7 +358,7 @@ def randomized_steps(
     angle = math.radians(s.rotation_deg)
     return [
         RandAffined(
-            keys=("image", label_key),
+            keys=("image", "label"),
             prob=1.0,
             rotate_range=(angle,) * 3,
             scale_range=(s.scale,) * 3,
@@ -368,7 +367,7 @@ def randomized_steps(
             padding_mode="zeros",
         ),
         RandSmoothDeformd(
-            keys=("image", label_key),
+            keys=("image", "label"),
             spatial_size=tuple(int(n) for n in patch_size),
             rand_size=(4, 4, 4),
             field_mode="trilinear",
@@ -376,12 +375,12 @@ def randomized_steps(
             def_range=s.deformation,
             grid_mode=("bilinear", "nearest"),
         ),
-        RandLabelsToImaged(label_key=label_key, settings=s),
+        RandLabelsToImaged(settings=s),
         RandSmoothBiasd(keys="image", settings=s),
         RandGaussianNoised(keys="image", prob=1.0, std=s.noise),
         RandSliceThicknessd(keys="image", spacing=spacing, settings=s),
         RandGammaClipd(keys="image", settings=s),
-        RandSkullStripd(label_key=label_key, settings=s),
+        RandSkullStripd(settings=s),
     ]
 
 
@@ -410,40 +409,38 @@ class MaskClassd(MapTransform):
     the model's fixed brain mask (as :func:`~napari_mrisynth.preprocess.prepare` masks every
     scan), and ``label`` replaced by the class id in ``meta[class_key]``."""
 
-    def __init__(self, brain_mask: np.ndarray | None, class_key: str = "class_id") -> None:
+    def __init__(self, brain_mask: np.ndarray, class_key: str = "class_id") -> None:
         MapTransform.__init__(self, ("image",))
-        self.mask = None if brain_mask is None else torch.as_tensor(np.asarray(brain_mask) > 0)
+        self.mask = torch.as_tensor(np.asarray(brain_mask) > 0)
         self.class_key = class_key
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(data)
         image = torch.as_tensor(out["image"]).float()
-        if self.mask is not None:
-            if tuple(self.mask.shape) != tuple(image.shape[1:]):
-                raise ValueError(f"brain mask {tuple(self.mask.shape)} does not match the "
-                                 f"image {tuple(image.shape[1:])}")  # fmt: skip
-            image = image * self.mask
-        out["image"] = image
+        if tuple(self.mask.shape) != tuple(image.shape[1:]):
+            raise ValueError(f"brain mask {tuple(self.mask.shape)} does not match the "
+                             f"image {tuple(image.shape[1:])}")  # fmt: skip
+        out["image"] = image * self.mask
         out["label"] = torch.as_tensor(int(out["meta"][self.class_key]), dtype=torch.int64)
         return out
 
 
 def randomized_classification_transform(
-    shape: Sequence[int],
+    brain_mask: np.ndarray,
     settings: DomainRandomization | None = None,
     *,
-    brain_mask: np.ndarray | None = None,
     spacing: Sequence[float] | None = None,
 ) -> Any:
-    """Whole-volume samples whose ``label`` is the label map and ``meta["class_id"]`` the
-    class -> (random image, class id): :func:`randomized_steps` on the volume, then the
-    model's brain mask. The network sees anatomy (the shapes of the label map, and in the
-    kept share the scan itself) under random contrast and acquisition."""
+    """Whole-volume samples (the model grid, the shape of ``brain_mask``) whose ``label`` is
+    the label map and ``meta["class_id"]`` the class -> (random image, class id):
+    :func:`randomized_steps` on the volume, then the model's brain mask. The network sees
+    anatomy (the shapes of the label map, and in the kept share the scan itself) under
+    random contrast and acquisition."""
     from monai.transforms import Compose, EnsureTyped
 
     return Compose(
         [
-            *randomized_steps(shape, settings, spacing=spacing),
+            *randomized_steps(np.shape(brain_mask), settings, spacing=spacing),
             MaskClassd(brain_mask),
             EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
         ]
