@@ -346,6 +346,34 @@ def test_focal_tversky_loss_matches_its_formula():
     assert float(loss(half, target)) == pytest.approx(expected, rel=1e-5)
 
 
+
+def test_batch_dice_does_not_punish_a_label_one_patch_lacks():
+    """Two patches, label 1 only in the first. The network finds it exactly there and lets a
+    trace of it (p = 0.2 on 4 of 64 voxels) into the second. Per patch, that trace scores
+    the second patch's label-1 Dice at ~0, so the Dice part rises by about 1/4 (one of two
+    labels in one of two patches): a network learns to never predict a small label. Over
+    the batch, it is 0.8 soft false positives against 16 true voxels."""
+    import torch
+
+    from napari_mrisynth.training.modules import segmentation_loss
+
+    target = torch.zeros(2, 1, 4, 4, 4, dtype=torch.long)
+    target[0, 0, :1] = 1  # 16 voxels of label 1 in the first patch only
+    exact = torch.where(torch.cat([1 - target, target], 1).bool(), 50.0, -50.0)
+    traced = exact.clone()
+    p = torch.tensor(0.2)  # background/label-1 logits giving p(label 1) = 0.2
+    traced[1, 1, :1, :2, :2] = traced[1, 0, :1, :2, :2] + torch.log(p / (1 - p))
+
+    def rise(name: str) -> float:
+        loss = segmentation_loss(name)
+        return float(loss(traced, target) - loss(exact, target))
+
+    per_patch, over_batch = rise("dicece"), rise("dicece_batch")
+    assert per_patch > 0.24  # the second patch's label-1 Dice goes from 1 to ~0
+    assert 0 < over_batch < per_patch / 5
+    with pytest.raises(ValueError, match="dicece_batch"):
+        segmentation_loss("dice")
+
 # -- classification ------------------------------------------------------------------------
 def test_classification_run_reports_auc_with_confidence_interval(cohort, tracking_uri, seg_run):
     from mlflow import MlflowClient

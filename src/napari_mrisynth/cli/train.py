@@ -7,7 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from napari_mrisynth.cli._options import comma_names
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
+from napari_mrisynth.training.train import SEGMENTATION_LOSSES
 
 #: Options shared by both tasks; their defaults are TrainOptions'.
 _TASKS = {
@@ -132,7 +134,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if task == "segmentation":
             sub.add_argument("--patch-size", type=int, default=64, help="cubic patch side")
             sub.add_argument("--patches-per-volume", type=int, default=4)
-            sub.add_argument("--loss", choices=("dicece", "focal_tversky"), default="dicece")
+            sub.add_argument(
+                "--loss",
+                choices=SEGMENTATION_LOSSES,
+                default=SEGMENTATION_LOSSES[0],
+                help="dicece_batch: Dice over the batch + cross-entropy (the "
+                "default); dicece: Dice per patch; focal_tversky",
+            )
         else:
             sub.add_argument("--patience", type=int, default=10,
                              help="early stopping: epochs without a better val/loss")  # fmt: skip
@@ -185,10 +193,6 @@ _FAMILIES = {
 }
 
 
-def _conditions(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 def _register_generators(tasks: argparse._SubParsersAction) -> None:
     """Add ``anatomy``, ``vae``, ``gan`` and ``ldm`` to ``mrisynth train``."""
     for family, help_text in _FAMILIES.items():
@@ -211,7 +215,7 @@ def _register_generators(tasks: argparse._SubParsersAction) -> None:
         add(
             "--condition",
             dest="conditions",
-            type=_conditions,
+            type=comma_names,
             default=("diagnosis",),
             help="diagnosis, or diagnosis,age,sex",
         )

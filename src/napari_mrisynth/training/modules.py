@@ -6,7 +6,14 @@ inference later loads.
 
 Losses for segmentation:
 
-- ``dicece``: MONAI ``DiceCELoss`` (soft Dice + cross-entropy, softmax, one-hot targets).
+- ``dicece_batch`` (the default): MONAI ``DiceCELoss`` with ``batch=True``, the soft Dice of
+  each label summed over the whole batch (nnU-Net's "batch Dice"), plus cross-entropy. A
+  label absent from one patch then costs nothing there as long as the batch holds it
+  somewhere; with a Dice per patch (``dicece``) every patch without the eyes or the cord
+  scores a Dice of 0 for them unless nothing at all is predicted, which teaches a network
+  to never predict small labels that most patches lack (``seg-head-demo`` up to 1.2.0).
+- ``dicece``: MONAI ``DiceCELoss`` with a Dice per patch (``batch=False``), as the bundled
+  segmenters up to 1.2.0 were trained.
 - ``focal_tversky``: the focal Tversky loss of Abraham & Khan (ISBI 2019),
   ``mean_c (1 - TI_c) ** gamma`` with Tversky index ``TI = TP / (TP + alpha FP + beta FN)``,
   ``alpha = 0.3``, ``beta = 0.7`` (false negatives cost more, which favours small regions)
@@ -23,8 +30,7 @@ import torch
 from torch import nn
 
 from napari_mrisynth.models.networks import build_network
-
-SEGMENTATION_LOSSES = ("dicece", "focal_tversky")
+from napari_mrisynth.training.train import SEGMENTATION_LOSSES
 
 
 class FocalTverskyLoss(nn.Module):
@@ -49,10 +55,10 @@ class FocalTverskyLoss(nn.Module):
 
 def segmentation_loss(name: str) -> nn.Module:
     """The loss called ``name`` (one of :data:`SEGMENTATION_LOSSES`)."""
-    if name == "dicece":
+    if name in ("dicece", "dicece_batch"):
         from monai.losses import DiceCELoss
 
-        return DiceCELoss(to_onehot_y=True, softmax=True)
+        return DiceCELoss(to_onehot_y=True, softmax=True, batch=name == "dicece_batch")
     if name == "focal_tversky":
         return FocalTverskyLoss()
     raise ValueError(f"loss {name!r} is not one of {SEGMENTATION_LOSSES}")
@@ -101,7 +107,7 @@ class SegmentationModule(_CountsBatches):
         ``{"name": "SegResNet"|"UNet"|..., "args": {...}}`` (a card's ``architecture``).
     label_names : dict of int to str
         Foreground labels (1..C-1) and their names, for the per-label metrics.
-    loss : {"dicece", "focal_tversky"}
+    loss : {"dicece_batch", "dicece", "focal_tversky"}
     lr, weight_decay : float
     roi_size : (int, int, int)
         Sliding-window size for validation (z, y, x), normally the training patch size.
@@ -113,7 +119,7 @@ class SegmentationModule(_CountsBatches):
         architecture: dict[str, Any],
         label_names: dict[int, str],
         *,
-        loss: str = "dicece",
+        loss: str = "dicece_batch",
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
         roi_size: Sequence[int] = (64, 64, 64),

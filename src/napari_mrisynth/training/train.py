@@ -28,6 +28,9 @@ from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 from napari_mrisynth.training.data import FOREGROUND_RATIO
 from napari_mrisynth.training.recipe import RunOptions, TrainingRun, model_spec, resolve_init
 
+#: segmentation losses (``training.modules.segmentation_loss``); the first is the default
+SEGMENTATION_LOSSES = ("dicece_batch", "dicece", "focal_tversky")
+
 #: Classes of the bvFTD classifier, in output order.
 NAMES = [label.name for label in DIAGNOSIS_CLASSES]
 
@@ -48,7 +51,7 @@ class TrainOptions(RunOptions):
     patches_per_volume: int = 4
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    loss: str = "dicece"
+    loss: str = SEGMENTATION_LOSSES[0]
     patience: int = 10
     augment: bool = True
     randomize: bool = False
@@ -206,8 +209,8 @@ def _output_sized(shape: Any, base: Any, outputs: int, base_outputs: int) -> boo
 # -- the run ---------------------------------------------------------------------------------
 def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | None:
     run = TrainingRun(task, data, out, opts)
-    if task == "segmentation" and opts.loss not in ("dicece", "focal_tversky"):
-        raise MrisynthError(f"--loss {opts.loss!r}: use dicece or focal_tversky")
+    if task == "segmentation" and opts.loss not in SEGMENTATION_LOSSES:
+        raise MrisynthError(f"--loss {opts.loss!r}: use one of {', '.join(SEGMENTATION_LOSSES)}")
     if task != "segmentation" and opts.balance_labels:
         raise MrisynthError("--balance-labels samples patches by label: segmentation only")
     settings = opts.randomization(task)
