@@ -346,16 +346,16 @@ def test_focal_tversky_loss_matches_its_formula():
     assert float(loss(half, target)) == pytest.approx(expected, rel=1e-5)
 
 
-
 def test_batch_dice_does_not_punish_a_label_one_patch_lacks():
     """Two patches, label 1 only in the first. The network finds it exactly there and lets a
-    trace of it (p = 0.2 on 4 of 64 voxels) into the second. Per patch, that trace scores
-    the second patch's label-1 Dice at ~0, so the Dice part rises by about 1/4 (one of two
-    labels in one of two patches): a network learns to never predict a small label. Over
-    the batch, it is 0.8 soft false positives against 16 true voxels."""
+    trace of it (p = 0.2 on 4 of 64 voxels) into the second. Per patch (``dicece``), that
+    trace scores the second patch's label-1 Dice at ~0, so the Dice part rises by about 1/4
+    (one of two labels in one of two patches); over the batch (``dicece_batch``) it is 0.8
+    soft false positives against 16 true voxels."""
     import torch
 
     from napari_mrisynth.training.modules import segmentation_loss
+    from napari_mrisynth.training.train import TrainOptions
 
     target = torch.zeros(2, 1, 4, 4, 4, dtype=torch.long)
     target[0, 0, :1] = 1  # 16 voxels of label 1 in the first patch only
@@ -373,6 +373,8 @@ def test_batch_dice_does_not_punish_a_label_one_patch_lacks():
     assert 0 < over_batch < per_patch / 5
     with pytest.raises(ValueError, match="dicece_batch"):
         segmentation_loss("dice")
+    assert TrainOptions().loss == "dicece"
+
 
 # -- classification ------------------------------------------------------------------------
 def test_classification_run_reports_auc_with_confidence_interval(cohort, tracking_uri, seg_run):

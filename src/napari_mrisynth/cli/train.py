@@ -138,8 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "--loss",
                 choices=SEGMENTATION_LOSSES,
                 default=SEGMENTATION_LOSSES[0],
-                help="dicece_batch: Dice over the batch + cross-entropy (the "
-                "default); dicece: Dice per patch; focal_tversky",
+                help="dicece: Dice per patch + cross-entropy (the default); dicece_batch: "
+                "Dice of each label over the batch + cross-entropy; focal_tversky",
             )
         else:
             sub.add_argument("--patience", type=int, default=10,

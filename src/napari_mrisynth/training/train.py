@@ -29,7 +29,7 @@ from napari_mrisynth.training.data import FOREGROUND_RATIO
 from napari_mrisynth.training.recipe import RunOptions, TrainingRun, model_spec, resolve_init
 
 #: segmentation losses (``training.modules.segmentation_loss``); the first is the default
-SEGMENTATION_LOSSES = ("dicece_batch", "dicece", "focal_tversky")
+SEGMENTATION_LOSSES = ("dicece", "dicece_batch", "focal_tversky")
 
 #: Classes of the bvFTD classifier, in output order.
 NAMES = [label.name for label in DIAGNOSIS_CLASSES]
