@@ -201,7 +201,7 @@ def turing_table(report: Any) -> str:
 
 def _integers(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
+        return tuple(int(v) for v in comma_names(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers") from exc
 
@@ -419,7 +419,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.real is None or args.synthetic is None:
         raise MrisynthError("give --real and --synthetic folders (or: mrisynth evaluate "
                             "downstream --help)")  # fmt: skip
-    wanted = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    wanted = list(comma_names(args.metrics))
     real = load_folder(args.real)
     synthetic = load_folder(args.synthetic)
     device = chosen_device(args.device, "evaluate")
@@ -432,7 +432,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             metrics=wanted, progress=progress,
         )  # fmt: skip
     data = report.to_json()
-    classifiers = [c.strip() for c in args.classifiers.split(",") if c.strip() != "none"]
+    classifiers = [c for c in comma_names(args.classifiers) if c != "none"]
     classifiers = ["texture", "cnn"] if classifiers == ["both"] else classifiers
     turing = None
     if classifiers:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_mrisynth.cli._options import ProgressBar
+from napari_mrisynth.cli._options import ProgressBar, comma_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +45,7 @@ def run_export(args: argparse.Namespace) -> int:
     from napari_mrisynth.turing.results import study_status
     from napari_mrisynth.turing.store import RatingStore
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    formats = comma_names(args.format)
     with RatingStore(args.db, key=args.key) as store:
         study_id = args.study or store.only_study()
         study = store.study(study_id)
@@ -63,7 +63,7 @@ def run_export(args: argparse.Namespace) -> int:
         "grid": study["grid"],
     }
     if args.authors:
-        facts["authors"] = [a.strip() for a in args.authors.split(",") if a.strip()]
+        facts["authors"] = list(comma_names(args.authors))
     with ProgressBar("exporting", unit="volume") as progress:
         result = export_set(
             volumes,

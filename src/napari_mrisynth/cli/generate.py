@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device
+from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device, comma_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from napari_mrisynth.synthesis.generate import generate
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    formats = comma_names(args.format)
     model = args.model
     if model is None:
         from napari_mrisynth.models.registry import default_model

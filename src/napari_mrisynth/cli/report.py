@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_mrisynth.cli._options import add_device_option, chosen_device
+from napari_mrisynth.cli._options import add_device_option, chosen_device, comma_names
 from napari_mrisynth.errors import ModelError, MrisynthError
 
 #: The class whose probability is the classifier's score.
@@ -77,7 +77,7 @@ def select_subjects(card: Any, participants: list[dict[str, str]], which: str, c
                 "pass --subjects all or a list of ids"
             )
     else:
-        ids = [item.strip() for item in which.split(",") if item.strip()]
+        ids = list(comma_names(which))
         if not ids:
             raise MrisynthError("--subjects: give 'test', 'all' or comma-separated ids")
     missing = [s for s in ids if s not in by_id]

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device
+from napari_mrisynth.cli._options import ProgressBar, add_device_option, chosen_device, comma_names
 
 DB_HELP = "ratings database: a SQLite file, or a SQLAlchemy URL (e.g. postgresql+psycopg://…)"
 KEY_HELP = (
@@ -218,7 +218,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_create(args: argparse.Namespace) -> int:
     from napari_mrisynth.turing.design import create_study
 
-    raters = [r.strip() for r in args.raters.split(",") if r.strip()]
+    raters = list(comma_names(args.raters))
     with ProgressBar("preparing volumes") as progress:
         study = create_study(
             args.db,
