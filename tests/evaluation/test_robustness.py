@@ -271,3 +271,20 @@ def test_template_head_check_measures_the_real_template():
     brain = (labels >= 1) & (labels <= 13)
     expected = 2 * (brain & extracted).sum() / (brain.sum() + extracted.sum())
     assert result["brain_dice"] == pytest.approx(expected, abs=1e-9) and expected > 0.8
+
+
+def test_comparison_puts_the_template_heads_brain_dice_side_by_side():
+    from napari_mrisynth.evaluation.robustness import _comparison
+
+    def summary(name, brain_dice):
+        head = {"brain_dice": brain_dice, "parenchyma_dice": 0.9, "lateral_ventricles_ml": 27.06,
+                "absent": []}  # fmt: skip
+        return {"segmenter": name, "reference_condition": "as stored", "brain_labels_min": 0.3,
+                "absent": [], "template_head": head}  # fmt: skip
+
+    empty = {"conditions": {}}
+    result = {"summary": summary("new@2", 0.9876), "segmentation": empty,
+              "baseline": {"summary": summary("old@1", None), "segmentation": empty}}  # fmt: skip
+    lines = _comparison(result)
+    assert "| MNI152 brain Dice (nilearn's extraction) | 0.988 | - |" in lines
+    assert "| MNI152 lateral ventricles (mL) | 27.1 | 27.1 |" in lines

@@ -574,6 +574,8 @@ def _comparison(result: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     if "template_head" in new and "template_head" in old:
         a, b = new["template_head"], old["template_head"]
+        cells = ["-" if t.get("brain_dice") is None else f"{t['brain_dice']:.3f}" for t in (a, b)]
+        lines.append(f"| MNI152 brain Dice (nilearn's extraction) | {cells[0]} | {cells[1]} |")
         lines.append(f"| MNI152 parenchyma Dice | {a['parenchyma_dice']:.3f} | "
                      f"{b['parenchyma_dice']:.3f} |")  # fmt: skip
         lines.append(f"| MNI152 lateral ventricles (mL) | {a['lateral_ventricles_ml']:.1f} | "

@@ -6,6 +6,7 @@ GUI backend); matplotlib is imported only when a figure is drawn.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,9 @@ def _plot_per_label(
         if not subject_values:
             axes.text(0, position, " no value (label absent)", va="center", color="0.4")
     axes.set_yticks(positions, names)
-    axes.set(xlabel=xlabel, title=f"{title} (n = {summary['n']} subjects)")
+    # a long model title is wrapped, not cut at the figure's edge
+    axes.set_xlabel(xlabel)
+    axes.set_title(textwrap.fill(f"{title} (n = {summary['n']} subjects)", 45))
     if xlim is not None:
         axes.set_xlim(*xlim)
     axes.grid(axis="x", alpha=0.3)
