@@ -9,7 +9,7 @@ from typing import Any
 
 from napari_mrisynth.cli._options import comma_names
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
-from napari_mrisynth.training.train import SEGMENTATION_LOSSES
+from napari_mrisynth.training import SEGMENTATION_LOSSES
 
 #: Options shared by both tasks; their defaults are TrainOptions'.
 _TASKS = {

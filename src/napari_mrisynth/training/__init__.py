@@ -14,6 +14,11 @@ function runs, so ``mrisynth --help`` and inference never need them.
 
 from typing import Any
 
+#: Segmentation losses (``training.modules.segmentation_loss``); the first is the default.
+#: Here, not in :mod:`.train`, so that ``mrisynth train --help`` lists them without
+#: importing the training code.
+SEGMENTATION_LOSSES = ("dicece", "dicece_batch", "focal_tversky")
+
 _LAZY = {
     "read_participants": "napari_mrisynth.training.splits",
     "split_subjects": "napari_mrisynth.training.splits",
@@ -30,4 +35,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "SEGMENTATION_LOSSES"])

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from napari_mrisynth.models.networks import build_network
-from napari_mrisynth.training.train import SEGMENTATION_LOSSES
+from napari_mrisynth.training import SEGMENTATION_LOSSES
 
 
 class FocalTverskyLoss(nn.Module):

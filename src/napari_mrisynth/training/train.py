@@ -25,11 +25,9 @@ from napari_mrisynth.errors import ModelError, MrisynthError
 from napari_mrisynth.models.card import LabelSpec, ModelCard
 from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
+from napari_mrisynth.training import SEGMENTATION_LOSSES
 from napari_mrisynth.training.data import FOREGROUND_RATIO
 from napari_mrisynth.training.recipe import RunOptions, TrainingRun, model_spec, resolve_init
-
-#: segmentation losses (``training.modules.segmentation_loss``); the first is the default
-SEGMENTATION_LOSSES = ("dicece", "dicece_batch", "focal_tversky")
 
 #: Classes of the bvFTD classifier, in output order.
 NAMES = [label.name for label in DIAGNOSIS_CLASSES]
