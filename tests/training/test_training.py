@@ -183,6 +183,63 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
     assert any(not torch.equal(tuned[k], base_weights[k]) for k in base_weights)
 
 
+def test_a_wider_head_fine_tunes_from_the_base_with_the_same_outputs_and_segments(
+    cohort, tracking_uri, tmp_path
+):
+    import lightning.pytorch as pl
+    import torch
+
+    from napari_mrisynth.models.inference import segment
+    from napari_mrisynth.models.networks import build_network
+    from napari_mrisynth.models.weights import load_model, load_weights
+    from napari_mrisynth.training.data import subject_image
+    from napari_mrisynth.training.train import train_segmentation
+
+    out = tmp_path / "models"
+    seg = {**TINY_SEG, "architecture": "SegResNet", "init_filters": 4, "epochs": 1}
+    base = train_segmentation(cohort, out, id="seg-plain", tracking_uri=tracking_uri,
+                              experiment="tests", **seg)  # fmt: skip
+    assert "head" not in base.architecture
+    first = {}
+
+    class FirstStep(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if not first:
+                first.update(
+                    {k: v.detach().clone() for k, v in module.network.state_dict().items()}
+                )
+                first["_x"] = batch["image"][:1].clone()
+
+    card = train_segmentation(cohort, out, id="seg-wide", init="seg-plain@1.0.0",
+                              head_channels=8, tracking_uri=tracking_uri, experiment="tests",
+                              **{**seg, "seed": 5, "callbacks": [FirstStep()]})  # fmt: skip
+    assert card.architecture["head"] == {"channels": 8}
+    assert card.training["init"]["head"] == 8
+    assert card.training["init"]["reinitialised"] == []
+    assert card.training["options"]["head_channels"] == 8
+    # the widened network computed the base's outputs when training started
+    plain, wide = build_network(base.architecture), build_network(card.architecture)
+    plain.load_state_dict(load_weights(base))
+    x = first.pop("_x")
+    wide.load_state_dict(first)
+    with torch.no_grad():
+        torch.testing.assert_close(wide.eval()(x), plain.eval()(x), atol=1e-4, rtol=1e-4)
+    # and the saved model loads and segments like any other
+    assert load_model(card, "segmentation").network.conv_final[2].out_channels == 8
+    from napari_mrisynth.io.files import load_volume
+
+    scan = load_volume(subject_image(cohort, card.training["splits"]["test"][0]))
+    result = segment(scan, card)
+    assert result.labels.shape == scan.shape and result.card.ref == "seg-wide@1.0.0"
+    # fine-tuning the widened model keeps its head; another width or a UNet is refused
+    with pytest.raises(MrisynthError, match="has a head of 8"):
+        train_segmentation(cohort, out, id="seg-wider", init="seg-wide@1.0.0", head_channels=16,
+                           tracking_uri=tracking_uri, experiment="tests", **seg)  # fmt: skip
+    with pytest.raises(MrisynthError, match="for SegResNet"):
+        train_segmentation(cohort, out, id="seg-unet-head", head_channels=8,
+                           tracking_uri=tracking_uri, experiment="tests", **TINY_SEG)  # fmt: skip
+
+
 def test_finetuning_on_the_cohort_rebuilt_elsewhere_keeps_the_held_out_set(
     seg_run, cohort, tracking_uri, tmp_path
 ):

@@ -135,6 +135,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument("--patch-size", type=int, default=64, help="cubic patch side")
             sub.add_argument("--patches-per-volume", type=int, default=4)
             sub.add_argument(
+                "--head-channels",
+                type=int,
+                default=0,
+                metavar="C",
+                help="SegResNet: a wider output layer (3x3x3 convolution to C features, ReLU, "
+                "then the labels) in place of MONAI's 1x1x1 one; with --init on a base "
+                "without one, it starts from the base's output layer (same outputs)",
+            )
+            sub.add_argument(
                 "--loss",
                 choices=SEGMENTATION_LOSSES,
                 default=SEGMENTATION_LOSSES[0],

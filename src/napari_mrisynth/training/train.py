@@ -44,6 +44,10 @@ class TrainOptions(RunOptions):
     architecture: str | None = None
     init_filters: int = 16
     channels: Sequence[int] | None = None
+    #: SegResNet segmentation: replace the output layer by a wider head of this many
+    #: features (3×3×3 convolution and ReLU before the 1×1×1 output); 0 keeps MONAI's. On a
+    #: fine-tuned base without one, the head starts from the base's output layer.
+    head_channels: int = 0
     spacing: float = DEFAULT_MODEL_SPACING_MM
     patch_size: int = 64
     patches_per_volume: int = 4
@@ -158,26 +162,45 @@ def _output_count_key(architecture: dict) -> str:
     return next(k for k in ("out_channels", "num_classes") if k in args)
 
 
-def load_initial_weights(network: Any, base: ModelCard, outputs: int) -> dict[str, Any]:
+def load_initial_weights(
+    network: Any, base: ModelCard, outputs: int, *, widen: bool = False
+) -> dict[str, Any]:
     """Copy a registry model's weights into ``network``.
 
     Tensors whose shape differs are left freshly initialised; that is allowed only when
     ``outputs`` (labels + background, or classes) differs from the base model's, and only
-    for tensors that differ just where that count sits (the output layers).
+    for tensors that differ just where that count sits (the output layers). With ``widen``,
+    ``network`` is the base's SegResNet with a wider output head
+    (:func:`~napari_mrisynth.models.networks.output_head`), which starts from the base's
+    output layer and computes what the base computes
+    (:func:`~napari_mrisynth.models.networks.widen_from`).
 
     Returns
     -------
     dict
-        ``{"model", "sha256", "loaded", "reinitialised"}`` for the card.
+        ``{"model", "sha256", "loaded", "reinitialised"}`` for the card, and ``"head"`` (its
+        width) when widened.
     """
+    from napari_mrisynth.models.networks import head_channels, widen_from
     from napari_mrisynth.models.weights import load_weights
 
     source = load_weights(base)
     own = network.state_dict()
-    reinitialised = sorted(k for k in own if k not in source or source[k].shape != own[k].shape)
-    unexpected = sorted(k for k in source if k not in own)
     key = _output_count_key(base.architecture)
     base_outputs = int(base.architecture["args"][key])
+    head: list[str] = []
+    if widen:
+        if head_channels(base.architecture):
+            raise ModelError(f"--init {base.ref} has a wider output head already")
+        if outputs != base_outputs:
+            raise ModelError(f"--init {base.ref}: a wider output head starts from its "
+                             f"{base_outputs} outputs, not {outputs}")  # fmt: skip
+        head = [k for k in own if k.startswith(("conv_final.2.", "conv_final.4."))]
+        source = {k: v for k, v in source.items() if not k.startswith("conv_final.2.")}
+    reinitialised = sorted(
+        k for k in own if k not in head and (k not in source or source[k].shape != own[k].shape)
+    )
+    unexpected = sorted(k for k in source if k not in own)
     misfits = unexpected + [
         k for k in reinitialised
         if outputs == base_outputs or not _output_sized(own[k].shape, source.get(k), outputs,
@@ -191,8 +214,34 @@ def load_initial_weights(network: Any, base: ModelCard, outputs: int) -> dict[st
         )
     network.load_state_dict({k: v for k, v in source.items() if k not in reinitialised},
                             strict=False)  # fmt: skip
-    return {"model": base.ref, "sha256": base.weights.get("sha256"),
-            "loaded": len(own) - len(reinitialised), "reinitialised": reinitialised}  # fmt: skip
+    record = {"model": base.ref, "sha256": base.weights.get("sha256"),
+              "loaded": len(own) - len(reinitialised) - len(head),
+              "reinitialised": reinitialised}  # fmt: skip
+    if widen:
+        widen_from(network, load_weights(base))
+        record["head"] = int(network.conv_final[2].out_channels)
+    return record
+
+
+def _add_head(architecture: dict, base: ModelCard | None, task: str, channels: int) -> bool:
+    """Give ``architecture`` a wider output head of ``channels`` (``--head-channels``; 0:
+    none asked). True when it is new on the fine-tuned ``base`` (its weights then start from
+    the base's output layer)."""
+    from napari_mrisynth.models.networks import head_channels
+
+    if channels <= 0:
+        return False
+    if task != "segmentation" or architecture["name"] != "SegResNet":
+        raise MrisynthError(f"--head-channels {channels}: a wider output head is for SegResNet "
+                            "segmenters")  # fmt: skip
+    has = head_channels(base.architecture) if base is not None else 0
+    if has:
+        if has != channels:
+            raise MrisynthError(f"--head-channels {channels}: --init {base.ref} has a head of "
+                                f"{has}; fine-tuning keeps it")  # fmt: skip
+        return False
+    architecture["head"] = {"channels": channels}
+    return base is not None
 
 
 def _output_sized(shape: Any, base: Any, outputs: int, base_outputs: int) -> bool:
@@ -237,6 +286,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         architecture = architecture_dict(task, opts.architecture or default_arch, out_channels,
                                          opts)  # fmt: skip
         spec = model_spec(opts.spacing, brain_mask=task == "classification")
+    widen = _add_head(architecture, base, task, int(opts.head_channels))
     model_id = (
         opts.id
         or ("seg-head-" if task == "segmentation" else "cls-bvftd-") + architecture["name"].lower()
@@ -271,7 +321,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         monitor, mode = "val/loss", "min"
     init_record = None
     if base is not None:
-        init_record = load_initial_weights(module.network, base, out_channels)
+        init_record = load_initial_weights(module.network, base, out_channels, widen=widen)
 
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
