@@ -105,3 +105,25 @@ def test_cli_entry_point_runs():
     assert result.returncode == 0, result.stderr
     for command in ("series", "convert", "cohort", "demo"):
         assert command in result.stdout
+
+
+def test_every_command_prints_its_help():
+    """``mrisynth <command> ... --help`` renders for every command: argparse %-formats help
+    text, so a stray "%" (as in the acquisition "noise 3 %") crashed ``--help``."""
+    import argparse
+
+    from napari_mrisynth.cli import build_parser
+
+    def commands(parser, path):
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, [*path, name])
+
+    found = dict((" ".join(path), parser) for path, parser in commands(build_parser(), []))
+    assert {"evaluate robustness", "train segmentation", "demo"} <= set(found)
+    for name, parser in found.items():
+        text = parser.format_help()
+        assert text.startswith("usage: mrisynth"), name
+    assert "noise 3 %," in found["evaluate robustness"].format_help()

@@ -335,7 +335,8 @@ def register_robustness(subparsers: argparse._SubParsersAction) -> None:
                              "test split found in --cohort)")  # fmt: skip
     parser.add_argument("--acquisitions", type=comma_names,
                         help="comma-separated subset of: "
-                             + ", ".join(a.name for a in STANDARD_ACQUISITIONS)
+                             # argparse %-formats help: "noise 3 %" must read "%%"
+                             + ", ".join(a.name for a in STANDARD_ACQUISITIONS).replace("%", "%%")
                              + " (default: all)")  # fmt: skip
     parser.add_argument("--forms", type=comma_names, default=FORMS,
                         help=f"comma-separated subset of {', '.join(FORMS)}")  # fmt: skip
