@@ -231,6 +231,11 @@ def test_a_wider_head_fine_tunes_from_the_base_with_the_same_outputs_and_segment
     scan = load_volume(subject_image(cohort, card.training["splits"]["test"][0]))
     result = segment(scan, card)
     assert result.labels.shape == scan.shape and result.card.ref == "seg-wide@1.0.0"
+    from napari_mrisynth.cli.models import describe_card
+
+    assert "SegResNet(" in describe_card(card) and "output head of 8 features" in describe_card(
+        card
+    )
     # fine-tuning the widened model keeps its head; another width or a UNet is refused
     with pytest.raises(MrisynthError, match="has a head of 8"):
         train_segmentation(cohort, out, id="seg-wider", init="seg-wide@1.0.0", head_channels=16,

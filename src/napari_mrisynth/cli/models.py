@@ -171,8 +171,10 @@ def describe_card(card: ModelCard) -> str:
     if card.intended_use:
         lines.append(f"  intended use  {card.intended_use}")
     args = ", ".join(f"{k}={v}" for k, v in card.architecture.get("args", {}).items())
+    head = card.architecture.get("head")
     lines += [
-        f"  architecture  {card.architecture['name']}({args})",
+        f"  architecture  {card.architecture['name']}({args})"
+        + (f", output head of {head['channels']} features" if head else ""),
         "",
         "input",
         f"  image         {spec.modality} {spec.sequence}",
