@@ -242,6 +242,15 @@ def test_reslice_agreement_of_the_bundled_models(subject):
     z, y, x = axial["shape"]  # the simulated subject may be stored in another plane
     assert sagittal["shape"] == [x, z, y]
     assert 0.8 < sagittal["mean_dice"] <= 1.0 and sagittal["voxel_agreement"] > 0.9
+    # the brain labels' own mean, for brain-only images where stray outside labels dominate
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS, LABELS
+
+    brain_names = {LABELS[v][0] for v in BRAIN_LABELS}
+    brain = [d for name, d in sagittal["label_dice"].items() if name in brain_names]
+    assert len(brain) == 13 and len(sagittal["label_dice"]) > 13
+    assert sagittal["brain_mean_dice"] == pytest.approx(float(np.mean(brain)), abs=1e-12)
+    assert axial["brain_mean_dice"] == 1.0
+    assert result["worst_brain_mean_dice"] == sagittal["brain_mean_dice"]
     for entry in (axial, sagittal):
         assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert set(result["probability_range"]) == {"control", "bvFTD"}
@@ -285,6 +294,10 @@ def test_comparison_puts_the_template_heads_brain_dice_side_by_side():
     empty = {"conditions": {}}
     result = {"summary": summary("new@2", 0.9876), "segmentation": empty,
               "baseline": {"summary": summary("old@1", None), "segmentation": empty}}  # fmt: skip
+    result["summary"]["template_head"]["worst_reslice_brain_dice"] = 0.9594
     lines = _comparison(result)
     assert "| MNI152 brain Dice (nilearn's extraction) | 0.988 | - |" in lines
     assert "| MNI152 lateral ventricles (mL) | 27.1 | 27.1 |" in lines
+    # an older baseline report without the brain labels' reslice agreement shows "-"
+    assert "| MNI152 worst reslice agreement, brain labels | 0.959 | - |" in lines
+    assert not any("worst reslice agreement, all labels" in line for line in lines)

@@ -297,9 +297,15 @@ def reslice_agreement(
 ) -> dict[str, Any]:
     """The same head in each stored form: the segmenter's labels carried back onto the
     axial form's grid (nearest neighbour) and compared with the axial labels (Dice per
-    label present in the axial labels, and the fraction of head voxels with one label), and
-    the classifier's probabilities per form.
+    label present in the axial labels, their mean, the mean over the brain labels alone, and
+    the fraction of head voxels with one label), and the classifier's probabilities per
+    form.
+
+    The brain labels' mean is the figure for a brain-only image (a skull-stripped scan,
+    the MNI152 template): there the labels outside the brain are a few stray voxels whose
+    Dice swings between 0 and 1 and dominates the mean over all labels.
     """
+    from napari_mrisynth.anatomy.labels import BRAIN_LABELS
     from napari_mrisynth.models.inference import classify, segment
     from napari_mrisynth.reports.metrics import dice_per_label
 
@@ -321,6 +327,8 @@ def reslice_agreement(
             head = (reference > 0) | (np.asarray(back) > 0)
             entry["label_dice"] = {names.get(v, str(v)): d for v, d in dice.items()}
             entry["mean_dice"] = float(np.nanmean(list(dice.values())))
+            brain = [d for v, d in dice.items() if v in BRAIN_LABELS]
+            entry["brain_mean_dice"] = float(np.nanmean(brain)) if brain else None
             entry["min_dice"] = float(np.nanmin(list(dice.values())))
             entry["voxel_agreement"] = float((reference[head] == np.asarray(back)[head]).mean())
             # the ceiling: the axial labels themselves carried onto this form's grid and back
@@ -341,6 +349,8 @@ def reslice_agreement(
         result["probability_range"] = {k: max(v) - min(v) for k, v in by_class.items()}
     if segmenter is not None:
         result["worst_mean_dice"] = min(e["mean_dice"] for e in result["forms"].values())
+        brain = [e["brain_mean_dice"] for e in result["forms"].values()]
+        result["worst_brain_mean_dice"] = None if None in brain else min(brain)
     return result
 
 
@@ -503,6 +513,8 @@ def _evaluate_pair(
     }
     if reslices:
         summary["worst_reslice_mean_dice"] = min(r["worst_mean_dice"] for r in reslices.values())
+        brain = [r["worst_brain_mean_dice"] for r in reslices.values()]
+        summary["worst_reslice_brain_dice"] = None if None in brain else min(brain)
         if classifier is not None:
             summary["largest_probability_change"] = max(
                 max(r["probability_range"].values()) for r in reslices.values()
@@ -517,6 +529,8 @@ def _evaluate_pair(
             "parenchyma_dice": t["parenchyma_dice"],
             "lateral_ventricles_ml": t["volumes_ml"]["lateral_ventricles"],
             "absent": t["absent"],
+            "worst_reslice_mean_dice": t["reslice"].get("worst_mean_dice"),
+            "worst_reslice_brain_dice": t["reslice"].get("worst_brain_mean_dice"),
         }
     result["summary"] = summary
     result["seed"] = seed
@@ -566,6 +580,7 @@ def _comparison(result: dict[str, Any]) -> list[str]:
                  f"{', '.join(old['absent']) or '-'} |")  # fmt: skip
     for key, label in (
         ("worst_reslice_mean_dice", "worst reslice agreement"),
+        ("worst_reslice_brain_dice", "worst reslice agreement, brain labels"),
         ("largest_probability_change", "largest P change across reslices"),
         ("saliency_enrichment", "saliency enrichment in bvFTD regions (1 = blind)"),
     ):
@@ -582,6 +597,12 @@ def _comparison(result: dict[str, Any]) -> list[str]:
                      f"{b['lateral_ventricles_ml']:.1f} |")  # fmt: skip
         lines.append(f"| MNI152 labels left empty | {', '.join(a['absent']) or '-'} | "
                      f"{', '.join(b['absent']) or '-'} |")  # fmt: skip
+        for key, label in (("worst_reslice_mean_dice", "all labels"),
+                           ("worst_reslice_brain_dice", "brain labels")):  # fmt: skip
+            cells = ["-" if t.get(key) is None else f"{t[key]:.3f}" for t in (a, b)]
+            if cells != ["-", "-"]:
+                lines.append(f"| MNI152 worst reslice agreement, {label} | {cells[0]} | "
+                             f"{cells[1]} |")  # fmt: skip
     return lines
 
 
@@ -619,12 +640,14 @@ def _markdown_one(result: dict[str, Any]) -> str:
     if result.get("reslice"):
         lines += ["", "The same head stored in other orientations (labels carried back onto "
                   "the axial grid):", "",
-                  "| subject | form | mean Dice vs axial | resampling ceiling | worst label Dice "
-                  "| voxel agreement | P(bvFTD) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| subject | form | mean Dice vs axial | brain labels | resampling ceiling "
+                  "| worst label Dice | voxel agreement | P(bvFTD) |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for subject, r in result["reslice"].items():
             for form, e in r["forms"].items():
                 p = e.get("probabilities", {}).get("bvFTD")
                 lines.append(f"| {subject} | {form} | {e['mean_dice']:.3f} | "
+                             f"{_cell(e.get('brain_mean_dice'))} | "
                              f"{e['round_trip_mean_dice']:.3f} | "
                              f"{e['min_dice']:.3f} | {e['voxel_agreement']:.3f} | "
                              f"{'-' if p is None else f'{p:.3f}'} |")  # fmt: skip
@@ -653,13 +676,18 @@ def _markdown_one(result: dict[str, Any]) -> str:
                   f"labels left empty: {', '.join(t['absent']) or 'none'}.", "",
                   "| brain label | volume (mL) |", "|---|---|"]  # fmt: skip
         lines += [f"| {name} | {ml:.1f} |" for name, ml in t["volumes_ml"].items()]
-        lines += ["", "| form | mean Dice vs axial | resampling ceiling | P(bvFTD) |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| form | mean Dice vs axial | brain labels | resampling ceiling | "
+                  "P(bvFTD) |", "|---|---|---|---|---|"]  # fmt: skip
         for form, e in t["reslice"]["forms"].items():
             p = e.get("probabilities", {}).get("bvFTD")
-            lines.append(f"| {form} | {e['mean_dice']:.3f} | {e['round_trip_mean_dice']:.3f} | "
-                         f"{'-' if p is None else f'{p:.3f}'} |")  # fmt: skip
+            lines.append(f"| {form} | {e['mean_dice']:.3f} | {_cell(e.get('brain_mean_dice'))} "
+                         f"| {e['round_trip_mean_dice']:.3f} | {_cell(p)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    """A table cell: the value to 3 decimals, or "-" where a report (an older one) has none."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 #: nilearn's brain mask of its MNI152 template: voxels above this fraction of the maximum.
