@@ -184,7 +184,8 @@ def load_initial_weights(
     from napari_mrisynth.models.networks import head_channels, widen_from
     from napari_mrisynth.models.weights import load_weights
 
-    source = load_weights(base)
+    base_weights = load_weights(base)
+    source = base_weights
     own = network.state_dict()
     key = _output_count_key(base.architecture)
     base_outputs = int(base.architecture["args"][key])
@@ -218,7 +219,7 @@ def load_initial_weights(
               "loaded": len(own) - len(reinitialised) - len(head),
               "reinitialised": reinitialised}  # fmt: skip
     if widen:
-        widen_from(network, load_weights(base))
+        widen_from(network, base_weights)
         record["head"] = int(network.conv_final[2].out_channels)
     return record
 
