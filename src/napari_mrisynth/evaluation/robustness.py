@@ -585,11 +585,11 @@ def _comparison(result: dict[str, Any]) -> list[str]:
         ("saliency_enrichment", "saliency enrichment in bvFTD regions (1 = blind)"),
     ):
         if key in new and key in old:
-            cells = ["-" if r[key] is None else f"{r[key]:.3f}" for r in (new, old)]
+            cells = [_cell(r[key]) for r in (new, old)]
             lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     if "template_head" in new and "template_head" in old:
         a, b = new["template_head"], old["template_head"]
-        cells = ["-" if t.get("brain_dice") is None else f"{t['brain_dice']:.3f}" for t in (a, b)]
+        cells = [_cell(t.get("brain_dice")) for t in (a, b)]
         lines.append(f"| MNI152 brain Dice (nilearn's extraction) | {cells[0]} | {cells[1]} |")
         lines.append(f"| MNI152 parenchyma Dice | {a['parenchyma_dice']:.3f} | "
                      f"{b['parenchyma_dice']:.3f} |")  # fmt: skip
@@ -599,7 +599,7 @@ def _comparison(result: dict[str, Any]) -> list[str]:
                      f"{', '.join(b['absent']) or '-'} |")  # fmt: skip
         for key, label in (("worst_reslice_mean_dice", "all labels"),
                            ("worst_reslice_brain_dice", "brain labels")):  # fmt: skip
-            cells = ["-" if t.get(key) is None else f"{t[key]:.3f}" for t in (a, b)]
+            cells = [_cell(t.get(key)) for t in (a, b)]
             if cells != ["-", "-"]:
                 lines.append(f"| MNI152 worst reslice agreement, {label} | {cells[0]} | "
                              f"{cells[1]} |")  # fmt: skip
@@ -650,7 +650,7 @@ def _markdown_one(result: dict[str, Any]) -> str:
                              f"{_cell(e.get('brain_mean_dice'))} | "
                              f"{e['round_trip_mean_dice']:.3f} | "
                              f"{e['min_dice']:.3f} | {e['voxel_agreement']:.3f} | "
-                             f"{'-' if p is None else f'{p:.3f}'} |")  # fmt: skip
+                             f"{_cell(p)} |")  # fmt: skip
     sal = result.get("saliency")
     if sal and sal["per_subject"]:
         lines += ["", f"Where {sal['model']} looks in held-out bvFTD heads (saliency in "
@@ -686,7 +686,8 @@ def _markdown_one(result: dict[str, Any]) -> str:
 
 
 def _cell(value: float | None) -> str:
-    """A table cell: the value to 3 decimals, or "-" where a report (an older one) has none."""
+    """A table cell: the value to 3 decimals, or "-" where there is none (not measured, or
+    an older report without it)."""
     return "-" if value is None else f"{value:.3f}"
 
 
