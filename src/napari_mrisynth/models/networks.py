@@ -62,6 +62,17 @@ def build_network(architecture: dict[str, Any]) -> Any:
     return network
 
 
+#: The state-dict keys of a plain SegResNet's output convolution, which a wider head replaces.
+PLAIN_OUTPUT_KEYS = ("conv_final.2.conv.weight", "conv_final.2.conv.bias")
+
+
+def head_keys(network: Any) -> list[str]:
+    """The state-dict keys of ``network``'s wider output head (:func:`output_head`): its
+    two convolutions; the normalisation before them is the plain network's own."""
+    head = network.conv_final
+    return [f"conv_final.{i}.{name}" for i in (2, 4) for name, _ in head[i].named_parameters()]
+
+
 def head_channels(architecture: dict[str, Any]) -> int:
     """The width of the card's wider output head, 0 for the network's own output layer."""
     return int((architecture.get("head") or {}).get("channels", 0))
@@ -106,7 +117,7 @@ def widen_from(network: Any, source: dict[str, Any]) -> list[str]:
     """
     import torch
 
-    weight, bias = source["conv_final.2.conv.weight"], source["conv_final.2.conv.bias"]
+    weight, bias = (source[key] for key in PLAIN_OUTPUT_KEYS)
     head = network.conv_final
     spread, final = head[2], head[4]
     features = int(weight.shape[1])
@@ -122,7 +133,7 @@ def widen_from(network: Any, source: dict[str, Any]) -> list[str]:
         final.weight.zero_()
         final.weight[:, :features] = weight.to(final.weight.dtype)
         final.bias.copy_(bias)
-    return ["conv_final.2.conv.weight", "conv_final.2.conv.bias"]
+    return list(PLAIN_OUTPUT_KEYS)
 
 
 def count_parameters(network: Any) -> int:

@@ -181,7 +181,12 @@ def load_initial_weights(
         ``{"model", "sha256", "loaded", "reinitialised"}`` for the card, and ``"head"`` (its
         width) when widened.
     """
-    from napari_mrisynth.models.networks import head_channels, widen_from
+    from napari_mrisynth.models.networks import (
+        PLAIN_OUTPUT_KEYS,
+        head_channels,
+        head_keys,
+        widen_from,
+    )
     from napari_mrisynth.models.weights import load_weights
 
     base_weights = load_weights(base)
@@ -196,8 +201,8 @@ def load_initial_weights(
         if outputs != base_outputs:
             raise ModelError(f"--init {base.ref}: a wider output head starts from its "
                              f"{base_outputs} outputs, not {outputs}")  # fmt: skip
-        head = [k for k in own if k.startswith(("conv_final.2.", "conv_final.4."))]
-        source = {k: v for k, v in source.items() if not k.startswith("conv_final.2.")}
+        head = head_keys(network)
+        source = {k: v for k, v in source.items() if k not in PLAIN_OUTPUT_KEYS}
     reinitialised = sorted(
         k for k in own if k not in head and (k not in source or source[k].shape != own[k].shape)
     )
