@@ -158,6 +158,7 @@ def _print_cards(cards: list[ModelCard], as_json: bool, metric: str | None = Non
 
 def describe_card(card: ModelCard) -> str:
     """A model card as readable text: identity, use, interface, data, quality, provenance."""
+    from napari_mrisynth.models.networks import head_channels
     from napari_mrisynth.models.registry import model_location
 
     spec = card.input
@@ -171,10 +172,10 @@ def describe_card(card: ModelCard) -> str:
     if card.intended_use:
         lines.append(f"  intended use  {card.intended_use}")
     args = ", ".join(f"{k}={v}" for k, v in card.architecture.get("args", {}).items())
-    head = card.architecture.get("head")
+    head = head_channels(card.architecture)
     lines += [
         f"  architecture  {card.architecture['name']}({args})"
-        + (f", output head of {head['channels']} features" if head else ""),
+        + (f", output head of {head} features" if head else ""),
         "",
         "input",
         f"  image         {spec.modality} {spec.sequence}",
