@@ -438,6 +438,83 @@ def test_batch_dice_does_not_punish_a_label_one_patch_lacks():
     assert TrainOptions().loss == "dicece"
 
 
+def test_median_frequency_weights_from_label_maps(tmp_path):
+    """Counts 600/300/100 voxels of labels 0/1/2 and none of 3 over two maps: frequencies
+    0.6/0.3/0.1, median 0.3, weights 0.5/1/3, and the absent label gets the largest."""
+    import nibabel as nib
+
+    from napari_mrisynth.training.train import median_frequency_weights
+
+    first = np.zeros(500, np.uint8)
+    first[:200] = 1
+    second = np.zeros(500, np.uint8)
+    second[:100], second[100:200] = 1, 2
+    paths = []
+    for name, values in (("a", first), ("b", second)):
+        paths.append(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(values.reshape(5, 10, 10), np.eye(4)), paths[-1])
+    assert median_frequency_weights(paths, 4) == pytest.approx([0.5, 1.0, 3.0, 3.0])
+    with pytest.raises(MrisynthError, match=r"b\.nii\.gz: labels outside 0\.\.1"):
+        median_frequency_weights(paths, 2)
+
+
+def test_label_weights_give_a_rare_label_the_gradient_the_background_takes():
+    """One patch, 4 voxels of label 1 in 1,000, the network blind to it (p = 0.01 there).
+    Unweighted, the cross-entropy pulls on those 4 voxels' label-1 logit with 1/1000 of the
+    mean; weighted by median frequency the pull is hundreds of times stronger, and the
+    focal Tversky loss refuses weights it cannot use."""
+    import torch
+
+    from napari_mrisynth.training.modules import segmentation_loss
+
+    target = torch.zeros(1, 1, 10, 10, 10, dtype=torch.long)
+    target[0, 0, 0, 0, :4] = 1
+    frequency = np.array([996, 4]) / 1000
+    weights = list(np.median(frequency) / frequency)
+
+    def pull(loss_weights):
+        logits = torch.zeros(1, 2, 10, 10, 10)
+        logits[:, 1] = float(np.log(0.01 / 0.99))
+        logits.requires_grad_(True)
+        segmentation_loss("dicece", loss_weights)(logits, target).backward()
+        return -float(logits.grad[0, 1][target[0, 0] == 1].sum())
+
+    plain, weighted = pull(None), pull(weights)
+    assert plain > 0 and weighted > 100 * plain
+    with pytest.raises(ValueError, match="no label weights"):
+        segmentation_loss("focal_tversky", [1.0, 2.0])
+
+
+def test_a_median_frequency_weighted_run_records_its_weights(cohort, tracking_uri, tmp_path):
+    from napari_mrisynth.training.train import median_frequency_weights, train_segmentation
+
+    card = train_segmentation(cohort, tmp_path, id="seg-weighted", loss_weights="median-frequency",
+                              tracking_uri=tracking_uri, experiment="tests",
+                              **{**TINY_SEG, "epochs": 1})  # fmt: skip
+    record = card.training["loss_weights"]
+    assert record["method"] == "median-frequency"
+    labels = sorted((tmp_path / "cache").rglob("*_labels.nii.gz"))
+    train = set(card.training["splits"]["train"])
+    maps = [p for p in labels if p.name.split("_")[0] in train]
+    assert len(maps) == len(train)
+    expected = median_frequency_weights(maps, len(record["weights"]))
+    assert record["weights"] == pytest.approx(expected, abs=1e-4)
+    assert record["weights"][0] < 1 < max(record["weights"])  # background is the commonest
+    milder = train_segmentation(cohort, tmp_path, id="seg-sqrt", tracking_uri=tracking_uri,
+                                loss_weights="sqrt-median-frequency", experiment="tests",
+                                **{**TINY_SEG, "epochs": 1})  # fmt: skip
+    assert milder.training["loss_weights"]["weights"] == pytest.approx(np.sqrt(expected), abs=1e-4)
+    with pytest.raises(MrisynthError, match="dicece, dicece_batch"):
+        train_segmentation(cohort, tmp_path, id="seg-ft", loss="focal_tversky",
+                           loss_weights="median-frequency", tracking_uri=tracking_uri,
+                           experiment="tests", **TINY_SEG)  # fmt: skip
+    with pytest.raises(
+        MrisynthError, match="use one of none, median-frequency, sqrt-median-frequency"
+    ):
+        train_segmentation(cohort, tmp_path, id="seg-x", loss_weights="inverse",
+                           tracking_uri=tracking_uri, experiment="tests", **TINY_SEG)  # fmt: skip
+
+
 # -- classification ------------------------------------------------------------------------
 def test_classification_run_reports_auc_with_confidence_interval(cohort, tracking_uri, seg_run):
     from mlflow import MlflowClient
@@ -485,12 +562,13 @@ def test_cli_options_reach_the_training_function(tmp_path):
         "train", "segmentation", "--data", "cohort", "--out", str(tmp_path), "--devices", "4",
         "--strategy", "ddp", "--num-nodes", "2", "--loss", "focal_tversky", "--channels", "8",
         "16", "--split", "0.7", "0.15", "0.15", "--init", "seg-head-demo", "--randomize",
+        "--loss-weights", "median-frequency",
     ])  # fmt: skip
     options = options_from_args(args)
     assert options["devices"] == 4 and options["strategy"] == "ddp" and options["num_nodes"] == 2
     assert options["loss"] == "focal_tversky" and options["channels"] == [8, 16]
     assert options["fractions"] == [0.7, 0.15, 0.15] and options["init"] == "seg-head-demo"
-    assert options["randomize"] is True
+    assert options["randomize"] is True and options["loss_weights"] == "median-frequency"
     with pytest.raises(SystemExit):
         _parser().parse_args(["train", "classification", "--data", "c", "--out", "o",
                               "--loss", "dicece"])  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Any
 
 from napari_mrisynth.cli._options import comma_names
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
-from napari_mrisynth.training import SEGMENTATION_LOSSES
+from napari_mrisynth.training import LOSS_WEIGHTINGS, SEGMENTATION_LOSSES
 
 #: Options shared by both tasks; their defaults are TrainOptions'.
 _TASKS = {
@@ -149,6 +149,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 default=SEGMENTATION_LOSSES[0],
                 help="dicece: Dice per patch + cross-entropy (the default); dicece_batch: "
                 "Dice of each label over the batch + cross-entropy; focal_tversky",
+            )
+            sub.add_argument(
+                "--loss-weights",
+                choices=LOSS_WEIGHTINGS,
+                default=LOSS_WEIGHTINGS[0],
+                help="median-frequency: weigh each label's Dice and cross-entropy by the "
+                "median label frequency over its own in the training label maps, so that "
+                "a label of a few hundred voxels (the spinal cord) gets a gradient; "
+                "sqrt-median-frequency: their square roots, a milder tilt; dicece losses only",
             )
         else:
             sub.add_argument("--patience", type=int, default=10,

@@ -18,6 +18,8 @@ from typing import Any
 #: Here, not in :mod:`.train`, so that ``mrisynth train --help`` lists them without
 #: importing the training code.
 SEGMENTATION_LOSSES = ("dicece", "dicece_batch", "focal_tversky")
+#: How a segmentation loss weighs the labels (``--loss-weights``).
+LOSS_WEIGHTINGS = ("none", "median-frequency", "sqrt-median-frequency")
 
 _LAZY = {
     "read_participants": "napari_mrisynth.training.splits",
@@ -35,4 +37,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted([*_LAZY, "SEGMENTATION_LOSSES"])
+__all__ = sorted([*_LAZY, "LOSS_WEIGHTINGS", "SEGMENTATION_LOSSES"])

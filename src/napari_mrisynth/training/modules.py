@@ -54,13 +54,21 @@ class FocalTverskyLoss(nn.Module):
         return one_minus_ti.pow(self.gamma).mean()
 
 
-def segmentation_loss(name: str) -> nn.Module:
-    """The loss called ``name`` (one of :data:`SEGMENTATION_LOSSES`)."""
+def segmentation_loss(name: str, weights: Sequence[float] | None = None) -> nn.Module:
+    """The loss called ``name`` (one of :data:`SEGMENTATION_LOSSES`).
+
+    ``weights`` (one per output channel, background first) weigh each label's soft Dice and
+    each voxel's cross-entropy by its label (MONAI ``DiceCELoss(weight=...)``); the Dice+CE
+    losses only."""
     if name in ("dicece", "dicece_batch"):
         from monai.losses import DiceCELoss
 
-        return DiceCELoss(to_onehot_y=True, softmax=True, batch=name == "dicece_batch")
+        weight = None if weights is None else torch.tensor(list(weights), dtype=torch.float32)
+        return DiceCELoss(to_onehot_y=True, softmax=True, batch=name == "dicece_batch",
+                          weight=weight)  # fmt: skip
     if name == "focal_tversky":
+        if weights is not None:
+            raise ValueError("focal_tversky takes no label weights")
         return FocalTverskyLoss()
     raise ValueError(f"loss {name!r} is not one of {SEGMENTATION_LOSSES}")
 
@@ -109,6 +117,8 @@ class SegmentationModule(_CountsBatches):
     label_names : dict of int to str
         Foreground labels (1..C-1) and their names, for the per-label metrics.
     loss : {"dicece", "dicece_batch", "focal_tversky"}
+    loss_weights : sequence of float, optional
+        One weight per output channel (background first) for the Dice+CE losses.
     lr, weight_decay : float
     roi_size : (int, int, int)
         Sliding-window size for validation (z, y, x), normally the training patch size.
@@ -121,6 +131,7 @@ class SegmentationModule(_CountsBatches):
         label_names: dict[int, str],
         *,
         loss: str = "dicece",
+        loss_weights: Sequence[float] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
         roi_size: Sequence[int] = (64, 64, 64),
@@ -131,7 +142,7 @@ class SegmentationModule(_CountsBatches):
         self.label_names = dict(label_names)
         self.out_channels = max(self.label_names) + 1
         self.loss_name = loss
-        self.loss = segmentation_loss(loss)
+        self.loss = segmentation_loss(loss, loss_weights)
         self.lr, self.weight_decay = lr, weight_decay
         self.roi_size = tuple(int(v) for v in roi_size)
         self.overlap = overlap

@@ -25,7 +25,7 @@ from napari_mrisynth.errors import ModelError, MrisynthError
 from napari_mrisynth.models.card import LabelSpec, ModelCard
 from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
-from napari_mrisynth.training import SEGMENTATION_LOSSES
+from napari_mrisynth.training import LOSS_WEIGHTINGS, SEGMENTATION_LOSSES
 from napari_mrisynth.training.data import FOREGROUND_RATIO
 from napari_mrisynth.training.recipe import RunOptions, TrainingRun, model_spec, resolve_init
 
@@ -64,6 +64,12 @@ class TrainOptions(RunOptions):
     #: Segmentation: centre foreground patches on each label equally often (small labels
     #: such as the insula and the ventricles are then seen as often as white matter).
     balance_labels: bool = False
+    #: Segmentation, Dice+CE losses: ``median-frequency`` weighs each label by the median
+    #: label frequency over its own in the training label maps (Eigen & Fergus 2015), so a
+    #: label of a few hundred voxels is not drowned by the background;
+    #: ``sqrt-median-frequency`` uses those weights' square roots (a milder tilt that costs
+    #: the common labels less); ``none`` weighs all alike.
+    loss_weights: str = "none"
     num_workers: int = 0
 
     def randomization(self, task: str = "segmentation") -> Any:
@@ -155,6 +161,27 @@ def balanced_class_weights(class_ids: Sequence[int], classes: int) -> list[float
     as much as the others in the loss (an absent class gets ``n / classes``)."""
     counts = np.bincount(np.asarray(class_ids, dtype=int), minlength=classes)
     return [float(len(class_ids) / (classes * max(int(c), 1))) for c in counts]
+
+
+def median_frequency_weights(label_maps: Sequence[str | Path], classes: int) -> list[float]:
+    """``median(f) / f_c`` per label ``c`` (background included), ``f`` the labels' voxel
+    frequencies over ``label_maps`` (Eigen & Fergus, ICCV 2015), so that the median label
+    weighs 1, rarer ones more; a label absent from every map gets the largest weight."""
+    import nibabel as nib
+
+    counts = np.zeros(classes, dtype=np.int64)
+    for path in label_maps:
+        values = np.asarray(nib.load(str(path)).dataobj).astype(np.int64, copy=False).ravel()
+        if values.size and (values.min() < 0 or values.max() >= classes):
+            raise MrisynthError(f"{path}: labels outside 0..{classes - 1}")
+        counts += np.bincount(values, minlength=classes)
+    present = counts > 0
+    if not present.any():
+        raise MrisynthError("no labelled voxels to weigh the loss by")
+    frequency = counts / counts.sum()
+    weights = np.where(present, np.median(frequency[present]) / np.maximum(frequency, 1e-12), 0)
+    weights[~present] = weights[present].max()
+    return [float(w) for w in weights]
 
 
 def _output_count_key(architecture: dict) -> str:
@@ -266,6 +293,13 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         raise MrisynthError(f"--loss {opts.loss!r}: use one of {', '.join(SEGMENTATION_LOSSES)}")
     if task != "segmentation" and opts.balance_labels:
         raise MrisynthError("--balance-labels samples patches by label: segmentation only")
+    if opts.loss_weights not in LOSS_WEIGHTINGS:
+        raise MrisynthError(f"--loss-weights {opts.loss_weights!r}: use one of "
+                            f"{', '.join(LOSS_WEIGHTINGS)}")  # fmt: skip
+    weighted = opts.loss_weights != "none"
+    if weighted and (task != "segmentation" or opts.loss == "focal_tversky"):
+        raise MrisynthError(f"--loss-weights {opts.loss_weights} weighs a segmentation's "
+                            "Dice+CE loss (dicece, dicece_batch)")  # fmt: skip
     settings = opts.randomization(task)
     base = resolve_init(opts.init, task, out) if opts.init else None
     splits = run.split([base])
@@ -310,9 +344,16 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     if task == "segmentation":
         from napari_mrisynth.training.modules import SegmentationModule
 
+        loss_weights = None
+        if weighted:
+            loss_weights = median_frequency_weights(
+                [item.label for item in train_items], out_channels
+            )
+            if opts.loss_weights == "sqrt-median-frequency":
+                loss_weights = [float(np.sqrt(w)) for w in loss_weights]
         module = SegmentationModule(
             architecture, {label.value: label.name for label in labels}, loss=opts.loss,
-            lr=opts.lr, weight_decay=opts.weight_decay, roi_size=roi,
+            loss_weights=loss_weights, lr=opts.lr, weight_decay=opts.weight_decay, roi_size=roi,
         )  # fmt: skip
         monitor, mode = "val/dice_mean", "max"
         class_weights = None
@@ -362,7 +403,10 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     extra: dict[str, Any] = {"randomization": None if settings is None else settings.to_json()}
     if task == "segmentation":
         extra.update(
-            loss=opts.loss, patch_size=list(roi), patches_per_volume=opts.patches_per_volume,
+            loss=opts.loss,
+            loss_weights=None if loss_weights is None
+            else {"method": opts.loss_weights, "weights": [round(w, 4) for w in loss_weights]},
+            patch_size=list(roi), patches_per_volume=opts.patches_per_volume,
             patch_sampling={
                 "foreground_ratio": FOREGROUND_RATIO,
                 "class_weights": None if label_weights is None
