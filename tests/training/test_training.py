@@ -168,7 +168,9 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
                 seen.update({k: v.detach().clone() for k, v in module.network.state_dict().items()})
 
     # Another seed would draw another split; fine-tuning keeps the base model's held-out set.
-    options = {**TINY_SEG, "epochs": 1, "callbacks": [FirstStep()], "seed": 99}
+    # Network and grid options come from the base too; the card says so, not the defaults.
+    options = {**TINY_SEG, "epochs": 1, "callbacks": [FirstStep()], "seed": 99,
+               "channels": [16, 32], "spacing": 4.0}  # fmt: skip
     card = train_segmentation(cohort, out, id="seg-test-tuned", init="seg-test@1.0.0",
                               tracking_uri=tracking_uri, experiment="tests", **options)  # fmt: skip
     assert card.training["splits"] == base.training["splits"]
@@ -178,7 +180,13 @@ def test_finetuning_starts_from_the_base_weights(seg_run, cohort, tracking_uri, 
         assert torch.equal(seen[key], value), key
     assert card.training["init"]["model"] == "seg-test@1.0.0"
     assert card.training["init"]["reinitialised"] == []
-    assert card.architecture == base.architecture
+    assert card.architecture == base.architecture and card.input == base.input
+    recorded = card.training["options"]
+    assert (recorded["architecture"], recorded["channels"], recorded["spacing"]) == (
+        "UNet",
+        [4, 8],
+        GRID,
+    )
     tuned = load_weights(card)
     assert any(not torch.equal(tuned[k], base_weights[k]) for k in base_weights)
 
@@ -217,6 +225,7 @@ def test_a_wider_head_fine_tunes_from_the_base_with_the_same_outputs_and_segment
     assert card.training["init"]["head"] == 8
     assert card.training["init"]["reinitialised"] == []
     assert card.training["options"]["head_channels"] == 8
+    assert card.training["options"]["init_filters"] == 4  # the base's, not the default 16
     # the widened network computed the base's outputs when training started
     plain, wide = build_network(base.architecture), build_network(card.architecture)
     plain.load_state_dict(load_weights(base))

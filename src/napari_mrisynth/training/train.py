@@ -286,6 +286,24 @@ def _output_sized(shape: Any, base: Any, outputs: int, base_outputs: int) -> boo
     return all(a == b or (a, b) == (outputs, base_outputs) for a, b in pairs)
 
 
+def _inherited(opts: TrainOptions, base: ModelCard) -> TrainOptions:
+    """``opts`` with the network and grid options a fine-tuned model takes from its base
+    (architecture, width, model-grid spacing), so that the card records what was trained
+    rather than the defaults of options that ``--init`` overrides."""
+    from dataclasses import replace
+
+    args = base.architecture.get("args", {})
+    inherited: dict[str, Any] = {"architecture": base.architecture["name"],
+                                 "spacing": float(base.input.spacing[0])}  # fmt: skip
+    for key in ("init_filters", "init_features"):  # SegResNet, DenseNet121
+        if key in args:
+            inherited["init_filters"] = int(args[key])
+    for key in ("channels", "block_inplanes"):  # UNet, ResNet
+        if key in args:
+            inherited["channels"] = [int(v) for v in args[key]]
+    return replace(opts, **inherited)
+
+
 # -- the run ---------------------------------------------------------------------------------
 def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | None:
     run = TrainingRun(task, data, out, opts)
@@ -302,6 +320,8 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
                             "Dice+CE loss (dicece, dicece_batch)")  # fmt: skip
     settings = opts.randomization(task)
     base = resolve_init(opts.init, task, out) if opts.init else None
+    if base is not None:
+        opts = run.opts = _inherited(opts, base)
     splits = run.split([base])
     diagnosis = {row["participant_id"]: row.get("diagnosis", "") for row in run.participants}
     if task == "segmentation":
