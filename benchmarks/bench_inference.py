@@ -243,16 +243,21 @@ def _shape(spacing: float) -> tuple[int, ...]:
 
 
 def write_docs(text: str) -> None:
-    """Replace (or append) this device's latency section of docs/benchmarks.md."""
-    heading = text.splitlines()[0]
+    """Put ``text``'s table and preamble between this device's markers in its latency
+    section of docs/benchmarks.md (the first time: a new section at the end of the file).
+    Nothing outside the markers is touched, so the hand-written reading of the figures
+    below the table survives a re-run."""
+    heading, _, body = text.partition("\n")
+    kind = "cuda" if heading.endswith("(cuda)") else "cpu"
+    begin = f"<!-- bench_inference.py {kind} results: start -->"
+    end = f"<!-- bench_inference.py {kind} results: end -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
     current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = current.find(heading + "\n")
-    if start < 0:
-        updated = current.rstrip("\n") + "\n\n" + text
+    first, last = current.find(begin), current.find(end)
+    if 0 <= first < last:
+        updated = current[:first] + block + current[last + len(end) :]
     else:
-        end = current.find("\n## ", start + len(heading))
-        tail = current[end + 1 :] if end >= 0 else ""
-        updated = current[:start] + text + ("\n" + tail if tail else "")
+        updated = current.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
     DOCS.write_text(updated)
 
 

@@ -457,14 +457,19 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     )
     if architecture["name"] == "ResNet":
         inference["saliency_layer"] = "layer4"
+    from napari_mrisynth.models.networks import head_channels
+
     what = (
         "segmentation of the head into the cohort's labels"
         if task == "segmentation"
         else ("bvFTD vs control classification")
     )
+    head = head_channels(architecture)
     card = run.card(
         id=model_id,
-        title=f"{architecture['name']} {what}" + (", domain-randomized" if settings else ""),
+        title=f"{architecture['name']} {what}"
+        + (f", output head of {head} features" if head else "")
+        + (", domain-randomized" if settings else ""),
         description=(
             f"{architecture['name']} ({task}) trained with napari-mrisynth on "
             f"{len(splits['train'])} {'simulated ' if run.simulated else ''}subjects of "
