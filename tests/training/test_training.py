@@ -226,7 +226,7 @@ def test_a_wider_head_fine_tunes_from_the_base_with_the_same_outputs_and_segment
     assert card.training["init"]["reinitialised"] == []
     assert card.training["options"]["head_channels"] == 8
     assert card.training["options"]["init_filters"] == 4  # the base's, not the default 16
-    assert "output head of 8 features" in card.title and "head" not in base.title
+    assert "output head of 8 features" in card.title and "output head" not in base.title
     # the widened network computed the base's outputs when training started
     plain, wide = build_network(base.architecture), build_network(card.architecture)
     plain.load_state_dict(load_weights(base))
