@@ -247,18 +247,12 @@ def write_docs(text: str) -> None:
     section of docs/benchmarks.md (the first time: a new section at the end of the file).
     Nothing outside the markers is touched, so the hand-written reading of the figures
     below the table survives a re-run."""
+    from _docs import write_marked
+
     heading, _, body = text.partition("\n")
     kind = "cuda" if heading.endswith("(cuda)") else "cpu"
-    begin = f"<!-- bench_inference.py {kind} results: start -->"
-    end = f"<!-- bench_inference.py {kind} results: end -->"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    first, last = current.find(begin), current.find(end)
-    if 0 <= first < last:
-        updated = current[:first] + block + current[last + len(end) :]
-    else:
-        updated = current.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
-    DOCS.write_text(updated)
+    write_marked(body, heading, f"<!-- bench_inference.py {kind} results: start -->",
+                 f"<!-- bench_inference.py {kind} results: end -->", DOCS)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -287,17 +287,11 @@ def table(results: list[dict]) -> str:
 
 
 def write_docs(text: str) -> None:
-    """Put ``text`` between this script's markers in docs/benchmarks.md; the first time,
-    append a Streaming section holding them. Nothing else in the file is touched, so the
-    hand-written reading of the figures below the markers survives a re-run."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start, end = current.find(RESULTS_START), current.find(RESULTS_END)
-    block = f"{RESULTS_START}\n{text.strip()}\n{RESULTS_END}"
-    if start < 0 or end < start:
-        updated = current.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    else:
-        updated = current[:start] + block + current[end + len(RESULTS_END) :]
-    DOCS.write_text(updated)
+    """Put ``text`` between this script's markers in docs/benchmarks.md (the first time, in
+    a new Streaming section); nothing else in the file is touched."""
+    from _docs import write_marked
+
+    write_marked(text, SECTION, RESULTS_START, RESULTS_END, DOCS)
 
 
 def main(argv: list[str] | None = None) -> int:
