@@ -24,6 +24,7 @@ from napari_mrisynth.anatomy import BRAIN_LABELS, LABELS
 from napari_mrisynth.errors import ModelError, MrisynthError
 from napari_mrisynth.models.card import LabelSpec, ModelCard
 from napari_mrisynth.models.conditions import DIAGNOSIS_CLASSES
+from napari_mrisynth.models.networks import PLAIN_OUTPUT_KEYS, head_channels, head_keys, widen_from
 from napari_mrisynth.preprocess.grid import DEFAULT_MODEL_SPACING_MM
 from napari_mrisynth.training import LOSS_WEIGHTINGS, SEGMENTATION_LOSSES
 from napari_mrisynth.training.data import FOREGROUND_RATIO
@@ -163,6 +164,20 @@ def balanced_class_weights(class_ids: Sequence[int], classes: int) -> list[float
     return [float(len(class_ids) / (classes * max(int(c), 1))) for c in counts]
 
 
+def label_loss_weights(
+    method: str, label_maps: Sequence[str | Path], classes: int
+) -> list[float] | None:
+    """The per-label loss weights ``method`` (one of :data:`LOSS_WEIGHTINGS`) gives over
+    ``label_maps``: None for ``none``, :func:`median_frequency_weights`, or their square
+    roots for ``sqrt-median-frequency``."""
+    if method == "none":
+        return None
+    weights = median_frequency_weights(label_maps, classes)
+    if method == "sqrt-median-frequency":
+        return [float(np.sqrt(w)) for w in weights]
+    return weights
+
+
 def median_frequency_weights(label_maps: Sequence[str | Path], classes: int) -> list[float]:
     """``median(f) / f_c`` per label ``c`` (background included), ``f`` the labels' voxel
     frequencies over ``label_maps`` (Eigen & Fergus, ICCV 2015), so that the median label
@@ -208,12 +223,6 @@ def load_initial_weights(
         ``{"model", "sha256", "loaded", "reinitialised"}`` for the card, and ``"head"`` (its
         width) when widened.
     """
-    from napari_mrisynth.models.networks import (
-        PLAIN_OUTPUT_KEYS,
-        head_channels,
-        head_keys,
-        widen_from,
-    )
     from napari_mrisynth.models.weights import load_weights
 
     base_weights = load_weights(base)
@@ -260,8 +269,6 @@ def _add_head(architecture: dict, base: ModelCard | None, task: str, channels: i
     """Give ``architecture`` a wider output head of ``channels`` (``--head-channels``; 0:
     none asked). True when it is new on the fine-tuned ``base`` (its weights then start from
     the base's output layer)."""
-    from napari_mrisynth.models.networks import head_channels
-
     if channels <= 0:
         return False
     if task != "segmentation" or architecture["name"] != "SegResNet":
@@ -314,8 +321,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     if opts.loss_weights not in LOSS_WEIGHTINGS:
         raise MrisynthError(f"--loss-weights {opts.loss_weights!r}: use one of "
                             f"{', '.join(LOSS_WEIGHTINGS)}")  # fmt: skip
-    weighted = opts.loss_weights != "none"
-    if weighted and (task != "segmentation" or opts.loss == "focal_tversky"):
+    if opts.loss_weights != "none" and (task != "segmentation" or opts.loss == "focal_tversky"):
         raise MrisynthError(f"--loss-weights {opts.loss_weights} weighs a segmentation's "
                             "Dice+CE loss (dicece, dicece_batch)")  # fmt: skip
     settings = opts.randomization(task)
@@ -364,13 +370,9 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     if task == "segmentation":
         from napari_mrisynth.training.modules import SegmentationModule
 
-        loss_weights = None
-        if weighted:
-            loss_weights = median_frequency_weights(
-                [item.label for item in train_items], out_channels
-            )
-            if opts.loss_weights == "sqrt-median-frequency":
-                loss_weights = [float(np.sqrt(w)) for w in loss_weights]
+        loss_weights = label_loss_weights(
+            opts.loss_weights, [item.label for item in train_items], out_channels
+        )
         module = SegmentationModule(
             architecture, {label.value: label.name for label in labels}, loss=opts.loss,
             loss_weights=loss_weights, lr=opts.lr, weight_decay=opts.weight_decay, roi_size=roi,
@@ -457,8 +459,6 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     )
     if architecture["name"] == "ResNet":
         inference["saliency_layer"] = "layer4"
-    from napari_mrisynth.models.networks import head_channels
-
     what = (
         "segmentation of the head into the cohort's labels"
         if task == "segmentation"
