@@ -572,13 +572,14 @@ def test_cli_options_reach_the_training_function(tmp_path):
         "train", "segmentation", "--data", "cohort", "--out", str(tmp_path), "--devices", "4",
         "--strategy", "ddp", "--num-nodes", "2", "--loss", "focal_tversky", "--channels", "8",
         "16", "--split", "0.7", "0.15", "0.15", "--init", "seg-head-demo", "--randomize",
-        "--loss-weights", "median-frequency",
+        "--loss-weights", "median-frequency", "--calibrate", "--epochs", "0",
     ])  # fmt: skip
     options = options_from_args(args)
     assert options["devices"] == 4 and options["strategy"] == "ddp" and options["num_nodes"] == 2
     assert options["loss"] == "focal_tversky" and options["channels"] == [8, 16]
     assert options["fractions"] == [0.7, 0.15, 0.15] and options["init"] == "seg-head-demo"
     assert options["randomize"] is True and options["loss_weights"] == "median-frequency"
+    assert options["calibrate"] is True and options["epochs"] == 0
     with pytest.raises(SystemExit):
         _parser().parse_args(["train", "classification", "--data", "c", "--out", "o",
                               "--loss", "dicece"])  # fmt: skip
@@ -646,3 +647,59 @@ def test_ddp_two_cpu_processes(cohort, seg_run, tmp_path):
     )
     assert run.data.params["world_size"] == "2"
     assert run.data.params["batches_per_rank"] == "[8, 8]"
+
+
+def test_a_calibrated_run_fits_offsets_on_validation_and_inference_applies_them(
+    seg_run, cohort, tracking_uri, tmp_path
+):
+    import dataclasses
+
+    from napari_mrisynth.errors import ModelError
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.models.inference import segment
+    from napari_mrisynth.models.weights import load_weights
+    from napari_mrisynth.training.data import subject_image
+    from napari_mrisynth.training.train import train_segmentation
+
+    base, out = seg_run
+    # --epochs 0: the base's weights, calibrated on the base's validation subjects
+    card = train_segmentation(cohort, out, id="seg-test-calibrated", init="seg-test@1.0.0",
+                              calibrate=True, tracking_uri=tracking_uri, experiment="tests",
+                              **{**TINY_SEG, "epochs": 0})  # fmt: skip
+    import torch
+
+    tuned, original = load_weights(card), load_weights(base)
+    assert all(torch.equal(tuned[k], original[k]) for k in original)
+    assert card.training["splits"] == base.training["splits"]
+    record = card.training["calibration"]
+    assert record["subjects"] == base.training["splits"]["val"]
+    assert record["val_dice_mean_after"] >= record["val_dice_mean_before"]
+    offsets = card.inference["logit_offsets"]
+    assert len(offsets) == card.out_channels and offsets[0] == 0.0
+    assert all(abs(v) <= 1.5 for v in offsets)
+    assert "test" in card.metrics
+    # inference adds the card's offsets: a large one for one label takes every voxel
+    scan = load_volume(subject_image(cohort, card.training["splits"]["test"][0]))
+    label = card.brain_labels[0]
+    forced = [0.0] * card.out_channels
+    forced[label] = 100.0
+    heavy = dataclasses.replace(
+        card, version="9.0.0", inference={**card.inference, "logit_offsets": forced}
+    )
+    labels = np.asarray(segment(scan, heavy, device="cpu").labels.data)
+    plain = np.asarray(segment(scan, base, device="cpu").labels.data)
+    inside = plain > 0  # the model box (outside it the labels are background either way)
+    assert inside.any() and np.all(labels[inside] == label)
+    wrong = dataclasses.replace(
+        card, version="9.0.1", inference={**card.inference, "logit_offsets": [0.0, 1.0]}
+    )
+    with pytest.raises(ModelError, match="2 logit offsets in its card for"):
+        segment(scan, wrong, device="cpu")
+    with pytest.raises(MrisynthError, match="give --init"):
+        train_segmentation(cohort, tmp_path, id="seg-none", tracking_uri=tracking_uri,
+                           experiment="tests", **{**TINY_SEG, "epochs": 0})  # fmt: skip
+    with pytest.raises(MrisynthError, match="segmentation only"):
+        from napari_mrisynth.training.train import train_classification
+
+        train_classification(cohort, tmp_path, id="cls-cal", calibrate=True,
+                             tracking_uri=tracking_uri, experiment="tests", **TINY_CLS)  # fmt: skip

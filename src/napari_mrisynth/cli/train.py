@@ -159,6 +159,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "a label of a few hundred voxels (the spinal cord) gets a gradient; "
                 "sqrt-median-frequency: their square roots, a milder tilt; dicece losses only",
             )
+            sub.add_argument(
+                "--calibrate",
+                action="store_true",
+                help="after training, fit one logit offset per label on the validation "
+                "subjects (maximising their mean Dice) and store them in the card, where "
+                "inference adds them before the softmax; with --init and --epochs 0, "
+                "calibrates the base model's weights without training",
+            )
         else:
             sub.add_argument("--patience", type=int, default=10,
                              help="early stopping: epochs without a better val/loss")  # fmt: skip
@@ -182,9 +190,9 @@ def _options(args: argparse.Namespace, options_class: type) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from napari_mrisynth.training.train import train_classification, train_segmentation
 
-    if args.epochs < 1 or args.batch_size < 1 or args.num_nodes < 1 or args.num_workers < 0:
-        raise SystemExit("mrisynth train: --epochs, --batch-size, --num-nodes must be >= 1, "
-                         "--num-workers >= 0")  # fmt: skip
+    if args.epochs < 0 or args.batch_size < 1 or args.num_nodes < 1 or args.num_workers < 0:
+        raise SystemExit("mrisynth train: --batch-size, --num-nodes must be >= 1, --epochs "
+                         "and --num-workers >= 0")  # fmt: skip
     train = train_segmentation if args.task == "segmentation" else train_classification
     card = train(args.data, args.out, **options_from_args(args))
     if card is None:  # a non-zero rank of a distributed run

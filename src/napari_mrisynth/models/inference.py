@@ -160,12 +160,13 @@ def _source_name(source: Volume | str | Path, volume: Volume) -> str:
     return str(source)
 
 
-def _run_network(network: Any, image: np.ndarray, card: ModelCard, device: Any) -> Any:
-    """Logits (1, C, z, y, x) on the model grid: sliding window when the ROI is smaller."""
+def network_logits(network: Any, image: np.ndarray, inference: dict[str, Any], device: Any) -> Any:
+    """Logits (1, C, z, y, x) on the model grid: sliding window when the card's
+    ``inference`` ROI is smaller than the image."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    roi = tuple(int(v) for v in card.inference.get("roi_size", image.shape))
+    roi = tuple(int(v) for v in inference.get("roi_size", image.shape))
     amp = device.type == "cuda"
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
         if all(r >= s for r, s in zip(roi, image.shape, strict=True)):
@@ -176,9 +177,9 @@ def _run_network(network: Any, image: np.ndarray, card: ModelCard, device: Any) 
             logits = sliding_window_inference(
                 x,
                 roi_size=roi,
-                sw_batch_size=int(card.inference.get("sw_batch_size", 2)),
+                sw_batch_size=int(inference.get("sw_batch_size", 2)),
                 predictor=network,
-                overlap=float(card.inference.get("overlap", 0.25)),
+                overlap=float(inference.get("overlap", 0.25)),
                 mode="gaussian",
             )
     return logits.float()
@@ -232,8 +233,20 @@ def segment(
     run = _Run.start("segmentation", source, model, device, series, progress)
     card, device, volume, name = run.loaded.card, run.loaded.device, run.volume, run.name
     prepared, timings, step = run.prepared, run.timings, run.step
-    logits = run.logits
-    probabilities = torch.softmax(logits[0], dim=0)
+    logits = run.logits[0]
+    offsets = card.inference.get("logit_offsets")
+    if offsets is not None:
+        if len(offsets) != card.out_channels:
+            raise ModelError(f"model {card.ref}: {len(offsets)} logit offsets in its card for "
+                             f"{card.out_channels} outputs")  # fmt: skip
+        # per-label offsets fitted on validation subjects (training.calibrate)
+        logits = (
+            logits
+            + torch.as_tensor(offsets, dtype=logits.dtype, device=logits.device)[
+                :, None, None, None
+            ]
+        )
+    probabilities = torch.softmax(logits, dim=0)
     step("infer")
     dtype = np.uint8 if card.out_channels <= 256 else np.uint16
     labels = from_model_grid(
@@ -330,7 +343,9 @@ class _Run:
         prepared = _prepare(volume, loaded.card, loaded.device, name)
         timings.update({f"prepare.{k}": v for k, v in prepared.timings.items()})
         step("prepare")
-        logits = _run_network(loaded.network, prepared.image, loaded.card, loaded.device)
+        logits = network_logits(
+            loaded.network, prepared.image, loaded.card.inference, loaded.device
+        )
         if logits.shape[1] != loaded.card.out_channels:
             raise ModelError(
                 f"model {loaded.card.ref}: network gives {logits.shape[1]} outputs, card "

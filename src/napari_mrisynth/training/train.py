@@ -71,6 +71,9 @@ class TrainOptions(RunOptions):
     #: ``sqrt-median-frequency`` uses those weights' square roots (a milder tilt that costs
     #: the common labels less); ``none`` weighs all alike.
     loss_weights: str = "none"
+    #: Segmentation: fit one logit offset per label on the validation subjects after
+    #: training (:mod:`.calibrate`) and store them in the card for inference.
+    calibrate: bool = False
     num_workers: int = 0
 
     def randomization(self, task: str = "segmentation") -> Any:
@@ -321,6 +324,10 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     if opts.loss_weights not in LOSS_WEIGHTINGS:
         raise MrisynthError(f"--loss-weights {opts.loss_weights!r}: use one of "
                             f"{', '.join(LOSS_WEIGHTINGS)}")  # fmt: skip
+    if opts.calibrate and task != "segmentation":
+        raise MrisynthError("--calibrate fits per-label logit offsets: segmentation only")
+    if opts.epochs == 0 and not opts.init:
+        raise MrisynthError("--epochs 0 keeps the weights of a base model: give --init")
     if opts.loss_weights != "none" and (task != "segmentation" or opts.loss == "focal_tversky"):
         raise MrisynthError(f"--loss-weights {opts.loss_weights} weighs a segmentation's "
                             "Dice+CE loss (dicece, dicece_batch)")  # fmt: skip
@@ -416,12 +423,15 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     if task == "classification":
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=opts.patience))
     trainer = run.trainer(opts.epochs, callbacks, checkpointing=True)
-    trainer.fit(module, datamodule=datamodule)
+    if opts.epochs > 0:
+        trainer.fit(module, datamodule=datamodule)
     if not trainer.is_global_zero:
         return None
 
     # best checkpoint (plain tensors; weights_only refuses anything else) -> registry model
     state, chosen = best_state(module, checkpoint)
+    if opts.epochs == 0:
+        chosen = f"the weights of {base.ref} (--epochs 0)"
     extra: dict[str, Any] = {"randomization": None if settings is None else settings.to_json()}
     if task == "segmentation":
         extra.update(
@@ -459,6 +469,11 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     )
     if architecture["name"] == "ResNet":
         inference["saliency_layer"] = "layer4"
+    if opts.calibrate:
+        calibration = _calibrate(module.network, state, val_items, labels, inference,
+                                 _test_device(opts))  # fmt: skip
+        inference["logit_offsets"] = [round(float(v), 4) for v in calibration.offsets]
+        training["calibration"] = calibration_record(calibration, splits["val"])
     what = (
         "segmentation of the head into the cohort's labels"
         if task == "segmentation"
@@ -490,6 +505,53 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         "batches_per_rank": training["batches_per_rank"],
         "init": (training["init"] or {}).get("model"),
     })  # fmt: skip
+
+
+def _calibrate(
+    network: Any, state: dict[str, Any], val_items: Sequence[Any], labels: Sequence[LabelSpec],
+    inference: dict[str, Any], device: Any,
+) -> Any:  # fmt: skip
+    """Logit offsets fitted on the validation subjects' whole model-grid volumes, with the
+    chosen weights and the sliding window users' inference runs (:mod:`.calibrate`)."""
+    from napari_mrisynth.io.files import load_volume
+    from napari_mrisynth.models.inference import network_logits
+    from napari_mrisynth.training.calibrate import LogitSample, fit_logit_offsets
+
+    if not val_items:
+        raise MrisynthError("--calibrate fits on the validation subjects: the split has none")
+    network.load_state_dict(state)
+    network.to(device).eval()
+    classes = max(label.value for label in labels) + 1
+    sample = LogitSample(classes)
+    for item in val_items:
+        image = np.asarray(load_volume(item.image).compute().data, dtype=np.float32)
+        truth = np.asarray(load_volume(item.label).compute().data).astype(np.int64)
+        logits = network_logits(network, image, inference, device)[0].cpu().numpy()
+        sample.add(logits, truth)
+    return fit_logit_offsets(sample, [label.value for label in labels])
+
+
+def calibration_record(calibration: Any, subjects: Sequence[str]) -> dict[str, Any]:
+    """The card's ``training.calibration``: how the offsets were fitted and what they did
+    to the validation Dice (per label, before and after)."""
+
+    def rounded(values: np.ndarray) -> dict[str, float | None]:
+        return {str(v): (None if np.isnan(values[v]) else round(float(values[v]), 4))
+                for v in calibration.labels}  # fmt: skip
+
+    return {
+        "method": "per-label logit offsets, coordinate ascent of the mean validation Dice",
+        "subjects": list(subjects),
+        "span": calibration.span,
+        "step": calibration.step,
+        "sweeps": calibration.sweeps,
+        "voxels": calibration.voxels,
+        "flippable_voxels": calibration.flippable,
+        "val_dice_mean_before": round(calibration.mean_before, 4),
+        "val_dice_mean_after": round(calibration.mean_after, 4),
+        "val_dice_before": rounded(calibration.dice_before),
+        "val_dice_after": rounded(calibration.dice_after),
+    }
 
 
 def _brain_mask(spec: Any) -> np.ndarray:
