@@ -677,7 +677,7 @@ def test_a_calibrated_run_fits_offsets_on_validation_and_inference_applies_them(
     offsets = card.inference["logit_offsets"]
     assert len(offsets) == card.out_channels and offsets[0] == 0.0
     assert all(abs(v) <= 1.5 for v in offsets)
-    assert "test" in card.metrics
+    assert "test" in card.metrics and card.title.endswith(", calibrated label offsets")
     # inference adds the card's offsets: a large one for one label takes every voxel
     scan = load_volume(subject_image(cohort, card.training["splits"]["test"][0]))
     label = card.brain_labels[0]

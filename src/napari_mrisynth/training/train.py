@@ -484,7 +484,8 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
         id=model_id,
         title=f"{architecture['name']} {what}"
         + (f", output head of {head} features" if head else "")
-        + (", domain-randomized" if settings else ""),
+        + (", domain-randomized" if settings else "")
+        + (", calibrated label offsets" if opts.calibrate else ""),
         description=(
             f"{architecture['name']} ({task}) trained with napari-mrisynth on "
             f"{len(splits['train'])} {'simulated ' if run.simulated else ''}subjects of "
