@@ -4,7 +4,7 @@ SimpleITK diffeomorphic demons (the library the anatomy-first template uses).
 Usage (antspyx is not a dependency of the project; install it for this measurement)::
 
     pip install antspyx
-    mrisynth cohort --out /tmp/cohort_2mm --subjects 8 --seed 2026 --spacing 2
+    mrisynth cohort --out /tmp/cohort_2mm --subjects 8 --seed 2026 --spacing 2 --cohort-version 2
     python benchmarks/bench_registration.py /tmp/cohort_2mm
 
 Seven heads are registered to the first on the 2 mm model grid; the mean Dice of their

@@ -30,7 +30,8 @@ Usage::
         [--json out.json]
 
 The cohort is the one the card records (``training.data``; for the bundled model
-``mrisynth cohort --out cohort-2mm --subjects 60 --seed 2026 --spacing 2``, at that path).
+``mrisynth cohort --out cohort-2mm --subjects 60 --seed 2026 --spacing 2
+--cohort-version 2``, at that path).
 Measured 2026-12-06 on anatomy-bvftd-demo@1.7.0 (docs/synthesis.md, "The renderer's own
 settings, in a closed loop").
 """

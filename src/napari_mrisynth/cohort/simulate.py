@@ -55,9 +55,13 @@ class SimulatedSubject:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _model_spacing(spacing: float) -> int:
-    """1 mm model for fine output, 2 mm (eight times fewer voxels) from 2 mm output up."""
-    return 1 if spacing < 2.0 else 2
+def model_spacing(spacing: float, version: int = COHORT_VERSION) -> int:
+    """The head model (mm) a subject at ``spacing`` is sampled from: 1 mm for fine output,
+    2 mm (eight times fewer voxels) for coarse output. Version 3 keeps the 1 mm model up to
+    2 mm output, so a subject at 2 mm is its 1 mm self resampled (its labels are not those
+    of a second, blockier model); versions 1-2 took the 2 mm model from 2 mm up."""
+    limit = 2.0 if version >= 3 else 1.999
+    return 1 if spacing <= limit else 2
 
 
 def simulate_subject(
@@ -92,10 +96,13 @@ def simulate_subject(
         Years; drawn from the seed (62 +- 7, 45..80) when omitted.
     sex : {"F", "M"}, optional
         Drawn from the seed when omitted.
-    version : {1, 2}
-        Cohort version: 2 (the default) gives every head its own fine folding, cortical
-        thickness and texture (:mod:`~napari_mrisynth.cohort.fine_anatomy`); 1 reproduces
-        subjects made before it, voxel for voxel.
+    version : {1, 2, 3}
+        Cohort version: 3 (the default) draws the subject's deformation on a grid fixed in
+        template space and samples 2 mm output from the 1 mm head model, so a seed gives
+        the same anatomy at 1 and 2 mm (at 1 mm it equals version 2 voxel for voxel); 2
+        gives every head its own fine folding, cortical thickness and texture
+        (:mod:`~napari_mrisynth.cohort.fine_anatomy`); 1 reproduces subjects made before
+        that. Each older version reproduces its subjects voxel for voxel.
 
     Returns
     -------
@@ -109,7 +116,7 @@ def simulate_subject(
     if version not in COHORT_VERSIONS:
         raise ValueError(f"cohort version must be one of {COHORT_VERSIONS}, got {version!r}")
     draws = draw_subject(diagnosis, seed, severity=severity, age=age, sex=sex)
-    model = head_model(_model_spacing(spacing))
+    model = head_model(model_spacing(spacing, version))
     fine = draw_fine_anatomy(np.random.default_rng([seed, 4])) if version >= 2 else None
     shape = model.intensity.shape
     extra = (None if fine is None
@@ -132,7 +139,7 @@ def simulate_subject(
         np.meshgrid(*(np.arange(n, dtype=np.float64) for n in coarse[::-1]), indexing="ij")[::-1]
     ).reshape(3, -1)
     points = origin[:, None] + direction @ (spacing * step * grid)
-    template, ventricle_mm = displacement_field(model, draws, points)
+    template, ventricle_mm = displacement_field(model, draws, points, version)
     displacement = (template - points).T.reshape(coarse[2], coarse[1], coarse[0], 3)
 
     t1, label_data = resample_through_field(
