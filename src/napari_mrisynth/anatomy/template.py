@@ -43,6 +43,10 @@ from napari_mrisynth.volume import Volume, reorient_to_patient_axes, volume_from
 
 _TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
+#: The head model's canvas, LPS mm: x -100..100, y -126..136 (face to occiput), z -170..124
+#: (neck to vertex). The 1 mm model's canvas starts at its low corner.
+CANVAS_LOW_LPS = np.array([-100.0, -126.0, -170.0])
+CANVAS_HIGH_LPS = np.array([100.0, 136.0, 124.0])
 #: Template T1 values (uint8 scale) of the simulated head tissues.
 TISSUE_INTENSITY = {
     "csf": 45.0,
@@ -296,9 +300,7 @@ def _assemble(
     names_path: Path,
 ) -> HeadModel:
     """Place the brain on a head-sized canvas and grow the head around it."""
-    # Canvas: x -100..100, y -126..136 (face to occiput), z -170..124 (neck to vertex), LPS mm.
-    low = np.array([-100.0, -126.0, -170.0])
-    high = np.array([100.0, 136.0, 124.0])
+    low, high = CANVAS_LOW_LPS, CANVAS_HIGH_LPS
     before = np.ceil((origin - low) / h).astype(int)
     canvas_origin = origin - before * h
     size = np.ceil((high - canvas_origin) / h).astype(int) + 1

@@ -137,7 +137,7 @@ def build_cohort(
     spacing : float
         Isotropic voxel size, mm.
     version : int
-        Cohort version (:data:`~napari_mrisynth.cohort.fine_anatomy.COHORT_VERSION`): the
+        Cohort version (:data:`~napari_mrisynth.cohort.versions.COHORT_VERSION`): the
         same seed and version give the same cohort (:mod:`~napari_mrisynth.cohort.versions`
         lists what each version changed).
     only : sequence of str, optional

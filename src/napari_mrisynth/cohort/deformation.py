@@ -18,8 +18,14 @@ from scipy import ndimage as ndi
 
 from napari_mrisynth.anatomy.deform import sample_field
 from napari_mrisynth.anatomy.labels import LABEL_IDS
-from napari_mrisynth.anatomy.template import TISSUE_INTENSITY, HeadModel
+from napari_mrisynth.anatomy.template import (
+    CANVAS_HIGH_LPS,
+    CANVAS_LOW_LPS,
+    TISSUE_INTENSITY,
+    HeadModel,
+)
 from napari_mrisynth.cohort.draws import SubjectDraws
+from napari_mrisynth.cohort.versions import COHORT_VERSION
 
 #: Cortical thinning (mm) of a bvFTD patient at severity 1 where the weight is 1.
 MAX_BVFTD_THINNING_MM = 2.0
@@ -64,24 +70,24 @@ def rotation_matrix(degrees: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-#: Cohort version 3 and later: the subject deformation's 12 mm control grid is fixed in
-#: template (LPS) space: the 1 mm head model's canvas (origin and extent, mm), so that a
-#: seed draws the same deformation whatever the output spacing. Versions 1 and 2 laid it
-#: over the canvas of the head model in use, which is 2 mm from 2 mm output up and a
-#: little larger and shifted: a 2 mm subject's deformation was unrelated to its 1 mm self
-#: (white matter Dice 0.72 between the two; identical at 1 mm).
-DEFORMATION_ORIGIN_MM = np.array([-100.0, -126.0, -170.0])
-DEFORMATION_EXTENT_MM = np.array([202.0, 264.0, 296.0])
+#: Node spacing (mm) of the subject deformation's control grid. From cohort version 3 on
+#: the grid is fixed in template (LPS) space over the head model's canvas
+#: (:data:`~napari_mrisynth.anatomy.template.CANVAS_LOW_LPS` ..
+#: :data:`~napari_mrisynth.anatomy.template.CANVAS_HIGH_LPS`: the same nodes as the 1 mm
+#: model's canvas), so that a seed draws the same deformation whatever the output spacing.
+#: Versions 1 and 2 laid it over the canvas of the head model in use, which is 2 mm from
+#: 2 mm output up and a little larger and shifted: a 2 mm subject's deformation was
+#: unrelated to its 1 mm self (white matter Dice 0.72 between the two; identical at 1 mm).
 DEFORMATION_STEP_MM = 12.0
 
 
 def smooth_random_field(
-    rng: np.random.Generator, model: HeadModel, rms_mm: float, version: int = 3
+    rng: np.random.Generator, model: HeadModel, rms_mm: float, version: int = COHORT_VERSION
 ) -> tuple[np.ndarray, np.ndarray]:
     """(3, z, y, x) displacement (mm) on a 12 mm control grid, and the grid's origin (LPS
     mm): over the model canvas (versions 1-2) or the fixed template box (3 on)."""
     if version >= 3:
-        extent, origin = DEFORMATION_EXTENT_MM, DEFORMATION_ORIGIN_MM
+        extent, origin = CANVAS_HIGH_LPS - CANVAS_LOW_LPS, CANVAS_LOW_LPS
     else:
         extent, origin = np.array(model.intensity.shape[::-1]) * model.h, model.origin
     nodes = np.ceil(extent / DEFORMATION_STEP_MM).astype(int) + 1
@@ -91,7 +97,7 @@ def smooth_random_field(
 
 
 def displacement_field(
-    model: HeadModel, draws: SubjectDraws, points: np.ndarray, version: int = 3
+    model: HeadModel, draws: SubjectDraws, points: np.ndarray, version: int = COHORT_VERSION
 ) -> tuple[np.ndarray, float]:
     """Template-space positions of scanner-space LPS ``points`` (3, N), through pose, head
     size, the subject's random deformation and the ventricles' expansion.

@@ -34,9 +34,6 @@ from scipy import special
 from napari_mrisynth.anatomy.deform import exponentiate, sample_field, smooth_noise, taper
 from napari_mrisynth.anatomy.labels import BRAIN_LABELS, GREY_MATTER_LABELS, LABEL_IDS
 
-# The cohort versions live in .versions (import-free, for the CLI); re-exported here.
-from napari_mrisynth.cohort.versions import COHORT_VERSION, COHORT_VERSIONS  # noqa: F401
-
 #: Node spacing (mm) and extent (LPS x, y, z ranges, mm) of the fine fields: the MNI brain,
 #: its skull and a margin; outside it the fine deformation tapers to nothing.
 FINE_STEP_MM = 2.0

@@ -20,14 +20,13 @@ from napari_mrisynth.anatomy.template import head_model
 from napari_mrisynth.cohort.deformation import atrophy, displacement_field
 from napari_mrisynth.cohort.draws import DIAGNOSES, PLANES, draw_subject
 from napari_mrisynth.cohort.fine_anatomy import (
-    COHORT_VERSION,
-    COHORT_VERSIONS,
     add_texture,
     draw_fine_anatomy,
     extra_thinning,
     fine_transform,
 )
 from napari_mrisynth.cohort.imaging import acquire, resample_through_field
+from napari_mrisynth.cohort.versions import COHORT_VERSION, COHORT_VERSIONS
 from napari_mrisynth.volume import Volume
 
 __all__ = ["DIAGNOSES", "SimulatedSubject", "sample_subject", "simulate_subject"]
@@ -60,8 +59,8 @@ def model_spacing(spacing: float, version: int = COHORT_VERSION) -> int:
     2 mm (eight times fewer voxels) for coarse output. Version 3 keeps the 1 mm model up to
     2 mm output, so a subject at 2 mm is its 1 mm self resampled (its labels are not those
     of a second, blockier model); versions 1-2 took the 2 mm model from 2 mm up."""
-    limit = 2.0 if version >= 3 else 1.999
-    return 1 if spacing <= limit else 2
+    fine = spacing <= 2.0 if version >= 3 else spacing < 2.0
+    return 1 if fine else 2
 
 
 def simulate_subject(

@@ -470,8 +470,8 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
     if architecture["name"] == "ResNet":
         inference["saliency_layer"] = "layer4"
     if opts.calibrate:
-        calibration = _calibrate(module.network, state, val_items, labels, inference,
-                                 _test_device(opts))  # fmt: skip
+        calibration = _calibrate(module.network, state, val_items, labels, out_channels,
+                                 inference, _test_device(opts))  # fmt: skip
         inference["logit_offsets"] = [round(float(v), 4) for v in calibration.offsets]
         training["calibration"] = calibration_record(calibration, splits["val"])
     what = (
@@ -510,7 +510,7 @@ def _train(task: str, data: Path, out: Path, opts: TrainOptions) -> ModelCard | 
 
 def _calibrate(
     network: Any, state: dict[str, Any], val_items: Sequence[Any], labels: Sequence[LabelSpec],
-    inference: dict[str, Any], device: Any,
+    classes: int, inference: dict[str, Any], device: Any,
 ) -> Any:  # fmt: skip
     """Logit offsets fitted on the validation subjects' whole model-grid volumes, with the
     chosen weights and the sliding window users' inference runs (:mod:`.calibrate`)."""
@@ -522,7 +522,6 @@ def _calibrate(
         raise MrisynthError("--calibrate fits on the validation subjects: the split has none")
     network.load_state_dict(state)
     network.to(device).eval()
-    classes = max(label.value for label in labels) + 1
     sample = LogitSample(classes)
     for item in val_items:
         image = np.asarray(load_volume(item.image).compute().data, dtype=np.float32)
